@@ -1,0 +1,87 @@
+"""Compile activation expressions to torch modules.
+
+Backends: ``eager`` (interpret the lowered program with torch ops: the reference),
+``inductor`` (torch.compile of that program, the default) and ``triton`` (grafs' own generated
+Triton kernels, see grafs.compiler.triton_backend). ``python`` export is :func:`to_python`.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from grafs.compiler.eager import run_program
+from grafs.compiler.lower import DEFAULT_ELL, Program, clip_expr, lower
+from grafs.compiler.python_export import to_python
+from grafs.errors import CompileError
+from grafs.grammar import expr as E
+
+BACKENDS = ("eager", "inductor", "triton")
+
+
+class Activation(nn.Module):
+    """An activation function compiled from a formula.
+
+    ``formula`` is the canonical text; learnable scalars are ``nn.Parameter`` s in
+    ``self.params`` (keyed by name). Under the inductor backend the program is compiled once per
+    input signature; parameter updates never recompile.
+    """
+
+    def __init__(self, expr: E.Expr, backend: str = "inductor", clip: bool = False,
+                 ell: float = DEFAULT_ELL):
+        super().__init__()
+        if backend not in BACKENDS:
+            raise CompileError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)} "
+                               f"(use grafs.to_python for Python source)")
+        self.expr = expr
+        self.backend = backend
+        self.clip = clip
+        self.ell = float(ell)
+        self.program: Program = lower(expr, clip=clip, ell=ell)
+        self.params = nn.ParameterDict(
+            {n: nn.Parameter(torch.tensor(v, dtype=torch.float32)) for n, v in self.program.params})
+        self._compiled = None
+        self._triton = None
+
+    @property
+    def formula(self) -> str:
+        return str(self.expr)
+
+    def extra_repr(self) -> str:
+        return f"{self.formula!r}, backend={self.backend!r}" + (f", clip=±{self.ell:g}" if self.clip else "")
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        return run_program(self.program, x, self.params)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.backend == "eager":
+            return self._run(x)
+        if self.backend == "inductor":
+            if self._compiled is None:
+                from grafs.compiler.codegen import function_source, load_source
+                fn = load_source(function_source(self.program)).grafs_fn
+                self._compiled = torch.compile(fn, fullgraph=True)
+            return self._compiled(x, *self.params.values())
+        if self._triton is None:
+            from grafs.compiler.triton_backend import TritonFormula
+            self._triton = TritonFormula(self.program)
+        return self._triton(x, self.params)
+
+    def __getstate__(self):  # compiled callables don't pickle/deepcopy; rebuild lazily
+        state = self.__dict__.copy()
+        state["_compiled"] = None
+        state["_triton"] = None
+        return state
+
+
+def compile(expr, backend: str = "inductor", *, clip: bool = False,
+            ell: float = DEFAULT_ELL) -> Activation:
+    """Compile a formula (string or Expr) to an ``nn.Module``.
+
+    ``clip=True`` bounds the unbounded ops to ±``ell`` the way the search does (registry
+    ``Op.clip`` rules); by default formulas run unclipped, as the reference evaluates them.
+    """
+    from grafs.grammar.parser import parse
+    return Activation(parse(expr), backend=backend, clip=clip, ell=ell)
+
+
+__all__ = ["Activation", "compile", "to_python", "lower", "clip_expr", "BACKENDS"]

@@ -1,0 +1,96 @@
+"""Lowering: Expr -> a straight-line Program (topological order, each shared node once).
+
+Before lowering, optional bounded-op clipping inserts ``clamp``/``min`` nodes as each op's
+registry rule says, and sub-expressions that depend on neither x nor a learnable parameter
+are folded to constants (evaluated in float64).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from grafs.errors import CompileError
+from grafs.grammar import expr as E
+from grafs.ops import OPS
+
+DEFAULT_ELL = 10.0
+
+# An argument: ("x",) the input; ("t", i) result of instruction i; ("c", v) a constant;
+# ("p", name) a learnable parameter.
+Arg = tuple
+
+
+@dataclass(frozen=True)
+class Instr:
+    op: str
+    args: tuple[Arg, ...]
+
+
+@dataclass(frozen=True)
+class Program:
+    instrs: tuple[Instr, ...]
+    result: Arg
+    params: tuple[tuple[str, float], ...]   # (name, init) in order of appearance
+    text: str                                # the formula the program computes
+
+    def __len__(self) -> int:
+        return len(self.instrs)
+
+
+def clip_expr(root: E.Expr, ell: float = DEFAULT_ELL) -> E.Expr:
+    """Apply each op's bounded-op clipping rule (registry ``Op.clip``) with bound ``ell``."""
+    memo: dict[int, E.Expr] = {}
+    for n in E.topological(root):
+        args = [memo[id(a)] for a in n.args]
+        new = E.Expr(n.op, args, n.value, n.name) if args else n
+        op = OPS.get(n.op)
+        if op is not None and op.clip is not None and new.depends_on_x():
+            clipped = op.clip(list(new.args), ell)
+            if clipped is None:   # the rule clips the output
+                new = E.call("clamp", new, -ell, ell)
+            else:
+                new = E.Expr(new.op, clipped)
+        memo[id(n)] = new
+    return memo[id(root)]
+
+
+def _const_value(n: E.Expr, vals: list[float]) -> float:
+    op = OPS[n.op]
+    t = [torch.tensor(v, dtype=torch.float64) for v in vals[: op.arity]]
+    with torch.no_grad():
+        r = op.torch(*t, *vals[op.arity:])
+    v = float(r)
+    if not math.isfinite(v):
+        raise CompileError(f"the constant sub-expression {n} evaluates to {v}")
+    return v
+
+
+def fold_constants(root: E.Expr) -> E.Expr:
+    memo: dict[int, E.Expr] = {}
+    for n in E.topological(root):
+        args = [memo[id(a)] for a in n.args]
+        if args and all(a.is_const for a in args):
+            memo[id(n)] = E.const(_const_value(n, [a.value for a in args]))
+        else:
+            memo[id(n)] = E.Expr(n.op, args, n.value, n.name) if args else n
+    return memo[id(root)]
+
+
+def lower(root: E.Expr, clip: bool = False, ell: float = DEFAULT_ELL) -> Program:
+    e = clip_expr(root, ell) if clip else root
+    e = fold_constants(e)
+    slots: dict[int, Arg] = {}
+    instrs: list[Instr] = []
+    for n in E.topological(e):
+        if n.op == E.VAR:
+            slots[id(n)] = ("x",)
+        elif n.op == E.CONST:
+            slots[id(n)] = ("c", n.value)
+        elif n.op == E.PARAM:
+            slots[id(n)] = ("p", n.name)
+        else:
+            instrs.append(Instr(n.op, tuple(slots[id(a)] for a in n.args)))
+            slots[id(n)] = ("t", len(instrs) - 1)
+    return Program(tuple(instrs), slots[id(e)], tuple(root.params().items()), str(root))

@@ -1,0 +1,54 @@
+"""grafs exceptions. Every public error subclasses GrafsError, itself a ValueError."""
+from __future__ import annotations
+
+
+class GrafsError(ValueError):
+    """Base class of every error grafs raises on bad input."""
+
+
+class ParseError(GrafsError):
+    """An activation expression (or search-space template) could not be parsed.
+
+    ``line`` and ``column`` are 1-based; ``str(err)`` shows the offending line with a caret.
+    """
+
+    def __init__(self, message: str, text: str = "", line: int = 1, column: int = 1):
+        self.reason = message
+        self.text = text
+        self.line = line
+        self.column = column
+        super().__init__(self._render())
+
+    def _render(self) -> str:
+        if not self.text:
+            return self.reason
+        lines = self.text.splitlines() or [""]
+        src = lines[self.line - 1] if 0 < self.line <= len(lines) else ""
+        if len(src) > 120:  # keep the caret readable on very long lines
+            start = max(0, self.column - 60)
+            shown = ("…" if start else "") + src[start:start + 120]
+            caret_col = self.column - start + (1 if start else 0)
+        else:
+            shown, caret_col = src, self.column
+        return (f"{self.reason} (line {self.line}, column {self.column})\n"
+                f"  {shown}\n  {' ' * (caret_col - 1)}^")
+
+
+class ArityError(ParseError):
+    """A function was called with the wrong number of arguments."""
+
+
+class UnknownFunctionError(ParseError):
+    """A function name is not in the op registry."""
+
+
+class CompileError(GrafsError):
+    """An expression could not be lowered to the requested backend."""
+
+
+class SearchSpaceError(GrafsError):
+    """A search-space template or op set is invalid."""
+
+
+class SearchError(GrafsError):
+    """A search could not go on (e.g. a non-finite loss)."""

@@ -1,0 +1,63 @@
+"""Expr.simplify(): rewrite rules sympy can't know, then sympy's algebra.
+
+Rules on the DAG (activation identities):
+  leaky_relu(leaky_relu(x, a), b) -> leaky_relu(x, a·b)   for a, b ≥ 0
+  relu(relu(x)) -> relu(x);  relu(leaky_relu(x, a)) -> relu(x) for a ≥ 0
+  leaky_relu(relu(x), a) -> relu(x);  neg(neg(x)) -> x;  abs(abs(x)) -> abs(x)
+then sympy canonicalisation (x*x -> x^2, like terms collected, constants folded) and, for
+expressions small enough that it is quick, sympy.simplify.
+"""
+from __future__ import annotations
+
+import sympy as sp
+
+from grafs.grammar import expr as E
+from grafs.grammar.derivative import fold
+
+_SYMPY_SIMPLIFY_MAX_OPS = 40
+
+
+def _nonneg_const(e: E.Expr) -> bool:
+    return e.is_const and e.value >= 0
+
+
+def rewrite(root: E.Expr) -> E.Expr:
+    memo: dict[int, E.Expr] = {}
+    for n in E.topological(root):
+        args = [memo[id(a)] for a in n.args]
+        new = E.Expr(n.op, args, n.value, n.name) if args else n
+        if new.op in ("add", "sub", "mul", "div", "neg", "pow"):
+            new = fold(new.op, *new.args)
+        inner = new.args[0] if new.args else None
+        if new.op == "leaky_relu" and inner is not None:
+            s = new.args[1]
+            if inner.op == "leaky_relu" and _nonneg_const(s) and _nonneg_const(inner.args[1]):
+                new = E.call("leaky_relu", inner.args[0], inner.args[1].value * s.value)
+            elif inner.op == "relu" and _nonneg_const(s):
+                new = inner
+        elif new.op == "relu" and inner is not None:
+            if inner.op == "relu":
+                new = inner
+            elif inner.op == "leaky_relu" and _nonneg_const(inner.args[1]):
+                new = E.call("relu", inner.args[0])
+        elif new.op == "abs" and inner is not None and inner.op == "abs":
+            new = inner
+        memo[id(n)] = new
+    return memo[id(root)]
+
+
+def simplify(root: E.Expr) -> E.Expr:
+    from grafs.grammar.sympy_bridge import _deep_recursion, from_sympy, to_sympy
+
+    e = rewrite(root)
+    if e.params():  # learnable parameters have no sympy round trip of their init; stop here
+        return e
+    with _deep_recursion():
+        s = to_sympy(e)
+        if sum(1 for _ in sp.preorder_traversal(s)) <= _SYMPY_SIMPLIFY_MAX_OPS:
+            s2 = sp.simplify(s)
+            if sp.count_ops(s2) <= sp.count_ops(s):
+                s = s2
+        out = rewrite(from_sympy(s))
+    # keep whichever prints shorter: sympy sometimes expands
+    return out if len(str(out)) <= len(str(e)) else e

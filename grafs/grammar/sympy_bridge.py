@@ -1,0 +1,164 @@
+"""Expr <-> sympy.
+
+``to_sympy`` keeps activations symbolic as sympy Functions named like the paper (GELU, SiLU,
+LeakyReLU, …) whose derivatives come from the registry's elementary counterparts; with
+``elementary=True`` everything is rewritten into elementary functions (erf, exp, Piecewise).
+``from_sympy`` maps sympy back onto registry ops.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import sys
+
+import sympy as sp
+
+from grafs.errors import GrafsError
+from grafs.grammar import expr as E
+from grafs.ops import OPS, Op
+
+X = sp.Symbol("x", real=True)
+
+
+@contextlib.contextmanager
+def _deep_recursion(limit: int = 20000):
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(old, limit))
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(old)
+
+
+@functools.lru_cache(maxsize=None)
+def sympy_function(name: str):
+    """The symbolic sympy Function class standing for registry op ``name``."""
+    op: Op = OPS[name]
+    if op.sympy_native is not None:
+        return op.sympy_native
+
+    def fdiff(self, argindex=1):
+        dummies = [sp.Dummy() for _ in self.args]
+        d = sp.diff(op.sympy(*dummies), dummies[argindex - 1])
+        return d.subs(dict(zip(dummies, self.args)))
+
+    def _eval_evalf(self, prec):
+        return op.sympy(*self.args)._eval_evalf(prec)
+
+    def _eval_is_real(self):
+        return all(a.is_real for a in self.args) or None
+
+    cls = type(op.display or name, (sp.Function,), {
+        "nargs": tuple(range(op.arity, op.arity + len(op.scalars) + 1)),
+        "fdiff": fdiff, "_eval_evalf": _eval_evalf, "_eval_is_real": _eval_is_real,
+        "grafs_op": name,
+    })
+    return cls
+
+
+def to_sympy(root: E.Expr, elementary: bool = False):
+    memo: dict[int, object] = {}
+    params = {}
+    with _deep_recursion():
+        for n in E.topological(root):
+            a = [memo[id(c)] for c in n.args]
+            if n.op == E.VAR:
+                v = X
+            elif n.op == E.CONST:
+                v = sp.Integer(int(n.value)) if n.value == int(n.value) else sp.Float(n.value)
+            elif n.op == E.PARAM:
+                v = params.setdefault(n.name, sp.Symbol(n.name, real=True))
+            elif n.op == "neg":
+                v = -a[0]
+            elif OPS[n.op].infix or elementary:
+                v = OPS[n.op].sympy(*a)
+            else:
+                op = OPS[n.op]
+                # leave defaulted scalars out so LeakyReLU(x) prints as in the paper
+                keep = len(a)
+                while keep > op.arity and n.args[keep - 1].is_const and \
+                        n.args[keep - 1].value == op.scalars[keep - 1 - op.arity].default:
+                    keep -= 1
+                v = sympy_function(n.op)(*a[:keep])
+            memo[id(n)] = v
+    return memo[id(root)]
+
+
+_NATIVE = {sp.exp: "exp", sp.log: "log", sp.Abs: "abs", sp.sign: "sign", sp.sin: "sin",
+           sp.cos: "cos", sp.sinh: "sinh", sp.cosh: "cosh", sp.tanh: "tanh", sp.asinh: "asinh",
+           sp.atan: "atan", sp.erf: "erf"}
+
+
+def from_sympy(s) -> E.Expr:
+    """Map a sympy expression in ``x`` (and parameter symbols) back to an Expr."""
+    s = sp.sympify(s)
+    with _deep_recursion():
+        return _from(s)
+
+
+def _from(s) -> E.Expr:
+    if s.is_Symbol:
+        if s.name == "x":
+            return E.var()
+        raise GrafsError(f"cannot convert free symbol {s} (only x; learnable parameters need "
+                         f"their initial values: use Expr.to_sympy on a parsed expression)")
+    if s.is_Number or s in (sp.pi, sp.E):
+        v = float(s)
+        return E.const(v)
+    if s.is_Add:
+        terms = _sorted_args(s)
+        out = _from(terms[0])
+        for t in terms[1:]:
+            c, rest = t.as_coeff_Mul()
+            if c.is_Number and c < 0:
+                out = E.call("sub", out, _from(-t))
+            else:
+                out = E.call("add", out, _from(t))
+        return out
+    if s.is_Mul:
+        c, rest = s.as_coeff_Mul()
+        if c == -1:
+            return E.call("neg", _from(rest))
+        num, den = [], []
+        for f in _sorted_args(s, numbers_first=True):
+            if f.is_Pow and f.exp.is_Number and f.exp < 0:
+                den.append(f.base ** (-f.exp))
+            else:
+                num.append(f)
+        out = _from(num[0]) if num else E.const(1.0)
+        for f in num[1:]:
+            out = E.call("mul", out, _from(f))
+        for f in den:
+            out = E.call("div", out, _from(f))
+        return out
+    if s.is_Pow:
+        b, ex = s.args
+        if ex == sp.Rational(1, 2):
+            return E.call("sqrt", _from(b))
+        if b == sp.E:
+            return E.call("exp", _from(ex))
+        if ex.is_Number and ex < 0:
+            return E.call("div", E.const(1.0), _from(b ** (-ex)))
+        return E.call("pow", _from(b), _from(ex))
+    if isinstance(s, (sp.Max, sp.Min)):
+        name = "max" if isinstance(s, sp.Max) else "min"
+        args = _sorted_args(s)
+        out = _from(args[0])
+        for a in args[1:]:
+            out = E.call(name, out, _from(a)) if not a.is_Number else E.call(name, _from(a), out)
+        return out
+    if isinstance(s, sp.Heaviside):
+        return E.call("step", _from(s.args[0]))
+    f = s.func
+    if f in _NATIVE:
+        return E.call(_NATIVE[f], *[_from(a) for a in s.args])
+    name = getattr(f, "grafs_op", None)
+    if name is not None:
+        return E.call(name, *[_from(a) for a in s.args])
+    raise GrafsError(f"cannot map sympy {f.__name__} back to a grafs op: {s}")
+
+
+def _sorted_args(s, numbers_first: bool = False):
+    # sympy's order is deterministic; numbers go last in sums and first in products
+    args = list(s.args)
+    return sorted(args, key=lambda a: (a.is_Number != numbers_first, sp.default_sort_key(a)))
