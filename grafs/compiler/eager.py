@@ -11,18 +11,25 @@ from grafs.compiler.lower import Program, lower
 from grafs.ops import OPS
 
 
-def run_program(prog: Program, x: torch.Tensor, params) -> torch.Tensor:
+def run_program(prog: Program, x: torch.Tensor, params, vectors=None) -> torch.Tensor:
+    """``params``: name -> tensor; ``vectors``: {"w": tensor, "g": tensor} for cell programs."""
     env: list = []
+
+    def val(a):
+        k = a[0]
+        if k == "x":
+            return x
+        if k == "t":
+            return env[a[1]]
+        if k == "c":
+            return a[1]
+        if k == "p":
+            return params[a[1]]
+        return vectors[k][a[1]]
+
     for ins in prog.instrs:
-        vals = []
-        for a in ins.args:
-            k = a[0]
-            vals.append(x if k == "x" else env[a[1]] if k == "t" else a[1] if k == "c"
-                        else params[a[1]])
-        env.append(OPS[ins.op].torch(*vals))
-    r = prog.result
-    out = x if r[0] == "x" else env[r[1]] if r[0] == "t" else r[1] if r[0] == "c" else params[r[1]]
-    return as_output(out, x)
+        env.append(OPS[ins.op].torch(*[val(a) for a in ins.args]))
+    return as_output(val(prog.result), x)
 
 
 def as_output(out, x: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,8 @@ from grafs.ops import OPS
 DEFAULT_ELL = 10.0
 
 # An argument: ("x",) the input; ("t", i) result of instruction i; ("c", v) a constant;
-# ("p", name) a learnable parameter.
+# ("p", name) a learnable parameter; ("w", k) / ("g", k) element k of the relaxed cell's
+# mixture-weight / gamma vectors (see grafs.compiler.cell).
 Arg = tuple
 
 
@@ -56,6 +57,9 @@ def clip_expr(root: E.Expr, ell: float = DEFAULT_ELL) -> E.Expr:
     return memo[id(root)]
 
 
+VECTOR_REFS = {"wref": "w", "gref": "g"}
+
+
 def _const_value(n: E.Expr, vals: list[float]) -> float:
     op = OPS[n.op]
     t = [torch.tensor(v, dtype=torch.float64) for v in vals[: op.arity]]
@@ -78,7 +82,8 @@ def fold_constants(root: E.Expr) -> E.Expr:
     return memo[id(root)]
 
 
-def lower(root: E.Expr, clip: bool = False, ell: float = DEFAULT_ELL) -> Program:
+def lower(root: E.Expr, clip: bool = False, ell: float = DEFAULT_ELL,
+          text: str | None = None) -> Program:
     e = clip_expr(root, ell) if clip else root
     e = fold_constants(e)
     slots: dict[int, Arg] = {}
@@ -90,7 +95,10 @@ def lower(root: E.Expr, clip: bool = False, ell: float = DEFAULT_ELL) -> Program
             slots[id(n)] = ("c", n.value)
         elif n.op == E.PARAM:
             slots[id(n)] = ("p", n.name)
+        elif n.op in VECTOR_REFS:
+            slots[id(n)] = (VECTOR_REFS[n.op], int(n.value))
         else:
             instrs.append(Instr(n.op, tuple(slots[id(a)] for a in n.args)))
             slots[id(n)] = ("t", len(instrs) - 1)
-    return Program(tuple(instrs), slots[id(e)], tuple(root.params().items()), str(root))
+    return Program(tuple(instrs), slots[id(e)], tuple(root.params().items()),
+                   str(root) if text is None else text)

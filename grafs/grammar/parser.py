@@ -41,6 +41,11 @@ def _expected(tokens) -> str:
     return ", ".join(names[:-1]) + (" or " if len(names) > 1 else "") + names[-1] if names else "?"
 
 
+def parse_tree(text: str):
+    """Validate and parse ``text`` to a lark tree (raises ParseError)."""
+    return _parse_tree(text)
+
+
 def parse(text: str) -> E.Expr:
     """Parse an activation expression in ``x`` into an :class:`~grafs.Expr`.
 
@@ -49,6 +54,10 @@ def parse(text: str) -> E.Expr:
     """
     if isinstance(text, E.Expr):
         return text
+    return _convert(_parse_tree(text), text)
+
+
+def _parse_tree(text: str):
     if not isinstance(text, str):
         raise ParseError(f"expected an expression string, got {type(text).__name__}")
     if len(text) > MAX_LENGTH:
@@ -75,7 +84,7 @@ def parse(text: str) -> E.Expr:
         line, col = _line_col(text, len(text))
         raise ParseError(f"unexpected end of input; expected {_expected(err.expected)}",
                          text, line, col) from None
-    return _convert(tree, text)
+    return tree
 
 
 def _line_col(text: str, pos: int) -> tuple[int, int]:
@@ -107,7 +116,7 @@ def _pos(node, text) -> tuple[int, int]:
     return 1, 1
 
 
-def _convert(tree, text: str) -> E.Expr:
+def _convert(tree, text: str, hook=None) -> E.Expr:
     """Post-order walk with an explicit stack (deep chains like ----x must not recurse)."""
     params: dict[str, float] = {}
     auto = [0]
@@ -121,9 +130,10 @@ def _convert(tree, text: str) -> E.Expr:
                 if isinstance(ch, lark.Tree):
                     stack.append((ch, False))
             continue
-        done[id(node)] = _build(node, [done.get(id(c)) if isinstance(c, lark.Tree) else c
-                                       for c in getattr(node, "children", [])],
-                                text, params, auto)
+        kids = [done.get(id(c)) if isinstance(c, lark.Tree) else c
+                for c in getattr(node, "children", [])]
+        built = hook(node, kids) if hook is not None else None
+        done[id(node)] = built if built is not None else _build(node, kids, text, params, auto)
         if done[id(node)].depth > MAX_DEPTH:
             raise ParseError(f"expression nested more than {MAX_DEPTH} levels deep",
                              text, *_pos(node, text))

@@ -41,6 +41,10 @@ def _fmt(n: E.Expr, args: list[tuple[str, int]]) -> tuple[str, int]:
         return _num(n.value), (3 if n.value < 0 or str(n.value).startswith("-") else _ATOM)
     if n.op == E.PARAM:
         return f"{{{n.name}={_num(n.value)}}}", _ATOM
+    if n.op in ("wref", "gref"):  # relaxed-cell internals (not part of the grammar)
+        return f"{n.op[0]}[{int(n.value)}]", _ATOM
+    if n.op == "hole":            # search-space template holes print as U(...) / B(..., ...)
+        return f"{n.name[0]}({', '.join(s for s, _ in args)})", _ATOM
     op = OPS[n.op]
     if n.op in ("add", "sub"):
         return f"{_wrap(args[0], 1)} {op.infix} {_wrap(args[1], 1, strict=n.op == 'sub')}", 1

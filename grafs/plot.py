@@ -1,0 +1,56 @@
+"""PNG plots of activation functions and their derivatives (matplotlib is an optional extra)."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from grafs.errors import GrafsError
+
+
+def _plt():
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise GrafsError("plotting needs matplotlib: pip install 'grafs[plots]'") from err
+    return plt
+
+
+def function_and_derivative(expr, lo: float = -5.0, hi: float = 5.0, n: int = 1001):
+    """(x, f(x), f'(x)) as float64 tensors, f' from autograd through the eager backend."""
+    from grafs.grammar.parser import parse
+    from grafs.compiler import compile as gcompile
+    act = gcompile(parse(expr), backend="eager").double()
+    x = torch.linspace(lo, hi, n, dtype=torch.float64, requires_grad=True)
+    y = act(x)
+    (g,) = torch.autograd.grad(y.sum(), x)
+    return x.detach(), y.detach(), g
+
+
+def plot_activations(exprs: Sequence, path: str, labels: Sequence[str] | None = None,
+                     baselines: Sequence[str] = (), lo: float = -5.0, hi: float = 5.0,
+                     title: str | None = None) -> str:
+    """Plot each formula (and optional baseline formulas, dashed) with its derivative."""
+    plt = _plt()
+    fig, (ax_f, ax_d) = plt.subplots(1, 2, figsize=(11, 4.2))
+    labels = list(labels) if labels is not None else [str(e) for e in exprs]
+    for e, lab, style in [(e, l, "-") for e, l in zip(exprs, labels)] + \
+                         [(b, b, "--") for b in baselines]:
+        x, y, g = function_and_derivative(e, lo, hi)
+        short = lab if len(lab) <= 60 else lab[:57] + "…"
+        ax_f.plot(x, y, style, label=short, linewidth=1.6 if style == "-" else 1.0)
+        ax_d.plot(x, g, style, label=short, linewidth=1.6 if style == "-" else 1.0)
+    for ax, t in ((ax_f, "f(x)"), (ax_d, "f'(x)")):
+        ax.set_title(t)
+        ax.axhline(0, color="0.8", linewidth=0.8)
+        ax.axvline(0, color="0.8", linewidth=0.8)
+        ax.grid(alpha=0.3)
+    ax_f.legend(fontsize=7, loc="upper left")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,183 @@
+"""The relaxed DrNAS cell: the module that replaces a network's activations during a search.
+
+Every hole (edge or vertex) holds DrNAS concentration parameters α (concentration elu(α)+1,
+init ≈ 0, i.e. uniform) and its ops' learnable γ. Each call draws an independent
+``Dirichlet.rsample`` of the mixture weights over the ops still active at each hole, so one cell
+object can serve every activation site of a network (shared α and γ, independent samples).
+
+Modes:
+  ``"fused"`` (default): generated code compiled with torch.compile inside a custom autograd
+      Function that saves only its input and recomputes in backward (grafs.compiler.cell);
+  ``"eager"``: the reference, plain torch ops with autograd (saves every intermediate);
+  ``"compile"``: plain torch.compile of the same generated forward, autograd by AOTAutograd
+      (what you'd get without grafs; used by bench/cell.py).
+
+Compiled code and active sets: code is generated per active set and cached. After a drop the
+cell keeps running the code it has (dropped ops get weight 0, their slots still computed) until
+the active count falls to ``recompile_ratio`` (0.6) of the compiled count, or the cell becomes
+fully discrete; then it compiles code for exactly the active ops. So a full 110→6 search
+compiles about six times, each smaller than the last, and the cost still falls with the ops.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from grafs.compiler.cell import (CellKernels, cell_program, discretized_expr, fused_apply)
+from grafs.compiler.eager import run_program
+from grafs.errors import GrafsError
+from grafs.ops import SEARCH_OPS
+
+MODES = ("fused", "eager", "compile")
+
+
+class RelaxedCell(nn.Module):
+    recompile_ratio = 0.6
+
+    def __init__(self, space, mode: str = "fused", seed: int | None = None):
+        super().__init__()
+        if mode not in MODES:
+            raise GrafsError(f"unknown cell mode {mode!r}; choose one of {', '.join(MODES)}")
+        self.space = space
+        self.mode = mode
+        self.clip = space.clip
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        self.slot_of: dict[tuple[int, str], int] = {}
+        self.gamma_of: dict[tuple[int, str], list[int]] = {}
+        inits: list[float] = []
+        for h in space.holes:
+            for op_name in h.ops:
+                self.slot_of[(h.index, op_name)] = len(self.slot_of)
+                idx = []
+                for gi in SEARCH_OPS[op_name].gammas:
+                    v = gi.mean + (gi.std * torch.randn((), generator=gen).item() if gi.std else 0.0)
+                    idx.append(len(inits))
+                    inits.append(v)
+                self.gamma_of[(h.index, op_name)] = idx
+        # α ≈ 0: tiny random values (as the reference) so ties in DropOps are broken by the seed
+        self.alpha = nn.ParameterList(
+            [nn.Parameter(torch.rand(len(h.ops), generator=gen) * 1e-6) for h in space.holes])
+        self.gamma = nn.Parameter(torch.tensor(inits, dtype=torch.float32))
+        self.register_buffer("active", torch.ones(len(self.slot_of), dtype=torch.bool))
+        self._kernels: dict[tuple, CellKernels] = {}
+        self._compiled_key: tuple | None = None
+        self._programs: dict[tuple, object] = {}
+
+    # -- bookkeeping ---------------------------------------------------------------------
+    def _slots(self, h) -> list[int]:
+        return [self.slot_of[(h.index, o)] for o in h.ops]
+
+    def active_ops(self) -> tuple[tuple[str, ...], ...]:
+        act = self.active.tolist()
+        return tuple(tuple(o for o in h.ops if act[self.slot_of[(h.index, o)]])
+                     for h in self.space.holes)
+
+    def num_active(self) -> int:
+        return int(self.active.sum())
+
+    @property
+    def num_holes(self) -> int:
+        return len(self.space.holes)
+
+    def is_discrete(self) -> bool:
+        return self.num_active() == self.num_holes
+
+    def arch_parameters(self):
+        """α of every hole and all γ: what the architecture optimizer trains."""
+        yield from self.alpha
+        yield self.gamma
+
+    def gamma_values(self, hole_index: int, op_name: str) -> list[float]:
+        return [float(self.gamma[j]) for j in self.gamma_of[(hole_index, op_name)]]
+
+    # -- sampling --------------------------------------------------------------------------
+    def sample_weights(self) -> torch.Tensor:
+        """One independent Dirichlet rsample per hole over its active ops, scattered into the
+        full slot vector (zeros for dropped ops); differentiable w.r.t. α."""
+        act = self.active
+        idx_all, samples = [], []
+        for h, a in zip(self.space.holes, self.alpha):
+            slots = torch.tensor(self._slots(h), device=act.device)
+            m = act[slots]
+            conc = F.elu(a[m]) + 1.0
+            if conc.numel() == 1:
+                s = conc / conc  # Dirichlet over one op is the constant 1 (grad 0 w.r.t. α)
+            else:
+                s = torch.distributions.Dirichlet(conc).rsample()
+            idx_all.append(slots[m])
+            samples.append(s)
+        w = torch.zeros(len(self.slot_of), dtype=self.gamma.dtype, device=act.device)
+        return w.index_put((torch.cat(idx_all),), torch.cat(samples))
+
+    # -- evaluation ------------------------------------------------------------------------
+    def _program(self, key, clip: bool):
+        pk = (key, clip)
+        if pk not in self._programs:
+            self._programs[pk] = cell_program(self.space, key, self.slot_of, self.gamma_of, clip)
+        return self._programs[pk]
+
+    def _kernels_for(self, key) -> CellKernels:
+        cur = self._compiled_key
+        n_now = sum(len(k) for k in key)
+        if cur is not None and all(set(a) <= set(b) for a, b in zip(key, cur)):
+            n_cur = sum(len(k) for k in cur)
+            if n_now > self.recompile_ratio * n_cur and n_now != self.num_holes:
+                return self._kernels[cur]
+        if key not in self._kernels:
+            self._kernels[key] = CellKernels(self._program(key, self.clip))
+        self._compiled_key = key
+        return self._kernels[key]
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        w = self.sample_weights() if weights is None else weights
+        key = self.active_ops()
+        if self.mode == "eager":
+            return run_program(self._program(key, self.clip), x, {}, {"w": w, "g": self.gamma})
+        k = self._kernels_for(key)
+        if self.mode == "compile":
+            return k.fwd(x.reshape(-1), w, self.gamma).view(x.shape)
+        return fused_apply(k, x, w, self.gamma)
+
+    def forward_unclipped(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """The eager cell without bounded-op clipping (how a found formula is evaluated)."""
+        w = self.sample_weights() if weights is None else weights
+        return run_program(self._program(self.active_ops(), False), x, {}, {"w": w, "g": self.gamma})
+
+    # -- shrinking and discretization ---------------------------------------------------------
+    @torch.no_grad()
+    def drop(self, k: int = 1) -> list[tuple[str, str]]:
+        """DropOps(k): k times, the hole with most active ops (first on ties) loses its
+        lowest-α active op. Returns the (hole name, op) pairs dropped, in order."""
+        dropped = []
+        for _ in range(int(k)):
+            counts = [sum(bool(self.active[s]) for s in self._slots(h)) for h in self.space.holes]
+            best = max(counts)
+            if best <= 1:
+                break
+            hi = counts.index(best)
+            h = self.space.holes[hi]
+            slots = self._slots(h)
+            a = self.alpha[hi].detach().clone()
+            a[~self.active[torch.tensor(slots)]] = float("inf")
+            j = int(a.argmin())
+            self.active[slots[j]] = False
+            dropped.append((h.name, h.ops[j]))
+        return dropped
+
+    def chosen_ops(self) -> list[str]:
+        """Per hole, the active op with the highest α."""
+        out = []
+        for h, a in zip(self.space.holes, self.alpha):
+            m = self.active[torch.tensor(self._slots(h))]
+            a = a.detach().clone()
+            a[~m] = -float("inf")
+            out.append(h.ops[int(a.argmax())])
+        return out
+
+    def discretize(self):
+        """Expr of the highest-α op per hole, learned γ frozen, mix coefficients as σ(γ)."""
+        return discretized_expr(self.space, self.chosen_ops(), self.gamma_values)
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode!r}, active={self.num_active()}/{len(self.slot_of)}, clip={self.clip}"

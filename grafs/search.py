@@ -1,0 +1,514 @@
+"""GRAFS: gradient-based activation function search (seeds/001 Algorithm 1).
+
+``search(model, train_data, val_data)`` replaces the model's activations by one shared relaxed
+cell, then for every training step
+
+1. arch step: a fresh Dirichlet sample at every call site, loss on a validation batch,
+   first-order Adam step on α and γ (betas (0.5, 0.999), weight decay); network grads zeroed;
+2. weight step: a fresh sample, loss on the training batch, gradient accumulation, weight
+   optimizer step — during the first ``warmstart_epochs`` epochs with the ORIGINAL activation.
+
+Progressive shrinking drops ops at epoch starts on the log schedule (starting at 2·E0 by
+default) so the cell is fully discrete by the last epoch; the result is the discretized formula.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from grafs.errors import GrafsError, SearchError
+from grafs.runtime.schedule import shrink_schedule
+
+DEFAULT_TYPES: tuple[type, ...] = (nn.ReLU, nn.GELU, nn.SiLU, nn.ELU, nn.LeakyReLU, nn.Tanh,
+                                   nn.Sigmoid, nn.Mish, nn.Softplus, nn.Hardswish, nn.SELU,
+                                   nn.CELU, nn.PReLU, nn.ReLU6)
+
+
+# ---------------------------------------------------------------------------------------------
+# activation sites
+class Act(nn.Module):
+    """A placeholder activation for models that would otherwise call ``F.relu`` & co.
+
+    Write ``self.act = grafs.Act("gelu")`` (any formula) in your model and call it; it computes
+    that formula until :func:`replace_activations` (and so :func:`search`) swaps it out.
+    """
+
+    def __init__(self, formula: str = "relu(x)"):
+        super().__init__()
+        from grafs.compiler import compile as gcompile
+        self.formula = formula
+        self.fn = gcompile(formula, backend="eager")
+
+    def forward(self, x):
+        return self.fn(x)
+
+    def extra_repr(self) -> str:
+        return repr(self.formula)
+
+
+def replace_activations(model: nn.Module, factory: Callable[[nn.Module], nn.Module] | Callable[[], nn.Module],
+                        types: Sequence[type] = DEFAULT_TYPES) -> int:
+    """Replace every submodule of one of ``types`` (and every :class:`Act`) in place.
+
+    ``factory`` is called once per site, with the module it replaces if it takes an argument.
+    Returns the number of sites replaced; raises GrafsError if there are none.
+    """
+    import inspect
+    types = tuple(types) + (Act,)
+    try:
+        takes_arg = len(inspect.signature(factory).parameters) >= 1
+    except (TypeError, ValueError):
+        takes_arg = False
+    count = 0
+    stack = [model]
+    while stack:
+        parent = stack.pop()
+        for name, child in list(parent.named_children()):
+            if isinstance(child, types):
+                setattr(parent, name, factory(child) if takes_arg else factory())
+                count += 1
+            else:
+                stack.append(child)
+    if count == 0:
+        raise GrafsError(f"no activation modules of types {[t.__name__ for t in types]} found in "
+                         f"{type(model).__name__}; use grafs.Act in place of functional calls")
+    return count
+
+
+class SearchSite(nn.Module):
+    """One activation site during a search: the original activation (for warm-start weight
+    steps) and the shared relaxed cell."""
+
+    def __init__(self, original: nn.Module, cell: nn.Module, state: dict):
+        super().__init__()
+        self.original = original
+        self.cell = cell
+        self._state = state  # shared: {"use_cell": bool}
+
+    def forward(self, x):
+        return self.cell(x) if self._state["use_cell"] else self.original(x)
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+def _as_dataset(data, name: str):
+    from torch.utils.data import Dataset, TensorDataset
+    if isinstance(data, Dataset):
+        return data
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+        if len(data[0]) != len(data[1]):
+            raise GrafsError(f"{name}: inputs and targets differ in length ({len(data[0])} vs {len(data[1])})")
+        return TensorDataset(*data)
+    raise GrafsError(f"{name} must be a (inputs, targets) pair of tensors, a Dataset or a DataLoader, "
+                     f"got {type(data).__name__}")
+
+
+class _Batches:
+    """Seeded, resumable batching: epoch e uses permutation seeded by (seed, e, stream)."""
+
+    def __init__(self, data, batch_size: int, seed: int, stream: int, name: str):
+        from torch.utils.data import DataLoader
+        self.loader = data if isinstance(data, DataLoader) else None
+        self.data = None if self.loader is not None else _as_dataset(data, name)
+        self.batch_size = batch_size
+        self.seed, self.stream = seed, stream
+        if self.data is not None and len(self.data) == 0:
+            raise GrafsError(f"{name} is empty")
+
+    def __len__(self):
+        if self.loader is not None:
+            return len(self.loader)
+        return math.ceil(len(self.data) / self.batch_size)
+
+    def epoch(self, e: int) -> Iterable:
+        if self.loader is not None:
+            yield from self.loader
+            return
+        g = torch.Generator().manual_seed(self.seed * 100_003 + e * 7 + self.stream)
+        perm = torch.randperm(len(self.data), generator=g)
+        tensors = getattr(self.data, "tensors", None)
+        for i in range(0, len(perm), self.batch_size):
+            idx = perm[i:i + self.batch_size]
+            if tensors is not None:
+                yield tuple(t[idx] for t in tensors)
+            else:
+                items = [self.data[int(j)] for j in idx]
+                yield tuple(torch.stack([torch.as_tensor(it[k]) for it in items]) for k in range(len(items[0])))
+
+
+def split_dataset(data, fraction: float = 0.75, seed: int = 0):
+    """Split tensors or a Dataset into (train, val) = (fraction, 1 - fraction), seeded."""
+    ds = _as_dataset(data, "train_data")
+    n = len(ds)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    k = int(math.floor(fraction * n))
+    if k == 0 or k == n:
+        raise GrafsError(f"cannot split {n} samples {fraction:.0%}/{1 - fraction:.0%}")
+    tensors = getattr(ds, "tensors", None)
+    if tensors is not None:
+        return tuple(t[perm[:k]] for t in tensors), tuple(t[perm[k:]] for t in tensors)
+    from torch.utils.data import Subset
+    return Subset(ds, perm[:k].tolist()), Subset(ds, perm[k:].tolist())
+
+
+def _accuracy(out: torch.Tensor, y: torch.Tensor) -> float | None:
+    if y.dtype in (torch.int64, torch.int32) and out.dim() >= 1 and out.shape[:-1] == y.shape:
+        return float((out.argmax(-1) == y).float().mean())
+    return None
+
+
+def _default_loss(out, y):
+    if out.dim() == 3 and y.dim() == 2:  # sequence models: (B, T, V) vs (B, T)
+        return nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
+    return nn.functional.cross_entropy(out, y)
+
+
+# ---------------------------------------------------------------------------------------------
+# result
+@dataclass
+class SearchResult:
+    """What a search found, and how.
+
+    ``formula``: the discretized activation (parses with grafs.parse); ``history``: per epoch the
+    α of every hole, γ, losses, accuracies, active-op counts and the leading formula, plus the
+    dropped ops with their epochs; ``settings``: the arguments of the run.
+    """
+    formula: str
+    history: dict
+    settings: dict = field(default_factory=dict)
+    search_seconds: float = 0.0
+    cell_state: dict | None = None
+
+    @property
+    def expr(self):
+        from grafs.grammar.parser import parse
+        return parse(self.formula)
+
+    @property
+    def activation(self) -> nn.Module:
+        """The found activation compiled (inductor backend)."""
+        from grafs.compiler import compile as gcompile
+        return gcompile(self.formula)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write ``path/result.json`` and ``path/cell.pt`` (atomically, file by file)."""
+        p = Path(path)
+        p.mkdir(parents=True, exist_ok=True)
+        meta = {"formula": self.formula, "history": self.history, "settings": self.settings,
+                "search_seconds": self.search_seconds, "grafs_result_version": 1}
+        _atomic_write_text(p / "result.json", json.dumps(meta, indent=1, default=_json_default))
+        if self.cell_state is not None:
+            _atomic_torch_save(self.cell_state, p / "cell.pt")
+        return p
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "SearchResult":
+        p = Path(path)
+        f = p / "result.json" if p.is_dir() else p
+        try:
+            meta = json.loads(f.read_text())
+            formula = meta["formula"]
+        except (OSError, ValueError, KeyError) as err:
+            raise GrafsError(f"{f} is not a grafs search result: {err}") from None
+        from grafs.grammar.parser import parse
+        parse(formula)  # a corrupt formula is an error now, not at first use
+        cell = p / "cell.pt" if p.is_dir() else None
+        state = torch.load(cell, weights_only=True) if cell is not None and cell.exists() else None
+        return cls(formula, meta.get("history", {}), meta.get("settings", {}),
+                   meta.get("search_seconds", 0.0), state)
+
+    def __repr__(self) -> str:
+        return f"SearchResult(formula={self.formula!r}, epochs={len(self.history.get('epochs', []))})"
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, torch.Tensor):
+        return o.tolist()
+    return str(o)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# the search
+def _rng_state() -> dict:
+    st = {"torch": torch.get_rng_state(), "numpy": json.dumps(_np_state()),
+          "python": json.dumps(random.getstate(), default=list)}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def _np_state():
+    s = np.random.get_state()
+    return [s[0], s[1].tolist(), int(s[2]), int(s[3]), float(s[4])]
+
+
+def _set_rng_state(st: dict) -> None:
+    torch.set_rng_state(st["torch"])
+    s = json.loads(st["numpy"])
+    np.random.set_state((s[0], np.array(s[1], dtype=np.uint32), s[2], s[3], s[4]))
+    py = json.loads(st["python"])
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def search(model: nn.Module, train_data, val_data=None, *, space=None, epochs: int = 10,
+           warmstart_epochs: int = 1, shrink_start: int | None = None, seed: int = 0,
+           batch_size: int = 128, loss_fn: Callable | None = None,
+           optimizer: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer] | None = None,
+           scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
+           arch_lr: float = 1e-3, arch_weight_decay: float = 1e-3,
+           arch_betas: tuple[float, float] = (0.5, 0.999), grad_accumulation: int = 1,
+           activation_types: Sequence[type] = DEFAULT_TYPES, cell_mode: str = "auto",
+           device: str | torch.device | None = None, checkpoint_dir: str | os.PathLike | None = None,
+           resume: str | os.PathLike | None = None, progress: bool = True,
+           train_fraction: float = 0.75, max_steps_per_epoch: int | None = None,
+           _stop_after_epoch: int | None = None) -> SearchResult:
+    """Run a GRAFS search and return the discretized activation (see module docstring).
+
+    ``train_data``/``val_data``: (inputs, targets) tensors, a Dataset or a DataLoader; with no
+    ``val_data`` the training data is split ``train_fraction``/rest (75/25). ``optimizer`` and
+    ``scheduler`` are factories (``lambda params: torch.optim.SGD(params, 0.1)``,
+    ``lambda opt: ...``; the scheduler steps once per epoch); defaults: Adam(1e-3), none.
+    ``cell_mode``: "fused", "eager", "compile" or "auto" (fused on CUDA; eager on CPU, where
+    compile time would dominate a small search). ``checkpoint_dir`` gets ``checkpoint.pt`` after
+    every epoch; ``resume`` continues from such a directory and gives exactly the result of the
+    uninterrupted run with the same arguments.
+    """
+    from grafs.runtime.space import SearchSpace
+
+    if epochs < 1:
+        raise GrafsError(f"epochs must be >= 1, got {epochs}")
+    if not 0 <= warmstart_epochs < epochs:
+        raise GrafsError(f"warmstart_epochs must be in [0, epochs), got {warmstart_epochs} with epochs={epochs}")
+    if grad_accumulation < 1:
+        raise GrafsError(f"grad_accumulation must be >= 1, got {grad_accumulation}")
+    space = space or SearchSpace.grafs()
+    dev = torch.device(device) if device is not None else next(
+        (p.device for p in model.parameters()), torch.device("cpu"))
+    if cell_mode == "auto":
+        cell_mode = "fused" if dev.type == "cuda" else "eager"
+    start = shrink_start if shrink_start is not None else max(1, 2 * warmstart_epochs)
+    schedule = shrink_schedule(space.num_ops, len(space.holes), epochs, start) if epochs > 1 else {}
+    settings = dict(epochs=epochs, warmstart_epochs=warmstart_epochs, shrink_start=start, seed=seed,
+                    batch_size=batch_size, arch_lr=arch_lr, arch_weight_decay=arch_weight_decay,
+                    arch_betas=list(arch_betas), grad_accumulation=grad_accumulation,
+                    template=space.template, num_ops=space.num_ops, cell_mode=cell_mode,
+                    max_steps_per_epoch=max_steps_per_epoch)
+
+    seed_everything(seed)
+    if val_data is None:
+        train_data, val_data = split_dataset(train_data, train_fraction, seed)
+    train = _Batches(train_data, batch_size, seed, 0, "train_data")
+    val = _Batches(val_data, batch_size, seed, 1, "val_data")
+
+    model = model.to(dev)
+    cell = space.relax(mode=cell_mode, seed=seed).to(dev)
+    state = {"use_cell": True}
+    n_sites = replace_activations(model, lambda orig: SearchSite(orig, cell, state), activation_types)
+    arch_params = list(cell.arch_parameters())
+    arch_ids = {id(p) for p in arch_params}
+    weights = [p for p in model.parameters() if id(p) not in arch_ids]
+    w_opt = optimizer(weights) if optimizer is not None else torch.optim.Adam(weights, lr=1e-3)
+    w_sched = scheduler(w_opt) if scheduler is not None else None
+    a_opt = torch.optim.Adam(arch_params, lr=arch_lr, betas=tuple(arch_betas), weight_decay=arch_weight_decay)
+    loss_fn = loss_fn or _default_loss
+
+    history: dict[str, list] = {k: [] for k in (
+        "epochs", "train_loss", "val_loss", "train_acc", "val_acc", "num_active", "alpha",
+        "gamma", "formula", "dropped", "seconds")}
+    first_epoch = 0
+    elapsed = 0.0
+    ckpt_path = Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir is not None else None
+    if resume is not None:
+        rp = Path(resume)
+        rp = rp / "checkpoint.pt" if rp.is_dir() else rp
+        try:
+            ck = torch.load(rp, weights_only=True, map_location=dev)
+        except (OSError, RuntimeError, EOFError) as err:
+            raise GrafsError(f"cannot resume from {rp}: {err}") from None
+        if json.loads(ck["settings"]) != json.loads(json.dumps(settings, default=_json_default)):
+            raise GrafsError(f"cannot resume from {rp}: it was written by a search with other settings "
+                             f"({ck['settings']})")
+        model.load_state_dict(ck["model"])
+        w_opt.load_state_dict(ck["w_opt"])
+        a_opt.load_state_dict(ck["a_opt"])
+        if w_sched is not None and "w_sched" in ck:
+            w_sched.load_state_dict(ck["w_sched"])
+        history = json.loads(ck["history"])
+        first_epoch = int(ck["epoch"]) + 1
+        elapsed = float(ck["elapsed"])
+        _set_rng_state(ck["rng"])
+        if ckpt_path is None:
+            ckpt_path = rp
+
+    steps_per_epoch = len(train) if max_steps_per_epoch is None else min(len(train), max_steps_per_epoch)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=epochs * steps_per_epoch, initial=first_epoch * steps_per_epoch,
+                   desc="GRAFS search", unit="step", dynamic_ncols=True)
+    t_start = time.perf_counter() - elapsed
+    try:
+        for epoch in range(first_epoch, epochs):
+            t_epoch = time.perf_counter()
+            if epoch in schedule:
+                for hole, op in cell.drop(schedule[epoch]):
+                    history["dropped"].append([epoch, hole, op])
+            warm = epoch < warmstart_epochs
+            model.train()
+            tot = {"loss": 0.0, "acc": 0.0, "n": 0, "nacc": 0}
+            val_iter = iter(val.epoch(epoch))
+            w_opt.zero_grad(set_to_none=True)
+            for step, (xb, yb) in enumerate(train.epoch(epoch)):
+                if step >= steps_per_epoch:
+                    break
+                xb, yb = xb.to(dev), yb.to(dev)
+                try:
+                    xv, yv = next(val_iter)
+                except StopIteration:
+                    val_iter = iter(val.epoch(epoch + 10_000 * (step + 1)))
+                    xv, yv = next(val_iter)
+                xv, yv = xv.to(dev), yv.to(dev)
+                # 1. arch step on a validation batch (fresh Dirichlet samples at every call)
+                state["use_cell"] = True
+                a_opt.zero_grad(set_to_none=True)
+                vloss = loss_fn(model(xv), yv)
+                _check_finite(vloss, "validation", epoch, step, cell, ckpt_path)
+                vloss.backward()
+                a_opt.step()
+                # the arch step must not leak into the weight update (the reference forgets this)
+                for p in weights:
+                    p.grad = None
+                a_opt.zero_grad(set_to_none=True)
+                # 2. weight step (original activation while warm-starting)
+                state["use_cell"] = not warm
+                out = model(xb)
+                loss = loss_fn(out, yb)
+                _check_finite(loss, "training", epoch, step, cell, ckpt_path)
+                (loss / grad_accumulation).backward()
+                for p in arch_params:  # weight steps never move α or γ
+                    p.grad = None
+                if (step + 1) % grad_accumulation == 0 or step + 1 == steps_per_epoch:
+                    w_opt.step()
+                    w_opt.zero_grad(set_to_none=True)
+                tot["loss"] += float(loss) * len(xb)
+                tot["n"] += len(xb)
+                acc = _accuracy(out.detach(), yb)
+                if acc is not None:
+                    tot["acc"] += acc * len(xb)
+                    tot["nacc"] += len(xb)
+                if bar is not None:
+                    bar.update(1)
+                    if step % 10 == 0:
+                        bar.set_postfix_str(f"ep {epoch + 1}/{epochs} ops {cell.num_active()} "
+                                            f"loss {float(loss):.3f}" + (" warm" if warm else ""))
+            if w_sched is not None:
+                w_sched.step()
+            state["use_cell"] = True
+            vl, va = _evaluate(model, val, epoch, loss_fn, dev, cell, ckpt_path)
+            formula = str(cell.discretize())
+            history["epochs"].append(epoch)
+            history["train_loss"].append(tot["loss"] / max(tot["n"], 1))
+            history["train_acc"].append(tot["acc"] / tot["nacc"] if tot["nacc"] else None)
+            history["val_loss"].append(vl)
+            history["val_acc"].append(va)
+            history["num_active"].append(cell.num_active())
+            history["alpha"].append([a.detach().cpu().tolist() for a in cell.alpha])
+            history["gamma"].append(cell.gamma.detach().cpu().tolist())
+            history["formula"].append(formula)
+            history["seconds"].append(time.perf_counter() - t_epoch)
+            if bar is not None:
+                short = formula if len(formula) < 70 else formula[:67] + "…"
+                bar.write(f"epoch {epoch + 1:>3}/{epochs}  ops {cell.num_active():>3}  "
+                          f"train {history['train_loss'][-1]:.4f}  val {vl:.4f}"
+                          + (f"  val acc {va:.3f}" if va is not None else "") + f"  {short}")
+            if ckpt_path is not None:
+                ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+                ck = {"epoch": epoch, "model": model.state_dict(), "w_opt": w_opt.state_dict(),
+                      "a_opt": a_opt.state_dict(), "history": json.dumps(history, default=_json_default),
+                      "settings": json.dumps(settings, default=_json_default), "rng": _rng_state(),
+                      "elapsed": time.perf_counter() - t_start}
+                if w_sched is not None:
+                    ck["w_sched"] = w_sched.state_dict()
+                _atomic_torch_save(ck, ckpt_path)
+            if _stop_after_epoch is not None and epoch >= _stop_after_epoch:
+                raise _Interrupted(epoch)
+    finally:
+        if bar is not None:
+            bar.close()
+    if not cell.is_discrete():  # e.g. a 1-epoch run: take the argmax per hole
+        pass
+    settings["activation_sites"] = n_sites
+    return SearchResult(str(cell.discretize()), history, settings, time.perf_counter() - t_start,
+                        {k: v.detach().cpu() for k, v in cell.state_dict().items()})
+
+
+class _Interrupted(Exception):
+    """Test hook: stop a search after an epoch as if the process had been killed."""
+
+
+def _leading(cell) -> str:
+    try:
+        return str(cell.discretize())
+    except Exception:  # pragma: no cover - only for error messages
+        return "?"
+
+
+def _check_finite(loss, kind, epoch, step, cell, ckpt_path) -> None:
+    if not torch.isfinite(loss):
+        where = f"; the last good checkpoint is {ckpt_path}" if ckpt_path is not None and ckpt_path.exists() else ""
+        raise SearchError(f"non-finite {kind} loss ({float(loss)}) at epoch {epoch + 1}, step {step + 1}; "
+                          f"leading formula: {_leading(cell)}{where}. Try a lower learning rate or arch_lr.")
+
+
+@torch.no_grad()
+def _evaluate(model, val: _Batches, epoch, loss_fn, dev, cell, ckpt_path):
+    model.eval()
+    tot_loss, tot_acc, n, nacc = 0.0, 0.0, 0, 0
+    for xb, yb in val.epoch(epoch):
+        xb, yb = xb.to(dev), yb.to(dev)
+        out = model(xb)
+        loss = loss_fn(out, yb)
+        _check_finite(loss, "validation", epoch, 0, cell, ckpt_path)
+        tot_loss += float(loss) * len(xb)
+        n += len(xb)
+        acc = _accuracy(out, yb)
+        if acc is not None:
+            tot_acc += acc * len(xb)
+            nacc += len(xb)
+    model.train()
+    return tot_loss / max(n, 1), (tot_acc / nacc if nacc else None)
