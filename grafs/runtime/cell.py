@@ -89,7 +89,7 @@ class RelaxedCell(nn.Module):
         yield self.gamma
 
     def gamma_values(self, hole_index: int, op_name: str) -> list[float]:
-        return [float(self.gamma[j]) for j in self.gamma_of[(hole_index, op_name)]]
+        return [float(self.gamma.detach()[j]) for j in self.gamma_of[(hole_index, op_name)]]
 
     # -- sampling --------------------------------------------------------------------------
     def sample_weights(self) -> torch.Tensor:
