@@ -7,11 +7,17 @@ from grafs.errors import (ArityError, CompileError, GrafsError, ParseError, Sear
                           SearchSpaceError, UnknownFunctionError)
 from grafs.grammar import Expr, parse
 from grafs.compiler import Activation, compile, to_python
+from grafs.runtime.schedule import shrink_schedule
+from grafs.runtime.space import SearchSpace
+from grafs.runtime.cell import RelaxedCell
+from grafs.search import Act, SearchResult, replace_activations, search
 
 __version__ = "0.1.0"
 
 __all__ = [
     "parse", "Expr", "compile", "to_python", "Activation",
+    "SearchSpace", "RelaxedCell", "shrink_schedule",
+    "search", "SearchResult", "replace_activations", "Act",
     "GrafsError", "ParseError", "ArityError", "UnknownFunctionError", "CompileError",
     "SearchError", "SearchSpaceError",
 ]

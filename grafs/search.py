@@ -321,7 +321,8 @@ def search(model: nn.Module, train_data, val_data=None, *, space=None, epochs: i
         (p.device for p in model.parameters()), torch.device("cpu"))
     if cell_mode == "auto":
         cell_mode = "fused" if dev.type == "cuda" else "eager"
-    start = shrink_start if shrink_start is not None else max(1, 2 * warmstart_epochs)
+    # shrinking starts at 2·E0 by default (the paper), or earlier if the run is too short for that
+    start = shrink_start if shrink_start is not None else max(1, min(2 * warmstart_epochs, epochs - 1))
     schedule = shrink_schedule(space.num_ops, len(space.holes), epochs, start) if epochs > 1 else {}
     settings = dict(epochs=epochs, warmstart_epochs=warmstart_epochs, shrink_start=start, seed=seed,
                     batch_size=batch_size, arch_lr=arch_lr, arch_weight_decay=arch_weight_decay,
@@ -425,7 +426,7 @@ def search(model: nn.Module, train_data, val_data=None, *, space=None, epochs: i
                 if (step + 1) % grad_accumulation == 0 or step + 1 == steps_per_epoch:
                     w_opt.step()
                     w_opt.zero_grad(set_to_none=True)
-                tot["loss"] += float(loss) * len(xb)
+                tot["loss"] += float(loss.detach()) * len(xb)
                 tot["n"] += len(xb)
                 acc = _accuracy(out.detach(), yb)
                 if acc is not None:
@@ -435,7 +436,7 @@ def search(model: nn.Module, train_data, val_data=None, *, space=None, epochs: i
                     bar.update(1)
                     if step % 10 == 0:
                         bar.set_postfix_str(f"ep {epoch + 1}/{epochs} ops {cell.num_active()} "
-                                            f"loss {float(loss):.3f}" + (" warm" if warm else ""))
+                                            f"loss {float(loss.detach()):.3f}" + (" warm" if warm else ""))
             if w_sched is not None:
                 w_sched.step()
             state["use_cell"] = True

@@ -1,0 +1,182 @@
+"""GRAFS search loop: determinism, resume, warm-start, gradient hygiene, NaN handling, results."""
+import copy
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import grafs
+from grafs.errors import GrafsError, SearchError
+from grafs.runtime.space import SearchSpace
+from grafs.search import (Act, SearchSite, _Batches, _Interrupted, replace_activations,
+                          search, split_dataset)
+
+SPACE = dict(template="B(U(B(U(x), U(x))), U(x))",
+             unary=["identity", "relu", "gelu", "silu", "tanh", "square", "mul_gamma"],
+             binary=["add", "mul", "mix", "max"])
+
+
+def data(n=240, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 8, generator=g)
+    y = ((x[:, 0] * x[:, 1] + 0.5 * x[:, 2]) > 0).long()
+    return x, y
+
+
+def model(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 2))
+
+
+def run(**kw):
+    args = dict(space=SearchSpace(**SPACE), epochs=5, seed=1, batch_size=32, progress=False,
+                arch_lr=3e-2)
+    args.update(kw)
+    return search(model(), data(), **args)
+
+
+def test_search_returns_parseable_formula_and_history():
+    r = run()
+    e = grafs.parse(r.formula)
+    assert str(e) == r.formula
+    h = r.history
+    assert h["epochs"] == [0, 1, 2, 3, 4]
+    assert h["num_active"][-1] == 6  # fully discrete at the last epoch
+    assert len(h["dropped"]) == SearchSpace(**SPACE).num_ops - 6
+    assert all(len(a) == 6 for a in h["alpha"])
+    assert h["formula"][-1] == r.formula
+    assert all(isinstance(v, float) for v in h["train_loss"] + h["val_loss"])
+    # the compiled activation computes the formula
+    x = torch.randn(50)
+    torch.testing.assert_close(r.activation(x), grafs.compile(r.formula, backend="eager")(x))
+
+
+def test_same_seed_same_formula_and_history():
+    a, b = run(), run()
+    assert a.formula == b.formula
+    assert a.history["alpha"] == b.history["alpha"]
+    assert a.history["val_loss"] == b.history["val_loss"]
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    full = run(checkpoint_dir=tmp_path / "full")
+    with pytest.raises(_Interrupted):
+        run(checkpoint_dir=tmp_path / "cut", _stop_after_epoch=2)
+    ck = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)
+    assert ck["epoch"] == 2
+    resumed = run(checkpoint_dir=tmp_path / "cut", resume=tmp_path / "cut")
+    assert resumed.formula == full.formula
+    for key in ("alpha", "gamma", "train_loss", "val_loss", "dropped", "num_active", "formula"):
+        assert resumed.history[key] == full.history[key], key
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    with pytest.raises(_Interrupted):
+        run(checkpoint_dir=tmp_path, _stop_after_epoch=1)
+    with pytest.raises(GrafsError, match="other settings"):
+        run(resume=tmp_path, epochs=6)
+
+
+class Spy(torch.optim.SGD):
+    """Records the gradients the weight optimizer sees at each step."""
+    seen: list = []
+
+    def step(self, closure=None):
+        Spy.seen.append([None if p.grad is None else p.grad.clone() for p in self.param_groups[0]["params"]])
+        return super().step(closure)
+
+
+def test_warmstart_weight_step_uses_original_activation_and_clean_grads():
+    """During warm-start the weight gradient must be exactly the gradient of the training loss
+    of the ORIGINAL network: no arch-step gradient leaks in, no cell involved."""
+    Spy.seen = []
+    m0 = model()
+    init = copy.deepcopy(m0.state_dict())
+    x, y = data()
+    (xt, yt), (xv, yv) = split_dataset((x, y), 0.75, seed=1)
+    search(m0, (xt, yt), (xv, yv), space=SearchSpace(**SPACE), epochs=3, warmstart_epochs=1,
+           seed=1, batch_size=32, progress=False, max_steps_per_epoch=1,
+           optimizer=lambda ps: Spy(ps, lr=0.1))
+    ref = model()
+    ref.load_state_dict(init)
+    xb, yb = next(iter(_Batches((xt, yt), 32, 1, 0, "t").epoch(0)))
+    nn.functional.cross_entropy(ref(xb), yb).backward()
+    for got, p in zip(Spy.seen[0], ref.parameters()):
+        torch.testing.assert_close(got, p.grad)
+
+
+def test_sites_switch_between_original_and_cell():
+    calls = {"orig": 0, "cell": 0}
+    m = model()
+    space = SearchSpace(**SPACE)
+    x, y = data()
+
+    class CountingReLU(nn.ReLU):
+        def forward(self, t):
+            calls["orig"] += 1
+            return super().forward(t)
+
+    m[1], m[3] = CountingReLU(), CountingReLU()
+    orig_forward = grafs.runtime.cell.RelaxedCell.forward
+
+    def counting(self, t, weights=None):
+        calls["cell"] += 1
+        return orig_forward(self, t, weights)
+
+    grafs.runtime.cell.RelaxedCell.forward = counting
+    try:
+        search(m, (x, y), space=space, epochs=2, warmstart_epochs=1, seed=0, batch_size=32,
+               progress=False, max_steps_per_epoch=2)
+    finally:
+        grafs.runtime.cell.RelaxedCell.forward = orig_forward
+    # epoch 0 (warm): 2 steps x 2 sites with the original activation, the rest through the cell
+    assert calls["orig"] == 2 * 2
+    assert calls["cell"] > 0
+
+
+def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(tmp_path):
+    state = {"epoch_calls": 0}
+
+    def loss(out, y):
+        state["epoch_calls"] += 1
+        value = nn.functional.cross_entropy(out, y)
+        return value * float("nan") if state["epoch_calls"] > 40 else value
+
+    with pytest.raises(SearchError, match=r"non-finite .* loss .* epoch \d+.*leading formula") as err:
+        run(loss_fn=loss, checkpoint_dir=tmp_path)
+    assert "checkpoint" in str(err.value)
+    ck = torch.load(tmp_path / "checkpoint.pt", weights_only=True)  # last good one is intact
+    assert ck["epoch"] >= 0 and json.loads(ck["history"])["formula"]
+
+
+def test_result_save_load_roundtrip(tmp_path):
+    r = run(epochs=3)
+    r.save(tmp_path / "res")
+    back = grafs.SearchResult.load(tmp_path / "res")
+    assert back.formula == r.formula and back.history == json.loads(json.dumps(r.history))
+    assert set(back.cell_state) == set(r.cell_state)
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "result.json").write_text("{not json")
+    with pytest.raises(GrafsError, match="not a grafs search result"):
+        grafs.SearchResult.load(tmp_path / "bad")
+
+
+def test_replace_activations_counts_and_placeholder():
+    m = nn.Sequential(nn.Linear(3, 3), nn.ReLU(), nn.Sequential(nn.GELU(), Act("silu(x)")), nn.Tanh())
+    n = replace_activations(m, lambda: nn.Identity(), types=(nn.ReLU, nn.GELU))
+    assert n == 3  # ReLU, GELU and the grafs.Act placeholder; Tanh not asked for
+    assert isinstance(m[3], nn.Tanh)
+    with pytest.raises(GrafsError, match="no activation modules"):
+        replace_activations(nn.Linear(2, 2), lambda: nn.Identity())
+    x = torch.randn(4)
+    torch.testing.assert_close(Act("silu(x)")(x), nn.functional.silu(x))
+
+
+def test_bad_arguments():
+    with pytest.raises(GrafsError):
+        run(epochs=0)
+    with pytest.raises(GrafsError):
+        run(warmstart_epochs=5)
+    with pytest.raises(GrafsError, match="Dataset"):
+        search(model(), [1, 2, 3], progress=False)
