@@ -11,6 +11,7 @@ from grafs.runtime.schedule import shrink_schedule
 from grafs.runtime.space import SearchSpace
 from grafs.runtime.cell import RelaxedCell
 from grafs.search import Act, SearchResult, replace_activations, search
+import grafs.activations.terms  # noqa: F401  (registers xielu, pwlu, dyn, anact, … as grammar terms)
 
 __version__ = "0.1.0"
 

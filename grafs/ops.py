@@ -55,6 +55,10 @@ class Op:
     py_tensor_scalars: str | None = None # export template when a scalar is a learnable tensor
     infix: str | None = None             # + - * / ^ for the printers
     doc: str = ""
+    # trainable families (grafs.activations): the compiler instantiates module() per node and
+    # calls it with module_inputs(node) (Exprs, e.g. the wrapped expression, x, its derivative)
+    module: Callable | None = None
+    module_inputs: Callable | None = None
 
     def arity_text(self) -> str:
         names = ["a", "b", "c"][: self.arity] if self.arity > 1 else ["x"]

@@ -39,6 +39,10 @@ class Activation(nn.Module):
         self.program: Program = lower(expr, clip=clip, ell=ell)
         self.params = nn.ParameterDict(
             {n: nn.Parameter(torch.tensor(v, dtype=torch.float32)) for n, v in self.program.params})
+        from grafs.ops import OPS
+        # trainable families (xielu(…), anact(…), …): one module per node, state in state_dict
+        self.terms = nn.ModuleDict({i.key: OPS[i.op].module() for i in self.program.instrs
+                                    if i.key is not None})
         self._compiled = None
         self._triton = None
 
@@ -50,7 +54,7 @@ class Activation(nn.Module):
         return f"{self.formula!r}, backend={self.backend!r}" + (f", clip=±{self.ell:g}" if self.clip else "")
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
-        return run_program(self.program, x, self.params)
+        return run_program(self.program, x, self.params, modules=self.terms)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.backend == "eager":
@@ -60,7 +64,10 @@ class Activation(nn.Module):
                 from grafs.compiler.codegen import function_source, load_source
                 fn = load_source(function_source(self.program)).grafs_fn
                 self._compiled = torch.compile(fn, fullgraph=True)
-            return self._compiled(x, *self.params.values())
+            return self._compiled(x, *self.params.values(), *self.terms.values())
+        if len(self.terms):
+            raise CompileError("the triton backend does not run trainable families "
+                               f"({', '.join(self.terms)}); use backend='inductor'")
         if self._triton is None:
             from grafs.compiler.triton_backend import TritonFormula
             self._triton = TritonFormula(self.program)

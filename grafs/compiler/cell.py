@@ -30,12 +30,25 @@ def hole_mixture(space, hole, inputs, active, slot_of, gamma_of, ell):
             continue
         spec = SEARCH_OPS[op_name]
         gammas = [E.Expr("gref", value=j) for j in gamma_of[(hole.index, op_name)]]
-        term = spec.build(inputs, gammas, ell)
+        term = _name_modules(spec.build(inputs, gammas, ell), f"{hole.name}_{op_name}", inputs)
         terms.append(E.Expr("wref", value=slot_of[(hole.index, op_name)]) * term)
     out = terms[0]
     for t in terms[1:]:
         out = out + t
     return out
+
+
+def _name_modules(term: E.Expr, key: str, inputs) -> E.Expr:
+    """Trainable-family nodes a candidate op adds get a per-slot name: their module's key."""
+    from grafs.ops import OPS
+    memo: dict[int, E.Expr] = {id(n): n for i in inputs for n in E.topological(i)}
+    for n in E.topological(term):
+        if id(n) in memo:
+            continue
+        args = [memo[id(a)] for a in n.args]
+        name = key if (n.op in OPS and OPS[n.op].module is not None) else n.name
+        memo[id(n)] = E.Expr(n.op, args, n.value, name) if args else n
+    return memo[id(term)]
 
 
 def substitute_holes(space, fill) -> E.Expr:

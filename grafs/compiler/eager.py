@@ -11,8 +11,9 @@ from grafs.compiler.lower import Program, lower
 from grafs.ops import OPS
 
 
-def run_program(prog: Program, x: torch.Tensor, params, vectors=None) -> torch.Tensor:
-    """``params``: name -> tensor; ``vectors``: {"w": tensor, "g": tensor} for cell programs."""
+def run_program(prog: Program, x: torch.Tensor, params, vectors=None, modules=None) -> torch.Tensor:
+    """``params``: name -> tensor; ``vectors``: {"w": tensor, "g": tensor} for cell programs;
+    ``modules``: key -> nn.Module for the trainable-family instructions."""
     env: list = []
 
     def val(a):
@@ -28,7 +29,8 @@ def run_program(prog: Program, x: torch.Tensor, params, vectors=None) -> torch.T
         return vectors[k][a[1]]
 
     for ins in prog.instrs:
-        env.append(OPS[ins.op].torch(*[val(a) for a in ins.args]))
+        fn = modules[ins.key] if ins.key is not None else OPS[ins.op].torch
+        env.append(fn(*[val(a) for a in ins.args]))
     return as_output(val(prog.result), x)
 
 
@@ -46,4 +48,5 @@ def run_expr(expr, x: torch.Tensor, params: dict | None = None) -> torch.Tensor:
     prog = lower(expr)
     p = {n: torch.tensor(v, dtype=x.dtype, device=x.device) for n, v in prog.params}
     p.update(params or {})
-    return run_program(prog, x, p)
+    mods = {i.key: OPS[i.op].module().to(x.device) for i in prog.instrs if i.key is not None}
+    return run_program(prog, x, p, modules=mods)

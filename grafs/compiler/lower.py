@@ -27,6 +27,7 @@ Arg = tuple
 class Instr:
     op: str
     args: tuple[Arg, ...]
+    key: str | None = None    # module ops: name of the submodule that computes this node
 
 
 @dataclass(frozen=True)
@@ -71,11 +72,27 @@ def _const_value(n: E.Expr, vals: list[float]) -> float:
     return v
 
 
+def expand_modules(root: E.Expr) -> E.Expr:
+    """Give each module-op node (trainable family) the inputs its module is called with."""
+    memo: dict[int, E.Expr] = {}
+    for n in E.topological(root):
+        args = [memo[id(a)] for a in n.args]
+        op = OPS.get(n.op)
+        if op is not None and op.module is not None and len(args) == op.arity:
+            shallow = E.Expr(n.op, args, n.value, n.name)
+            memo[id(n)] = E.Expr(n.op, [expand_modules(a) for a in op.module_inputs(shallow)],
+                                 n.value, n.name)
+        else:
+            memo[id(n)] = E.Expr(n.op, args, n.value, n.name) if args else n
+    return memo[id(root)]
+
+
 def fold_constants(root: E.Expr) -> E.Expr:
     memo: dict[int, E.Expr] = {}
     for n in E.topological(root):
         args = [memo[id(a)] for a in n.args]
-        if args and all(a.is_const for a in args):
+        is_module = n.op in OPS and OPS[n.op].module is not None
+        if args and all(a.is_const for a in args) and not is_module:
             memo[id(n)] = E.const(_const_value(n, [a.value for a in args]))
         else:
             memo[id(n)] = E.Expr(n.op, args, n.value, n.name) if args else n
@@ -85,7 +102,7 @@ def fold_constants(root: E.Expr) -> E.Expr:
 def lower(root: E.Expr, clip: bool = False, ell: float = DEFAULT_ELL,
           text: str | None = None) -> Program:
     e = clip_expr(root, ell) if clip else root
-    e = fold_constants(e)
+    e = fold_constants(expand_modules(e))
     slots: dict[int, Arg] = {}
     instrs: list[Instr] = []
     for n in E.topological(e):
@@ -98,7 +115,10 @@ def lower(root: E.Expr, clip: bool = False, ell: float = DEFAULT_ELL,
         elif n.op in VECTOR_REFS:
             slots[id(n)] = (VECTOR_REFS[n.op], int(n.value))
         else:
-            instrs.append(Instr(n.op, tuple(slots[id(a)] for a in n.args)))
+            key = None
+            if OPS[n.op].module is not None:
+                key = n.name or f"{n.op}{len(instrs)}"
+            instrs.append(Instr(n.op, tuple(slots[id(a)] for a in n.args), key))
             slots[id(n)] = ("t", len(instrs) - 1)
     return Program(tuple(instrs), slots[id(e)], tuple(root.params().items()),
                    str(root) if text is None else text)

@@ -57,7 +57,7 @@ def fold(op: str, *args) -> E.Expr:
                 return E.const(r)
         except (ZeroDivisionError, OverflowError, ValueError):
             pass
-    return E.call(op, *a)
+    return E.Expr(op, a)  # args are complete already (refold keeps e.g. expanded family nodes)
 
 
 def refold(root: E.Expr) -> E.Expr:
@@ -83,6 +83,9 @@ def derivative(root: E.Expr) -> E.Expr:
             d[id(n)] = zero
             continue
         op = OPS[n.op]
+        if op.grad is None:
+            from grafs.errors import CompileError
+            raise CompileError(f"{n.op} has learnable state and no symbolic derivative")
         total = zero
         needed = [i for i, a in enumerate(n.args[: op.arity]) if not _is(d[id(a)], 0.0)]
         if needed:

@@ -54,6 +54,8 @@ def _fmt(n: E.Expr, args: list[tuple[str, int]]) -> tuple[str, int]:
         return f"-{_wrap(args[0], 3)}", 3
     if n.op == "pow":  # right-associative; the base must be an atom
         return f"{_wrap(args[0], _ATOM)}^{_wrap(args[1], 3)}", 4
+    if op.module is not None and len(n.args) > op.arity:  # an expanded family node (cell)
+        return f"{n.op}({grammar_arg(n, args)[0]})", _ATOM
     shown = list(args[: op.arity])
     scal = n.args[op.arity:]
     # drop trailing scalars equal to their defaults
@@ -62,6 +64,15 @@ def _fmt(n: E.Expr, args: list[tuple[str, int]]) -> tuple[str, int]:
         keep -= 1
     shown += args[op.arity: op.arity + keep]
     return f"{n.op}({', '.join(s for s, _ in shown)})", _ATOM
+
+
+def grammar_arg(n: E.Expr, args: list):
+    """The wrapped expression of an expanded family node (its module inputs also hold x and,
+    for anact, the derivative): the first input that is not x itself."""
+    for a, s in zip(n.args, args):
+        if a.op != E.VAR:
+            return s
+    return args[0]
 
 
 def to_latex(root: E.Expr) -> str:

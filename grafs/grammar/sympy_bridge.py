@@ -72,6 +72,9 @@ def to_sympy(root: E.Expr, elementary: bool = False):
                 v = -a[0]
             elif OPS[n.op].infix or elementary:
                 v = OPS[n.op].sympy(*a)
+            elif OPS[n.op].module is not None and len(a) > OPS[n.op].arity:
+                from grafs.grammar.printer import grammar_arg
+                v = sympy_function(n.op)(grammar_arg(n, a))
             else:
                 op = OPS[n.op]
                 # leave defaulted scalars out so LeakyReLU(x) prints as in the paper

@@ -27,7 +27,7 @@ from torch import nn
 from grafs.compiler.cell import (CellKernels, cell_program, discretized_expr, fused_apply)
 from grafs.compiler.eager import run_program
 from grafs.errors import GrafsError
-from grafs.ops import SEARCH_OPS
+from grafs.ops import OPS, SEARCH_OPS
 
 MODES = ("fused", "eager", "compile")
 
@@ -63,6 +63,12 @@ class RelaxedCell(nn.Module):
         self._kernels: dict[tuple, CellKernels] = {}
         self._compiled_key: tuple | None = None
         self._programs: dict[tuple, object] = {}
+        # candidate ops from the trainable families carry modules (network weights, not arch params)
+        full = self._program(self.active_ops(), self.clip)
+        self.terms = nn.ModuleDict({i.key: OPS[i.op].module() for i in full.instrs if i.key is not None})
+        if len(self.terms) and mode != "eager":
+            raise GrafsError(f"search spaces with trainable-family ops ({', '.join(self.terms)}) "
+                             f"need mode='eager'")
 
     # -- bookkeeping ---------------------------------------------------------------------
     def _slots(self, h) -> list[int]:
@@ -133,7 +139,8 @@ class RelaxedCell(nn.Module):
         w = self.sample_weights() if weights is None else weights
         key = self.active_ops()
         if self.mode == "eager":
-            return run_program(self._program(key, self.clip), x, {}, {"w": w, "g": self.gamma})
+            return run_program(self._program(key, self.clip), x, {}, {"w": w, "g": self.gamma},
+                               self.terms)
         k = self._kernels_for(key)
         if self.mode == "compile":
             return k.fwd(x.reshape(-1), w, self.gamma).view(x.shape)
@@ -142,7 +149,8 @@ class RelaxedCell(nn.Module):
     def forward_unclipped(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         """The eager cell without bounded-op clipping (how a found formula is evaluated)."""
         w = self.sample_weights() if weights is None else weights
-        return run_program(self._program(self.active_ops(), False), x, {}, {"w": w, "g": self.gamma})
+        return run_program(self._program(self.active_ops(), False), x, {}, {"w": w, "g": self.gamma},
+                           self.terms)
 
     # -- shrinking and discretization ---------------------------------------------------------
     @torch.no_grad()
