@@ -54,3 +54,30 @@ def plot_activations(exprs: Sequence, path: str, labels: Sequence[str] | None = 
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def plot_alpha_history(result, path: str) -> str:
+    """Per hole, the α of every op over the epochs (dropped ops end where they were dropped)."""
+    plt = _plt()
+    hist = result.history
+    alphas = hist["alpha"]  # [epoch][hole][op]
+    n_holes = len(alphas[0])
+    from grafs.runtime.space import SearchSpace
+    s = result.settings
+    space = SearchSpace(s.get("template", "B(U(B(U(x), U(x))), U(x))"))
+    dropped = {(h, op): e for e, h, op in hist.get("dropped", [])}
+    fig, axes = plt.subplots(1, n_holes, figsize=(3.2 * n_holes, 3.2), squeeze=False)
+    for hi, ax in enumerate(axes[0]):
+        hole = space.holes[hi]
+        for oi, op in enumerate(hole.ops):
+            end = dropped.get((hole.name, op), len(alphas))
+            ys = [alphas[e][hi][oi] for e in range(min(end + 1, len(alphas)))]
+            ax.plot(range(len(ys)), ys, linewidth=1.0, label=op if len(hole.ops) <= 10 else None)
+        ax.set_title(hole.name)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("α")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

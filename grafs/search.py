@@ -302,7 +302,8 @@ def search(model: nn.Module, train_data, val_data=None, *, space=None, epochs: i
     ``train_data``/``val_data``: (inputs, targets) tensors, a Dataset or a DataLoader; with no
     ``val_data`` the training data is split ``train_fraction``/rest (75/25). ``optimizer`` and
     ``scheduler`` are factories (``lambda params: torch.optim.SGD(params, 0.1)``,
-    ``lambda opt: ...``; the scheduler steps once per epoch); defaults: Adam(1e-3), none.
+    ``lambda opt: ...``; the scheduler steps after every weight-optimizer step); defaults:
+    Adam(1e-3), no scheduler.
     ``cell_mode``: "fused", "eager", "compile" or "auto" (fused on CUDA; eager on CPU, where
     compile time would dominate a small search). ``checkpoint_dir`` gets ``checkpoint.pt`` after
     every epoch; ``resume`` continues from such a directory and gives exactly the result of the
@@ -426,6 +427,8 @@ def search(model: nn.Module, train_data, val_data=None, *, space=None, epochs: i
                 if (step + 1) % grad_accumulation == 0 or step + 1 == steps_per_epoch:
                     w_opt.step()
                     w_opt.zero_grad(set_to_none=True)
+                    if w_sched is not None:
+                        w_sched.step()
                 tot["loss"] += float(loss.detach()) * len(xb)
                 tot["n"] += len(xb)
                 acc = _accuracy(out.detach(), yb)
@@ -437,8 +440,6 @@ def search(model: nn.Module, train_data, val_data=None, *, space=None, epochs: i
                     if step % 10 == 0:
                         bar.set_postfix_str(f"ep {epoch + 1}/{epochs} ops {cell.num_active()} "
                                             f"loss {float(loss.detach()):.3f}" + (" warm" if warm else ""))
-            if w_sched is not None:
-                w_sched.step()
             state["use_cell"] = True
             vl, va = _evaluate(model, val, epoch, loss_fn, dev, cell, ckpt_path)
             formula = str(cell.discretize())
@@ -513,3 +514,29 @@ def _evaluate(model, val: _Batches, epoch, loss_fn, dev, cell, ckpt_path):
             nacc += len(xb)
     model.train()
     return tot_loss / max(n, 1), (tot_acc / nacc if nacc else None)
+
+
+def search_task(task, *, seed: int = 0, epochs: int | None = None, space=None, progress: bool = True,
+                checkpoint_dir=None, resume=None, cell_mode: str = "auto",
+                max_steps_per_epoch: int | None = None) -> SearchResult:
+    """Run :func:`search` on a built-in task (grafs.tasks) with its search configuration."""
+    cfg = task.search_config
+    epochs = cfg.epochs if epochs is None else epochs
+    (xt, yt), (xv, yv) = task.search_split(seed=seed)
+    spe = cfg.steps_per_epoch(len(xt))
+    if max_steps_per_epoch is not None:
+        spe = min(spe, max_steps_per_epoch)
+    warm = min(cfg.warmstart_epochs, epochs - 1)
+    result = search(task.make_model(seed=seed), (xt, yt), (xv, yv), space=space, epochs=epochs,
+                    warmstart_epochs=warm,
+                    shrink_start=max(1, min(cfg.shrink_start_epoch, epochs - 1)) if epochs > 1 else None,
+                    seed=seed, batch_size=cfg.batch_size, loss_fn=task.loss_fn,
+                    optimizer=cfg.make_optimizer,
+                    scheduler=lambda opt: cfg.make_scheduler(opt, epochs * spe),
+                    arch_lr=cfg.arch_lr, arch_weight_decay=cfg.arch_weight_decay,
+                    arch_betas=tuple(cfg.arch_betas), grad_accumulation=cfg.grad_accum_steps,
+                    activation_types=task.activation_types, cell_mode=cell_mode,
+                    checkpoint_dir=checkpoint_dir, resume=resume, progress=progress,
+                    max_steps_per_epoch=spe)
+    result.settings["task"] = task.name
+    return result
