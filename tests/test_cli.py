@@ -1,0 +1,71 @@
+"""The grafs command line, run in-process through grafs.cli.main."""
+import importlib.util
+import json
+import math
+
+import pytest
+import torch
+
+import grafs
+from grafs.cli import main
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_show(capsys):
+    code, out, _ = run(capsys, "show", "0.4739 LeakyReLU(LeakyReLU(x)) + 0.5261 GELU(x)")
+    assert code == 0
+    assert "0.4739*leaky_relu(leaky_relu(x)) + 0.5261*gelu(x)" in out
+    assert "leaky_relu(x, 0.0001)" in out        # simplified
+    assert "\\operatorname{GELU}" in out          # LaTeX
+    assert "derivative" in out
+
+
+def test_show_bad_input_exits_2_with_caret(capsys):
+    code, _, err = run(capsys, "show", "0.5*gelo(x)")
+    assert code == 2
+    assert "did you mean 'gelu'" in err and "^" in err
+
+
+def test_compile_emit_python_is_importable_and_correct(capsys, tmp_path):
+    formula = "(0.4662 sinh(x) + 0.5338) GELU(x) + {a=0.1}*x"
+    code, out, _ = run(capsys, "compile", formula, "--emit", "python", "--name", "Found")
+    assert code == 0 and "import grafs" not in out
+    path = tmp_path / "found.py"
+    path.write_text(out)
+    spec = importlib.util.spec_from_file_location("found", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    x = torch.randn(100, dtype=torch.float64)
+    torch.testing.assert_close(mod.Found().double()(x), grafs.compile(formula, backend="eager").double()(x))
+
+
+def test_plot_writes_png(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "f.png"
+    code, msg, _ = run(capsys, "plot", "0.4756 ReLU(x) + 0.5244 GELU(x)", "--baseline", "gelu(x)", "-o", str(out))
+    assert code == 0 and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5000
+
+
+def test_search_and_evaluate_commands(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, msg, _ = run(capsys, "search", "--task", "digits", "--epochs", "2", "--out", str(out), "--quiet")
+    assert code == 0
+    res = grafs.SearchResult.load(out)
+    assert f"found activation: {res.formula}" in msg
+    grafs.parse(res.formula)
+    js = tmp_path / "table.json"
+    code, msg, _ = run(capsys, "evaluate", "--task", "digits", "--results", str(out), "--baselines", "ReLU",
+                       "--seeds", "2", "--epochs", "1", "--quiet", "--json", str(js))
+    assert code == 0 and "| ReLU |" in msg and "search time / evaluation time" in msg
+    table = json.loads(js.read_text())
+    assert [r["name"] for r in table["rows"]] == ["F1", "ReLU"]
+    row = table["rows"][1]
+    mean = sum(row["scores"]) / 2
+    sem = math.sqrt(sum((s - mean) ** 2 for s in row["scores"]) / 1) / math.sqrt(2)
+    assert math.isclose(row["mean"], mean) and math.isclose(row["sem"], sem)
+    assert math.isclose(table["search_seconds"], res.search_seconds)
