@@ -19,7 +19,6 @@ import torch
 from grafs.compiler.codegen import function_source, load_source
 from grafs.compiler.lower import Program, fold_constants, lower
 from grafs.grammar import expr as E
-from grafs.grammar.derivative import refold
 from grafs.ops import SEARCH_OPS
 
 
@@ -75,7 +74,8 @@ def discretized_expr(space, chosen: list[str], gamma_values) -> E.Expr:
     def fill(h, ins):
         spec = SEARCH_OPS[chosen[h.index]]
         return spec.build(ins, [E.const(v) for v in gamma_values(h.index, chosen[h.index])], None)
-    return refold(fold_constants(substitute_holes(space, fill)))
+    from grafs.grammar.simplify import rewrite
+    return rewrite(fold_constants(substitute_holes(space, fill)))
 
 
 class CellKernels:

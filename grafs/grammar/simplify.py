@@ -4,6 +4,7 @@ Rules on the DAG (activation identities):
   leaky_relu(leaky_relu(x, a), b) -> leaky_relu(x, a·b)   for a, b ≥ 0
   relu(relu(x)) -> relu(x);  relu(leaky_relu(x, a)) -> relu(x) for a ≥ 0
   leaky_relu(relu(x), a) -> relu(x);  neg(neg(x)) -> x;  abs(abs(x)) -> abs(x)
+  max(e, e) -> e;  min(e, e) -> e;  c1·e + c2·e -> (c1 + c2)·e  (e one shared node)
 then sympy canonicalisation (x*x -> x^2, like terms collected, constants folded) and, for
 expressions small enough that it is quick, sympy.simplify.
 """
@@ -19,6 +20,16 @@ _SYMPY_SIMPLIFY_MAX_OPS = 40
 
 def _nonneg_const(e: E.Expr) -> bool:
     return e.is_const and e.value >= 0
+
+
+def _coeff(e: E.Expr) -> tuple[float, E.Expr]:
+    """e as (c, rest) with e == c·rest."""
+    if e.op == "mul" and e.args[0].is_const:
+        return e.args[0].value, e.args[1]
+    if e.op == "neg":
+        c, r = _coeff(e.args[0])
+        return -c, r
+    return 1.0, e
 
 
 def rewrite(root: E.Expr) -> E.Expr:
@@ -42,6 +53,13 @@ def rewrite(root: E.Expr) -> E.Expr:
                 new = E.call("relu", inner.args[0])
         elif new.op == "abs" and inner is not None and inner.op == "abs":
             new = inner
+        elif new.op in ("max", "min") and new.args[0] is new.args[1]:
+            new = new.args[0]
+        elif new.op in ("add", "sub"):
+            (c1, e1), (c2, e2) = _coeff(new.args[0]), _coeff(new.args[1])
+            if e1 is e2 and not e1.is_const:
+                c = c1 + c2 if new.op == "add" else c1 - c2
+                new = fold("mul", c, e1)
         memo[id(n)] = new
     return memo[id(root)]
 
