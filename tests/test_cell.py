@@ -227,7 +227,8 @@ def test_fused_matches_eager_through_shrinking():
     torch.manual_seed(0)
     x = 2 * torch.randn(3000)
     go = torch.randn_like(x)
-    for stage in (30, 17, 10, 6):
+    # 30 (compiled) -> 20 (reuses the 30-op code, dropped ops weigh 0) -> 6 (recompiled, exact)
+    for stage in (30, 20, 6):
         for c in (eager, fused):
             c.drop(c.num_active() - stage)
         assert eager.active_ops() == fused.active_ops()
