@@ -180,3 +180,28 @@ def test_bad_arguments():
         run(warmstart_epochs=5)
     with pytest.raises(GrafsError, match="Dataset"):
         search(model(), [1, 2, 3], progress=False)
+
+
+@pytest.mark.parametrize("name,kwargs,shape,sites", [
+    ("resnet20", {}, (2, 3, 32, 32), 19),
+    ("vit_tiny", {}, (2, 3, 32, 32), 4),
+    ("mini_gpt", {"vocab_size": 65, "block_size": 32}, None, 3),
+])
+def test_replace_activations_on_paper_models(name, kwargs, shape, sites):
+    """One shared relaxed cell replaces every activation site of the paper's models."""
+    from grafs.models import get_model
+    torch.manual_seed(0)
+    m = get_model(name, **kwargs)
+    cell = SearchSpace.grafs().relax("eager", seed=0)
+    state = {"use_cell": True}
+    n = replace_activations(m, lambda orig: SearchSite(orig, cell, state), (nn.ReLU, nn.GELU))
+    assert n == sites
+    assert not any(isinstance(mod, (nn.ReLU, nn.GELU)) and not isinstance(p, SearchSite)
+                   for p in m.modules() for mod in p.children())
+    x = torch.randn(*shape) if shape else torch.randint(0, 65, (2, 32))
+    out = m(x)
+    out.float().sum().backward()
+    assert all(a.grad is not None for a in cell.alpha)
+    # the cell's α and γ are registered once, however many sites share it
+    ids = [id(p) for p in m.parameters()]
+    assert len(ids) == len(set(ids)) and sum(id(a) in ids for a in cell.alpha) == 6
