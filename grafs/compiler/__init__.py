@@ -18,6 +18,44 @@ from grafs.grammar import expr as E
 BACKENDS = ("eager", "inductor", "triton")
 
 
+class ParamStore(nn.Module):
+    """Learnable scalars by name, in order of appearance in the formula.
+
+    Stored as ``p_<name>`` attributes, so any identifier works as a name (``keys``, ``training``,
+    ``forward`` would clash with nn.ParameterDict/nn.Module attributes).
+    """
+
+    def __init__(self, items):
+        super().__init__()
+        self._names: list[str] = []
+        for name, value in items:
+            self._names.append(name)
+            self.register_parameter(f"p_{name}", nn.Parameter(torch.tensor(value, dtype=torch.float32)))
+
+    def __getitem__(self, name: str) -> nn.Parameter:
+        if name not in self._names:
+            raise KeyError(name)
+        return getattr(self, f"p_{name}")
+
+    def __contains__(self, name) -> bool:
+        return name in self._names
+
+    def __iter__(self):
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def keys(self):
+        return list(self._names)
+
+    def values(self):
+        return [self[n] for n in self._names]
+
+    def items(self):
+        return [(n, self[n]) for n in self._names]
+
+
 class Activation(nn.Module):
     """An activation function compiled from a formula.
 
@@ -37,12 +75,11 @@ class Activation(nn.Module):
         self.clip = clip
         self.ell = float(ell)
         self.program: Program = lower(expr, clip=clip, ell=ell)
-        self.params = nn.ParameterDict(
-            {n: nn.Parameter(torch.tensor(v, dtype=torch.float32)) for n, v in self.program.params})
+        self.params = ParamStore(self.program.params)
         from grafs.ops import OPS
         # trainable families (xielu(…), anact(…), …): one module per node, state in state_dict
-        self.terms = nn.ModuleDict({i.key: OPS[i.op].module() for i in self.program.instrs
-                                    if i.key is not None})
+        self.terms = nn.ModuleDict([(i.key, OPS[i.op].module()) for i in self.program.instrs
+                                    if i.key is not None])  # pairs: ModuleDict keeps their order
         self._compiled = None
         self._triton = None
 
@@ -64,7 +101,9 @@ class Activation(nn.Module):
                 from grafs.compiler.codegen import function_source, load_source
                 fn = load_source(function_source(self.program)).grafs_fn
                 self._compiled = torch.compile(fn, fullgraph=True)
-            return self._compiled(x, *self.params.values(), *self.terms.values())
+            # positional, in the generated signature's order: parameters by appearance, then modules
+            return self._compiled(x, *[self.params[n] for n, _ in self.program.params],
+                                  *[self.terms[i.key] for i in self.program.instrs if i.key is not None])
         if len(self.terms):
             raise CompileError("the triton backend does not run trainable families "
                                f"({', '.join(self.terms)}); use backend='inductor'")

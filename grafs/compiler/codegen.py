@@ -36,6 +36,8 @@ def _ref(a, pref: str) -> str:
         return repr(a[1])
     if k in ("w", "g"):
         return f"{k}[{a[1]}]"
+    if k == "F":
+        return f"torch.full_like(x, {a[1]!r})"
     return f"{pref}p_{a[1]}"
 
 

@@ -26,6 +26,8 @@ def run_program(prog: Program, x: torch.Tensor, params, vectors=None, modules=No
             return a[1]
         if k == "p":
             return params[a[1]]
+        if k == "F":
+            return torch.full_like(x, a[1])
         return vectors[k][a[1]]
 
     for ins in prog.instrs:

@@ -18,7 +18,9 @@ from grafs.ops import OPS
 DEFAULT_ELL = 10.0
 
 # An argument: ("x",) the input; ("t", i) result of instruction i; ("c", v) a constant;
-# ("p", name) a learnable parameter; ("w", k) / ("g", k) element k of the relaxed cell's
+# ("p", name) a learnable parameter; ("F", v) the constant v as a tensor shaped like x (a
+# constant where a tensor is needed: a module input, or the tensor argument of an op whose
+# other arguments are learnable scalars); ("w", k) / ("g", k) element k of the relaxed cell's
 # mixture-weight / gamma vectors (see grafs.compiler.cell).
 Arg = tuple
 
@@ -116,9 +118,14 @@ def lower(root: E.Expr, clip: bool = False, ell: float = DEFAULT_ELL,
             slots[id(n)] = (VECTOR_REFS[n.op], int(n.value))
         else:
             key = None
-            if OPS[n.op].module is not None:
+            op = OPS[n.op]
+            args = [slots[id(a)] for a in n.args]
+            if op.module is not None:
                 key = n.name or f"{n.op}{len(instrs)}"
-            instrs.append(Instr(n.op, tuple(slots[id(a)] for a in n.args), key))
+                args = [("F", a[1]) if a[0] == "c" else a for a in args]
+            elif op.infix is None and all(a[0] == "c" for a in args[: op.arity]):
+                args = [("F", a[1]) if (a[0] == "c" and i < op.arity) else a for i, a in enumerate(args)]
+            instrs.append(Instr(n.op, tuple(args), key))
             slots[id(n)] = ("t", len(instrs) - 1)
     return Program(tuple(instrs), slots[id(e)], tuple(root.params().items()),
                    str(root) if text is None else text)

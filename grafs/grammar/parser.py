@@ -75,9 +75,9 @@ def _parse_tree(text: str):
     except lark.exceptions.UnexpectedToken as err:
         tok = err.token
         if tok.type == "$END":
-            line, col = _line_col(text, len(text.rstrip()))
+            line, col = _line_col(text, len(text.rstrip()))  # just past the last character
             raise ParseError(f"unexpected end of input; expected {_expected(err.expected)}",
-                             text, line, col + 1) from None
+                             text, line, col) from None
         raise ParseError(f"unexpected {tok.value!r}; expected {_expected(err.expected)}",
                          text, tok.line, tok.column) from None
     except lark.exceptions.UnexpectedEOF as err:  # pragma: no cover - LALR reports UnexpectedToken
@@ -170,6 +170,10 @@ def _build(node, kids, text, params, auto) -> E.Expr:
             auto[0] += 1
         else:
             name = name_tok.value
+            if name == "x" or name.lower() in CONSTANTS:
+                raise ParseError(f"a learnable parameter cannot be named {name!r} (that is the "
+                                 f"{'input variable' if name == 'x' else 'constant ' + name}); "
+                                 f"pick another name", text, name_tok.line, name_tok.column)
             if name in params and params[name] != value:
                 raise ParseError(f"parameter {name!r} is given two initial values "
                                  f"({params[name]!r} and {value!r})", text, name_tok.line,

@@ -47,7 +47,8 @@ def _fmt(n: E.Expr, args: list[tuple[str, int]]) -> tuple[str, int]:
         return f"{n.name[0]}({', '.join(s for s, _ in args)})", _ATOM
     op = OPS[n.op]
     if n.op in ("add", "sub"):
-        return f"{_wrap(args[0], 1)} {op.infix} {_wrap(args[1], 1, strict=n.op == 'sub')}", 1
+        # a + (b + c) must keep its parentheses: it reparses left-nested otherwise (floats!)
+        return f"{_wrap(args[0], 1)} {op.infix} {_wrap(args[1], 1, strict=True)}", 1
     if n.op in ("mul", "div"):
         return f"{_wrap(args[0], 2)}{op.infix}{_wrap(args[1], 3 if n.op == 'mul' else 3)}", 2
     if n.op == "neg":

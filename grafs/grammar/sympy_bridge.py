@@ -37,13 +37,16 @@ def sympy_function(name: str):
     if op.sympy_native is not None:
         return op.sympy_native
 
+    def full_args(args):  # to_sympy leaves defaulted scalars out (LeakyReLU(x)); put them back
+        return tuple(args) + tuple(sp.Float(s.default) for s in op.scalars[len(args) - op.arity:])
+
     def fdiff(self, argindex=1):
         dummies = [sp.Dummy() for _ in self.args]
-        d = sp.diff(op.sympy(*dummies), dummies[argindex - 1])
+        d = sp.diff(op.sympy(*full_args(dummies)), dummies[argindex - 1])
         return d.subs(dict(zip(dummies, self.args)))
 
     def _eval_evalf(self, prec):
-        return op.sympy(*self.args)._eval_evalf(prec)
+        return op.sympy(*full_args(self.args))._eval_evalf(prec)
 
     def _eval_is_real(self):
         return all(a.is_real for a in self.args) or None
