@@ -51,8 +51,8 @@ def _fmt(n: E.Expr, args: list[tuple[str, int]]) -> tuple[str, int]:
         return f"{_wrap(args[0], 1)} {op.infix} {_wrap(args[1], 1, strict=True)}", 1
     if n.op in ("mul", "div"):
         return f"{_wrap(args[0], 2)}{op.infix}{_wrap(args[1], 3 if n.op == 'mul' else 3)}", 2
-    if n.op == "neg":
-        return f"-{_wrap(args[0], 3)}", 3
+    if n.op == "neg":  # -(-1.5), -(-x): "--" would reparse as a different node
+        return f"-{_wrap(args[0], 3, strict=True)}", 3
     if n.op == "pow":  # right-associative; the base must be an atom
         return f"{_wrap(args[0], _ATOM)}^{_wrap(args[1], 3)}", 4
     if op.module is not None and len(n.args) > op.arity:  # an expanded family node (cell)
