@@ -14,7 +14,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(__file__))
+sys.path.append(os.path.dirname(__file__))  # after site-packages: bench/ must not shadow packages
 from common import device, sync, table, time_fwd_bwd  # noqa: E402
 
 import grafs  # noqa: E402

@@ -13,8 +13,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-sys.path.insert(0, os.path.dirname(__file__))
+sys.path.append(os.path.join(os.path.dirname(__file__), "..", "tests"))
+sys.path.append(os.path.dirname(__file__))  # after site-packages: bench/ must not shadow packages
 
 import grafs  # noqa: E402
 from common import device, table, time_fwd_bwd  # noqa: E402
