@@ -205,3 +205,16 @@ def test_replace_activations_on_paper_models(name, kwargs, shape, sites):
     # the cell's α and γ are registered once, however many sites share it
     ids = [id(p) for p in m.parameters()]
     assert len(ids) == len(set(ids)) and sum(id(a) in ids for a in cell.alpha) == 6
+
+
+def test_search_accepts_dataloaders_and_datasets():
+    from torch.utils.data import DataLoader, TensorDataset
+    (xt, yt), (xv, yv) = split_dataset(data(), 0.75, seed=0)
+    loader = DataLoader(TensorDataset(xt, yt), batch_size=32, shuffle=False)
+    r1 = search(model(), loader, TensorDataset(xv, yv), space=SearchSpace(**SPACE), epochs=3,
+                seed=0, progress=False)
+    r2 = search(model(), TensorDataset(xt, yt), DataLoader(TensorDataset(xv, yv), batch_size=32),
+                space=SearchSpace(**SPACE), epochs=3, seed=0, progress=False)
+    for r in (r1, r2):
+        grafs.parse(r.formula)
+        assert r.history["num_active"][-1] == 6
