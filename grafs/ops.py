@@ -53,6 +53,7 @@ class Op:
     bounded: bool = False                # |output| bounded for every input
     clip: Callable | None = None         # (args, ell) -> clipped Expr, for clip=True
     py_tensor_scalars: str | None = None # export template when a scalar is a learnable tensor
+    triton: str | None = None            # Triton expression template (tl./libdevice, fp32 args)
     infix: str | None = None             # + - * / ^ for the printers
     doc: str = ""
     # trainable families (grafs.activations): the compiler instantiates module() per node and
@@ -225,10 +226,13 @@ _OP_LIST: list[Op] = [
     Op("erf", 1, torch.erf, sp.erf, lambda a: ((2.0 / math.sqrt(math.pi)) * _c("exp", -(a * a)),),
        "torch.erf({0})", sympy_native=sp.erf, bounded=True, doc="error function"),
     Op("max", 2, _maximum, lambda a, b: sp.Max(a, b),
-       lambda a, b: (_c("step", a - b), _c("step", b - a)), "torch.maximum({0}, {1})",
+       # torch splits the gradient 0.5/0.5 on ties (max(x, abs(x)) ties on all x > 0)
+       lambda a, b: (0.5 * (1.0 + _c("sign", a - b)), 0.5 * (1.0 - _c("sign", a - b))),
+       "torch.maximum({0}, {1})",
        aliases=("maximum",), sympy_native=sp.Max, doc="max(a, b)"),
     Op("min", 2, _minimum, lambda a, b: sp.Min(a, b),
-       lambda a, b: (_c("step", b - a), _c("step", a - b)), "torch.minimum({0}, {1})",
+       lambda a, b: (0.5 * (1.0 - _c("sign", a - b)), 0.5 * (1.0 + _c("sign", a - b))),
+       "torch.minimum({0}, {1})",
        aliases=("minimum",), sympy_native=sp.Min, doc="min(a, b)"),
     Op("clamp", 1, _clamp, lambda a, lo, hi: sp.Min(sp.Max(a, lo), hi),
        lambda a, lo, hi: (_c("step", a - lo) * _c("step", hi - a),), "torch.clamp({0}, {1}, {2})",
@@ -237,7 +241,7 @@ _OP_LIST: list[Op] = [
        bounded=True, doc="clamp(x, lo, hi)"),
     # activations --------------------------------------------------------------------------
     Op("sigmoid", 1, torch.sigmoid, _sig,
-       lambda a: (_c("sigmoid", a) * (1.0 - _c("sigmoid", a)),), "torch.sigmoid({0})",
+       lambda a: (_c("sigmoid", a) * _c("sigmoid", -a),), "torch.sigmoid({0})",  # σ(-a), not 1-σ(a)
        aliases=("σ", "logistic", "sigma"), display="sigma", bounded=True, doc="1/(1+e^-x)"),
     Op("softplus", 1, F.softplus, _softplus_sp, lambda a: (_c("sigmoid", a),), "F.softplus({0})",
        aliases=("logexp",), display="softplus", doc="log(1+e^x)"),
@@ -249,7 +253,8 @@ _OP_LIST: list[Op] = [
        py_tensor_scalars="torch.where({0} > 0, {0}, {0} * {1})",
        doc="x for x > 0 else slope·x (slope 0.01)"),
     Op("elu", 1, _elu, lambda a, al: _pw(a, al * (sp.exp(a) - 1), a),
-       lambda a, al: (_c("step", a) + (1.0 - _c("step", a)) * al * _c("exp", a),),
+       # exp(min(a, 0)): never 0·inf for large a
+       lambda a, al: (_c("step", a) + (1.0 - _c("step", a)) * al * _c("exp", _c("min", a, 0.0)),),
        "F.elu({0}, {1})", scalars=(Scalar("alpha", 1.0),), display="ELU",
        py_tensor_scalars="torch.where({0} > 0, {0}, {1} * torch.expm1({0}))",
        doc="x for x > 0 else alpha·(e^x − 1)"),
@@ -258,14 +263,15 @@ _OP_LIST: list[Op] = [
                   + a * _c("exp", -0.5 * (a * a)) * (1.0 / SQRT2PI),),
        "F.gelu({0})", display="GELU", doc="x·Φ(x), exact erf form"),
     Op("silu", 1, F.silu, lambda a: a * _sig(a),
-       lambda a: (_c("sigmoid", a) * (1.0 + a * (1.0 - _c("sigmoid", a))),), "F.silu({0})",
+       lambda a: (_c("sigmoid", a) * (1.0 + a * _c("sigmoid", -a)),), "F.silu({0})",
        aliases=("swish",), display="SiLU", doc="x·σ(x)"),
     Op("mish", 1, F.mish, lambda a: a * sp.tanh(_softplus_sp(a)),
        lambda a: (_c("tanh", _c("softplus", a))
                   + a * _c("sigmoid", a) * (1.0 - _c("tanh", _c("softplus", a)) ** 2.0),),
        "F.mish({0})", display="Mish", doc="x·tanh(softplus(x))"),
     Op("selu", 1, torch.selu, lambda a: SELU_SCALE * _pw(a, SELU_ALPHA * (sp.exp(a) - 1), a),
-       lambda a: (SELU_SCALE * (_c("step", a) + (1.0 - _c("step", a)) * SELU_ALPHA * _c("exp", a)),),
+       lambda a: (SELU_SCALE * (_c("step", a) + (1.0 - _c("step", a)) * SELU_ALPHA
+                                * _c("exp", _c("min", a, 0.0))),),
        "torch.selu({0})", display="SELU", doc="scale·elu(x, alpha) with the SELU constants"),
     Op("softsign", 1, F.softsign, lambda a: a / (1 + sp.Abs(a)),
        lambda a: (1.0 / (1.0 + _c("abs", a)) ** 2.0,), "F.softsign({0})", display="softsign",
@@ -285,9 +291,49 @@ _OP_LIST: list[Op] = [
        lambda a: (_c("step", a) * _c("step", 6.0 - a),), "F.relu6({0})", display="ReLU6",
        bounded=True, doc="clamp(x, 0, 6)"),
     Op("logsigmoid", 1, F.logsigmoid, lambda a: -_softplus_sp(-a),
-       lambda a: (1.0 - _c("sigmoid", a),), "F.logsigmoid({0})", display="logsigmoid",
+       lambda a: (_c("sigmoid", -a),), "F.logsigmoid({0})", display="logsigmoid",
        doc="log σ(x)"),
 ]
+
+# Triton expression templates ({0}, {1}, … are fp32 values: names or numeric literals), read by
+# grafs.compiler.triton_backend. Numerically safe forms: expm1/log1p, softplus with torch's
+# threshold 20, logsigmoid without overflow; max/min propagate NaN like torch. Ops without a
+# template make that backend raise.
+_SOFTPLUS_TL = "tl.where({0} > 20.0, {0}, libdevice.log1p(tl.exp({0})))"
+_NAN = "propagate_nan=tl.PropagateNan.ALL"   # NaN in, NaN out, as torch.maximum/clamp/relu
+
+
+def _tl_clamp(lo, hi):
+    return f"tl.minimum(tl.maximum({{0}}, {lo}, {_NAN}), {hi}, {_NAN})"
+
+
+_TRITON: dict[str, str] = {
+    "add": "({0} + {1})", "sub": "({0} - {1})", "mul": "({0} * {1})", "div": "({0} / {1})",
+    "neg": "(-{0})", "pow": "libdevice.pow({0}, {1})",
+    "exp": "tl.exp({0})", "log": "tl.log({0})", "sqrt": "tl.sqrt_rn({0})", "abs": "tl.abs({0})",
+    "sign": "tl.where({0} > 0, 1.0, tl.where({0} < 0, -1.0, 0.0))",
+    "step": "tl.where({0} > 0, 1.0, 0.0)",
+    "sin": "tl.sin({0})", "cos": "tl.cos({0})", "sinh": "libdevice.sinh({0})",
+    "cosh": "libdevice.cosh({0})", "tanh": "libdevice.tanh({0})", "asinh": "libdevice.asinh({0})",
+    "atan": "libdevice.atan({0})", "erf": "tl.erf({0})",
+    "max": f"tl.maximum({{0}}, {{1}}, {_NAN})", "min": f"tl.minimum({{0}}, {{1}}, {_NAN})",
+    "clamp": _tl_clamp("{1}", "{2}"),
+    "sigmoid": "tl.sigmoid({0})", "softplus": _SOFTPLUS_TL,
+    "relu": f"tl.maximum({{0}}, 0.0, {_NAN})",
+    "leaky_relu": "tl.where({0} > 0, {0}, {0} * {1})",
+    "elu": "tl.where({0} > 0, {0}, {1} * libdevice.expm1({0}))",
+    "gelu": "(0.5 * {0} * (1.0 + tl.erf({0} * 0.7071067811865476)))",
+    "silu": "({0} * tl.sigmoid({0}))",
+    "mish": "({0} * libdevice.tanh(" + _SOFTPLUS_TL + "))",
+    "selu": f"({SELU_SCALE!r} * tl.where({{0}} > 0, {{0}}, {SELU_ALPHA!r} * libdevice.expm1({{0}})))",
+    "softsign": "({0} / (1.0 + tl.abs({0})))",
+    "hardsigmoid": "(" + _tl_clamp(0.0, 6.0).replace("{0}", "({0} + 3.0)") + " / 6.0)",
+    "hardswish": "({0} * " + _tl_clamp(0.0, 6.0).replace("{0}", "({0} + 3.0)") + " / 6.0)",
+    "hardtanh": _tl_clamp(-1.0, 1.0),
+    "relu6": _tl_clamp(0.0, 6.0),
+    "logsigmoid": f"(tl.minimum({{0}}, 0.0, {_NAN}) - libdevice.log1p(tl.exp(-tl.abs({{0}}))))",
+}
+_OP_LIST = [Op(**{**vars(op), "triton": _TRITON.get(op.name, op.triton)}) for op in _OP_LIST]
 
 OPS: dict[str, Op] = {op.name: op for op in _OP_LIST}
 

@@ -534,7 +534,7 @@ def _fill(n: E.Expr, refs: list[str]) -> str:
 
 
 def _check_templates(*roots: E.Expr) -> None:
-    """Raise the CompileError naming the first op without a template or derivative."""
+    """Raise the CompileError naming the first op without a Triton template."""
     for r in roots:
         for n in E.topological(r):
             if n.args:
@@ -731,15 +731,17 @@ def triton_source(expr, clip: bool = False, ell: float = DEFAULT_ELL) -> str:
 # -- relaxed-cell kernels ----------------------------------------------------------------------
 @functools.lru_cache(maxsize=None)
 def _cell_term(op_name: str, ell: float | None):
-    """A search op on generic leaves: (term Expr, input leaves, gamma leaves, partials)."""
+    """A search op on generic leaves: (term, input leaves, gamma leaves, partials, and the term
+    in the form its partials are taken on, which the backward evaluates so they share nodes)."""
     spec = SEARCH_OPS[op_name]
     hin = [_leaf(f"in{a}") for a in range(1 if spec.kind == "unary" else 2)]
     gam = [_leaf(f"gam{i}") for i in range(len(spec.gammas))]
     term = fold_constants(E.as_expr(spec.build(hin, gam, ell)))
     _check_templates(term)
-    parts = reverse(_rewrite_for_grad(term), hin + gam)
-    _check_templates(*parts)
-    return term, hin, gam, parts
+    gterm = _rewrite_for_grad(term)
+    parts = reverse(gterm, hin + gam)
+    _check_templates(gterm, *parts)
+    return term, hin, gam, parts, gterm
 
 
 class _CellPlan:
@@ -800,7 +802,7 @@ class _CellPlan:
         hv = f"h{h.index}"
         em.line(f"{hv} = tl.zeros([BLOCK], tl.float32)  # hole {h.name}")
         for o, k, js in self.slots[h.index]:
-            term, hin, gam, _ = _cell_term(o, self.ell)
+            term, hin, gam, _, _ = _cell_term(o, self.ell)
             em.open(f"if tl.load(mask_ptr + {k}) != 0:  # {h.name}: {o}")
             self._bind_slot(em, k, js, hin, gam, refs)
             r, _ = em.ref(term)
@@ -868,7 +870,7 @@ class _CellPlan:
             for name in ai:
                 em.line(f"{name} = tl.zeros([BLOCK], tl.float32)")
             for o, k, js in self.slots[j]:
-                term, hin, gam, parts = _cell_term(o, self.ell)
+                _, hin, gam, parts, term = _cell_term(o, self.ell)
                 em.open(f"if tl.load(mask_ptr + {k}) != 0:  # {h.name}: {o}")
                 self._bind_slot(em, k, js, hin, gam, refs[j])
                 r = em.block(S("mul", AH, term))
@@ -1021,7 +1023,17 @@ def _blocks(n: int, block: int) -> int:
     return max(1, (n + block - 1) // block)
 
 
+def _meta(interp: bool, B: int, warps8_from: int, **extra) -> dict:
+    """Launch parameters; num_warps only on a GPU (8 from ``warps8_from`` elements, else 4)."""
+    meta = {**extra, "BLOCK": B}
+    if not interp:
+        meta["num_warps"] = 8 if B >= warps8_from else 4
+    return meta
+
+
 class _FormulaKernels(_Compiled):
+    # GPU launch: 1024 elements per program, 8 warps (4 per thread; 28-80 registers for the
+    # paper formulas on sm_90, no spills). Interpreter: 128 (each tl op runs in numpy).
     def __init__(self, prog: Program):
         self.n_params = len(prog.params)
         super().__init__(functools.partial(_formula_source, prog), ("grafs_fwd", "grafs_bwd"))
@@ -1039,8 +1051,8 @@ class _FormulaKernels(_Compiled):
             return y
         fwd, _ = self.kernels(interp)
         B = self.block(interp, block)
-        meta = {"BLOCK": B} if interp else {"BLOCK": B, "num_warps": 4}
-        self.launch(fwd, interp, (_blocks(n, B),), xc, p.contiguous(), y, n, **meta)
+        self.launch(fwd, interp, (_blocks(n, B),), xc, p.contiguous(), y, n,
+                    **_meta(interp, B, 1024))
         return y
 
     def backward(self, x, p, gy, block=None):
@@ -1055,13 +1067,15 @@ class _FormulaKernels(_Compiled):
         B = self.block(interp, block)
         grid = _blocks(n, B)
         part = torch.zeros((grid, NP), dtype=torch.float32, device=x.device)
-        meta = {"NP": NP, "BLOCK": B} if interp else {"NP": NP, "BLOCK": B, "num_warps": 4}
-        self.launch(bwd, interp, (grid,), xc, p.contiguous(), gyc, gx, part, n, **meta)
+        self.launch(bwd, interp, (grid,), xc, p.contiguous(), gyc, gx, part, n,
+                    **_meta(interp, B, 1024, NP=NP))
         gp = part.sum(0)[: p.numel()] if self.n_params else torch.zeros_like(p, dtype=torch.float32)
         return gx, gp.to(p.dtype)
 
 
 class _CellKernels(_Compiled):
+    # GPU launch: 512 elements, 8 warps: the full 110-slot backward needs 128 registers per
+    # thread on sm_90 without spills (228 with 4 warps).
     prefix = "grafs_triton_cell"
 
     def __init__(self, space, slot_of, gamma_of, clip: bool):
@@ -1097,9 +1111,9 @@ class _CellKernels(_Compiled):
             return y
         fwd, _ = self.kernels(interp)
         B = self.block(interp, block)
-        meta = {"BLOCK": B} if interp else {"BLOCK": B, "num_warps": 4}
         self.launch(fwd, interp, (_blocks(n, B),), xc, w.contiguous(), _gvec(g, x),
-                    mask.to(device=x.device, dtype=torch.int8).contiguous(), y, n, **meta)
+                    mask.to(device=x.device, dtype=torch.int8).contiguous(), y, n,
+                    **_meta(interp, B, 512))
         return y
 
     def backward(self, x, w, g, mask, gy, block=None):
@@ -1115,11 +1129,9 @@ class _CellKernels(_Compiled):
         B = self.block(interp, block)
         grid = _blocks(n, B)
         part = torch.zeros((grid, max(NC, 1)), dtype=torch.float32, device=x.device)
-        meta = {"NC": max(NC, 1), "BLOCK": B}
-        if not interp:
-            meta["num_warps"] = 4
         self.launch(bwd, interp, (grid,), xc, w.contiguous(), _gvec(g, x),
-                    mask.to(device=x.device, dtype=torch.int8).contiguous(), gyc, gx, part, n, **meta)
+                    mask.to(device=x.device, dtype=torch.int8).contiguous(), gyc, gx, part, n,
+                    **_meta(interp, B, 512, NC=max(NC, 1)))
         sums = part.sum(0)
         gw = sums[: self.K].to(w.dtype).view(w.shape)
         if len(self.plan.gcols):
