@@ -516,3 +516,27 @@ def test_cell_rejects_wrong_vector_sizes():
         w[cell.slot_of[key]] = 1.0
     y = tc(x, w, cell.gamma.detach(), cell.active)
     assert_close(y, torch.relu(x) + torch.nn.functional.gelu(x))
+
+
+def test_relaxed_cell_triton_mode_matches_eager():
+    """RelaxedCell(mode="triton") routes through TritonCell: same values and gradients."""
+    from grafs.runtime.space import SearchSpace
+    sp = SearchSpace("B(U(x), U(x))", unary=["identity", "gelu", "exp", "mul_gamma"], binary=["add", "mix"])
+    eager, tri = sp.relax("eager", seed=0), sp.relax("triton", seed=0)
+    tri.load_state_dict(eager.state_dict())
+    x = torch.randn(300, dtype=torch.float32)
+    for c in (eager, tri):
+        c.drop(3)
+    results = []
+    for c in (eager, tri):
+        torch.manual_seed(0)
+        xr = x.clone().requires_grad_()
+        y = c(xr)
+        y.backward(torch.ones_like(y))
+        results.append((y.detach(), xr.grad, c.gamma.grad.clone(), [a.grad.clone() for a in c.alpha]))
+    (y1, gx1, gg1, ga1), (y2, gx2, gg2, ga2) = results
+    torch.testing.assert_close(y2, y1, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gx2, gx1, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gg2, gg1, rtol=1e-5, atol=1e-4)
+    for a, b in zip(ga1, ga2):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-4)

@@ -10,7 +10,10 @@ Modes:
       Function that saves only its input and recomputes in backward (grafs.compiler.cell);
   ``"eager"``: the reference, plain torch ops with autograd (saves every intermediate);
   ``"compile"``: plain torch.compile of the same generated forward, autograd by AOTAutograd
-      (what you'd get without grafs; used by bench/cell.py).
+      (what you'd get without grafs; used by bench/cell.py);
+  ``"triton"``: grafs' own generated Triton kernel pair for the whole op set, the active ops
+      selected by a mask tensor, so dropping ops never generates new code (CUDA, or CPU under
+      TRITON_INTERPRET=1; grafs.compiler.triton_backend.TritonCell).
 
 Compiled code and active sets: code is generated per active set and cached. After a drop the
 cell keeps running the code it has (dropped ops get weight 0, their slots still computed) until
@@ -29,7 +32,7 @@ from grafs.compiler.eager import run_program
 from grafs.errors import GrafsError
 from grafs.ops import OPS, SEARCH_OPS
 
-MODES = ("fused", "eager", "compile")
+MODES = ("fused", "eager", "compile", "triton")
 
 
 class RelaxedCell(nn.Module):
@@ -66,6 +69,7 @@ class RelaxedCell(nn.Module):
         # candidate ops from the trainable families carry modules (network weights, not arch params)
         full = self._program(self.active_ops(), self.clip)
         self.terms = nn.ModuleDict({i.key: OPS[i.op].module() for i in full.instrs if i.key is not None})
+        self._triton = None
         if len(self.terms) and mode != "eager":
             raise GrafsError(f"search spaces with trainable-family ops ({', '.join(self.terms)}) "
                              f"need mode='eager'")
@@ -141,6 +145,11 @@ class RelaxedCell(nn.Module):
         if self.mode == "eager":
             return run_program(self._program(key, self.clip), x, {}, {"w": w, "g": self.gamma},
                                self.terms)
+        if self.mode == "triton":
+            if self._triton is None:
+                from grafs.compiler.triton_backend import TritonCell
+                self._triton = TritonCell(self.space, self.slot_of, self.gamma_of, self.clip)
+            return self._triton(x, w, self.gamma, self.active)
         k = self._kernels_for(key)
         if self.mode == "compile":
             return k.fwd(x.reshape(-1), w, self.gamma).view(x.shape)
