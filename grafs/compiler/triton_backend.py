@@ -168,21 +168,7 @@ def S(op: str, *args) -> E.Expr:
 
 def _topo_stop(root: E.Expr, stop: set[int]) -> list[E.Expr]:
     """Post-order over ``root`` not descending into nodes whose id is in ``stop``."""
-    out, seen, stack = [], set(), [(root, False)]
-    while stack:
-        node, done = stack.pop()
-        if done:
-            out.append(node)
-            continue
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
-        stack.append((node, True))
-        if id(node) not in stop:
-            for a in reversed(node.args):
-                if id(a) not in seen:
-                    stack.append((a, False))
-    return out
+    return E.topological(root, stop=lambda n: id(n) in stop)
 
 
 def _rebuild(e: E.Expr, stop: set[int]) -> E.Expr:
@@ -457,24 +443,11 @@ class _Emitter:
             return _lit(e.value), False
         hit = self._get(e)
         if hit is None:
-            bound = set()
-            order = []
-            out, seen, stack = order, set(), [(e, False)]
-            while stack:
-                node, done = stack.pop()
-                if done:
-                    out.append(node)
-                    continue
-                if id(node) in seen:
-                    continue
-                seen.add(id(node))
-                if node.is_const or self._get(node) is not None:
-                    bound.add(id(node))
-                    continue
-                stack.append((node, True))
-                for c in reversed(node.args):
-                    if id(c) not in seen:
-                        stack.append((c, False))
+            # nodes already emitted (or literals) are inputs here: list them, don't descend
+            def known(n):
+                return n.is_const or self._get(n) is not None
+            order = E.topological(e, stop=known)
+            bound = {id(n) for n in order if known(n)}
             for node in order:
                 if id(node) in bound:
                     continue

@@ -172,8 +172,11 @@ def _label(n: Expr) -> str:
     return n.op
 
 
-def topological(root: Expr) -> list[Expr]:
-    """Iterative post-order DFS: every node once, arguments first."""
+def topological(root: Expr, stop=None) -> list[Expr]:
+    """Iterative post-order DFS: every node once, arguments first.
+
+    ``stop(node) -> bool``: such nodes are listed but their arguments are not visited.
+    """
     out: list[Expr] = []
     seen: set[int] = set()
     stack: list[tuple[Expr, bool]] = [(root, False)]
@@ -186,6 +189,8 @@ def topological(root: Expr) -> list[Expr]:
             continue
         seen.add(id(node))
         stack.append((node, True))
+        if stop is not None and stop(node):
+            continue
         for a in reversed(node.args):
             if id(a) not in seen:
                 stack.append((a, False))

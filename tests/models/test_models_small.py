@@ -8,14 +8,6 @@ from grafs.models import (DEFAULT_ACTIVATIONS, MODELS, activation_sites, conv1d_
                           count_parameters, get_model, mlp)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small models: one intra-op thread is as fast, and far faster when the 2 CPU cores
-    are shared with other processes (OpenMP spin-waiting)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 class Marker(nn.Module):

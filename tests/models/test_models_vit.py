@@ -10,14 +10,6 @@ from grafs.models import ViT, activation_sites, count_parameters, vit_small, vit
 from grafs.models.vit import Attention
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small models: one intra-op thread is as fast, and far faster when the 2 CPU cores
-    are shared with other processes (OpenMP spin-waiting)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 class Tagged(nn.Module):

@@ -19,14 +19,6 @@ from grafs.tasks import mnist1d as mnist1d_mod
 from grafs.tasks import text as text_mod
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small models: one intra-op thread is as fast, and far faster when the 2 CPU cores
-    are shared with other processes (OpenMP spin-waiting)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 SMALL = {"mnist1d": {"num_samples": 500}, "digits": {}, "text": {"max_chars": 20_000}}
 

@@ -9,14 +9,6 @@ from grafs.errors import GrafsError
 from grafs.tasks import SearchConfig, TrainConfig, accuracy, cross_entropy, get_task
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These models are tiny: one intra-op thread is as fast, and far faster when the
-    2 CPU cores are shared with other processes (OpenMP spin-waiting)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_train_config_builds_the_declared_optimizers():
