@@ -13,7 +13,6 @@ default) so the cell is fully discrete by the last epoch; the result is the disc
 """
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
@@ -416,14 +415,19 @@ def search(model: nn.Module, train_data, val_data=None, *, space=None, epochs: i
                 for p in weights:
                     p.grad = None
                 a_opt.zero_grad(set_to_none=True)
-                # 2. weight step (original activation while warm-starting)
+                # 2. weight step (original activation while warm-starting); α and γ are frozen
+                # so backward does not differentiate through the Dirichlet sample for nothing
                 state["use_cell"] = not warm
-                out = model(xb)
-                loss = loss_fn(out, yb)
-                _check_finite(loss, "training", epoch, step, cell, ckpt_path)
-                (loss / grad_accumulation).backward()
-                for p in arch_params:  # weight steps never move α or γ
-                    p.grad = None
+                for p in arch_params:
+                    p.requires_grad_(False)
+                try:
+                    out = model(xb)
+                    loss = loss_fn(out, yb)
+                    _check_finite(loss, "training", epoch, step, cell, ckpt_path)
+                    (loss / grad_accumulation).backward()
+                finally:
+                    for p in arch_params:
+                        p.requires_grad_(True)
                 if (step + 1) % grad_accumulation == 0 or step + 1 == steps_per_epoch:
                     w_opt.step()
                     w_opt.zero_grad(set_to_none=True)
@@ -472,8 +476,6 @@ def search(model: nn.Module, train_data, val_data=None, *, space=None, epochs: i
     finally:
         if bar is not None:
             bar.close()
-    if not cell.is_discrete():  # e.g. a 1-epoch run: take the argmax per hole
-        pass
     settings["activation_sites"] = n_sites
     return SearchResult(str(cell.discretize()), history, settings, time.perf_counter() - t_start,
                         {k: v.detach().cpu() for k, v in cell.state_dict().items()})

@@ -169,8 +169,8 @@ def _normalize_channel_dim(x, channel_dim, num_rows):
     return cd
 
 
-def pwlu(x, left, right, points, left_slope, right_slope, channel_dim=None):
-    """PWLU training path (seeds/000 Eq. 1).  Per-channel when ``channel_dim`` is given."""
+def _segments(x, left, right, points, left_slope, right_slope, channel_dim):
+    """What both paths need: x in the compute dtype, its segment index j, and the tables."""
     cdt = torch.promote_types(x.dtype, points.dtype)
     cd = _normalize_channel_dim(x, channel_dim, points.shape[0] if points.dim() > 1 else 1)
     xc = x.to(cdt)
@@ -178,20 +178,22 @@ def pwlu(x, left, right, points, left_slope, right_slope, channel_dim=None):
     anchor, slope, value = pwlu_tables(left.to(cdt), right.to(cdt), points.to(cdt),
                                        left_slope.to(cdt), right_slope.to(cdt))
     j = _index(xc, left.to(cdt), (right - left).to(cdt).clamp_min(_MIN_WIDTH), n, cd)
+    return xc, j, anchor, slope, value
+
+
+def pwlu(x, left, right, points, left_slope, right_slope, channel_dim=None):
+    """PWLU training path (seeds/000 Eq. 1).  Per-channel when ``channel_dim`` is given."""
+    xc, j, anchor, slope, value = _segments(x, left, right, points, left_slope, right_slope,
+                                            channel_dim)
     out = (xc - _lookup(anchor, j)) * _lookup(slope, j) + _lookup(value, j)
     return out.to(x.dtype)
 
 
 def pwlu_inference(x, left, right, points, left_slope, right_slope, channel_dim=None):
     """PWLU inference path ``x·S[idx] + O[idx]`` (seeds/000 §4.3)."""
-    cdt = torch.promote_types(x.dtype, points.dtype)
-    cd = _normalize_channel_dim(x, channel_dim, points.shape[0] if points.dim() > 1 else 1)
-    xc = x.to(cdt)
-    n = points.shape[-1] - 1
-    anchor, slope, value = pwlu_tables(left.to(cdt), right.to(cdt), points.to(cdt),
-                                       left_slope.to(cdt), right_slope.to(cdt))
+    xc, j, anchor, slope, value = _segments(x, left, right, points, left_slope, right_slope,
+                                            channel_dim)
     offset = value - anchor * slope
-    j = _index(xc, left.to(cdt), (right - left).to(cdt).clamp_min(_MIN_WIDTH), n, cd)
     out = xc * _lookup(slope, j) + _lookup(offset, j)
     return out.to(x.dtype)
 

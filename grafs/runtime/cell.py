@@ -66,6 +66,7 @@ class RelaxedCell(nn.Module):
         self._kernels: dict[tuple, CellKernels] = {}
         self._compiled_key: tuple | None = None
         self._programs: dict[tuple, object] = {}
+        self._index_cache = None
         # candidate ops from the trainable families carry modules (network weights, not arch params)
         full = self._program(self.active_ops(), self.clip)
         self.terms = nn.ModuleDict({i.key: OPS[i.op].module() for i in full.instrs if i.key is not None})
@@ -78,10 +79,29 @@ class RelaxedCell(nn.Module):
     def _slots(self, h) -> list[int]:
         return [self.slot_of[(h.index, o)] for o in h.ops]
 
+    def _active_index(self):
+        """(active ops per hole, per-hole α positions, all active slots) for the current mask.
+
+        The mask only changes in drop() and load_state_dict, so this is cached: the per-call
+        path (sampling, program lookup) then builds no index tensors and never syncs a device."""
+        dev = self.active.device
+        if self._index_cache is None or self._index_cache[3] != dev:
+            act = self.active.tolist()
+            ops = tuple(tuple(o for o in h.ops if act[self.slot_of[(h.index, o)]])
+                        for h in self.space.holes)
+            local = [torch.tensor([h.ops.index(o) for o in hole_ops], device=dev)
+                     for h, hole_ops in zip(self.space.holes, ops)]
+            slots = torch.tensor([self.slot_of[(h.index, o)] for h, hole_ops in
+                                  zip(self.space.holes, ops) for o in hole_ops], device=dev)
+            self._index_cache = (ops, local, slots, dev)
+        return self._index_cache
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._index_cache = None  # the loaded mask may differ
+        super()._load_from_state_dict(*args, **kwargs)
+
     def active_ops(self) -> tuple[tuple[str, ...], ...]:
-        act = self.active.tolist()
-        return tuple(tuple(o for o in h.ops if act[self.slot_of[(h.index, o)]])
-                     for h in self.space.holes)
+        return self._active_index()[0]
 
     def num_active(self) -> int:
         return int(self.active.sum())
@@ -105,20 +125,17 @@ class RelaxedCell(nn.Module):
     def sample_weights(self) -> torch.Tensor:
         """One independent Dirichlet rsample per hole over its active ops, scattered into the
         full slot vector (zeros for dropped ops); differentiable w.r.t. α."""
-        act = self.active
-        idx_all, samples = [], []
-        for h, a in zip(self.space.holes, self.alpha):
-            slots = torch.tensor(self._slots(h), device=act.device)
-            m = act[slots]
-            conc = F.elu(a[m]) + 1.0
+        _, local, slots, dev = self._active_index()
+        samples = []
+        for a, idx in zip(self.alpha, local):
+            conc = F.elu(a[idx]) + 1.0
             if conc.numel() == 1:
                 s = conc / conc  # Dirichlet over one op is the constant 1 (grad 0 w.r.t. α)
             else:
                 s = torch.distributions.Dirichlet(conc).rsample()
-            idx_all.append(slots[m])
             samples.append(s)
-        w = torch.zeros(len(self.slot_of), dtype=self.gamma.dtype, device=act.device)
-        return w.index_put((torch.cat(idx_all),), torch.cat(samples))
+        w = torch.zeros(len(self.slot_of), dtype=self.gamma.dtype, device=dev)
+        return w.index_put((slots,), torch.cat(samples))
 
     # -- evaluation ------------------------------------------------------------------------
     def _program(self, key, clip: bool):
@@ -180,6 +197,7 @@ class RelaxedCell(nn.Module):
             j = int(a.argmin())
             self.active[slots[j]] = False
             dropped.append((h.name, h.ops[j]))
+        self._index_cache = None
         return dropped
 
     def chosen_ops(self) -> list[str]:
