@@ -25,7 +25,7 @@ Two evaluation paths compute the same function:
   parameter's dtype, fp32 unless the module itself was cast).  In eager mode this saves
   activation memory (one saved tensor instead of a dozen intermediates) and runs fewer,
   in-place passes than the reference (faster in eager mode, see bench/families.py);
-  ``torch.compile(fullgraph=True)`` traces the Function without a graph break and
+  under ``torch.compile`` the plain formula is traced instead (see :func:`xielu`), and
   Inductor fuses its forward and its backward.  A double backward (``create_graph=True``)
   differentiates the reference formula, so higher-order gradients work too.
 * ``fused=False``: the appendix code written with plain differentiable torch ops
@@ -120,7 +120,7 @@ def _grads_of_reference(ctx, reference, grad_out, *inputs):
 
 
 # The Functions below work on fresh temporaries in place (never on their inputs) to keep the
-# number of passes and allocations low in eager mode; under torch.compile Inductor fuses them.
+# number of passes and allocations low in eager mode (under torch.compile see xielu() below).
 # A double backward (create_graph=True) goes through the reference formula instead.
 class _XIELUFunction(torch.autograd.Function):
     """Fused xIELU: saves (x, a_p, a_n, beta, eps); one backward pass for all grads."""
@@ -211,13 +211,21 @@ class _XIPReLUFunction(torch.autograd.Function):
         return gx, ga_p, ga_n, None
 
 
+# Under torch.compile the plain formula is traced instead of the Function: Inductor fuses its
+# forward and backward just as well, AOTAutograd derives the gradients, and Dynamo's tracing of
+# autograd.Functions is version-dependent (torch 2.11 delivered a zero grad_out to the backward
+# of a Function whose forward returns an in-place-mutated temporary: silently wrong gradients).
 def xielu(x, alpha_p, alpha_n, beta, eps):
     """Fused xIELU on raw parameters (tensors; ``beta``/``eps`` 0-d tensors)."""
+    if torch.compiler.is_compiling():
+        return xielu_reference(x, alpha_p, alpha_n, beta, eps)
     return _XIELUFunction.apply(x, alpha_p, alpha_n, beta, eps)
 
 
 def xiprelu(x, alpha_p, alpha_n, beta):
     """Fused xIPReLU on raw parameters (tensors; ``beta`` a 0-d tensor)."""
+    if torch.compiler.is_compiling():
+        return xiprelu_reference(x, alpha_p, alpha_n, beta)
     return _XIPReLUFunction.apply(x, alpha_p, alpha_n, beta)
 
 
@@ -289,7 +297,7 @@ class XIELU(_XBase):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fused:
-            return _XIELUFunction.apply(x, self.alpha_p, self.alpha_n, self.beta, self.eps)
+            return xielu(x, self.alpha_p, self.alpha_n, self.beta, self.eps)
         return xielu_reference(x, self.alpha_p, self.alpha_n, self.beta, self.eps)
 
 
@@ -327,5 +335,5 @@ class XIPReLU(_XBase):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fused:
-            return _XIPReLUFunction.apply(x, self.alpha_p, self.alpha_n, self.beta)
+            return xiprelu(x, self.alpha_p, self.alpha_n, self.beta)
         return xiprelu_reference(x, self.alpha_p, self.alpha_n, self.beta)
