@@ -116,7 +116,11 @@ def _as_dataset(data, name: str):
 class _Batches:
     """Seeded, resumable batching: epoch e uses permutation seeded by (seed, e, stream)."""
 
-    def __init__(self, data, batch_size: int, seed: int, stream: int, name: str):
+    # tensor data up to this size is moved to the accelerator once, not batch by batch
+    max_device_bytes = 2 << 30
+
+    def __init__(self, data, batch_size: int, seed: int, stream: int, name: str,
+                 device: torch.device | None = None):
         from torch.utils.data import DataLoader
         self.loader = data if isinstance(data, DataLoader) else None
         self.data = None if self.loader is not None else _as_dataset(data, name)
@@ -124,6 +128,10 @@ class _Batches:
         self.seed, self.stream = seed, stream
         if self.data is not None and len(self.data) == 0:
             raise GrafsError(f"{name} is empty")
+        self.tensors = getattr(self.data, "tensors", None)
+        if (self.tensors is not None and device is not None and device.type != "cpu"
+                and sum(t.numel() * t.element_size() for t in self.tensors) <= self.max_device_bytes):
+            self.tensors = tuple(t.to(device) for t in self.tensors)
 
     def __len__(self):
         if self.loader is not None:
@@ -136,7 +144,9 @@ class _Batches:
             return
         g = torch.Generator().manual_seed(self.seed * 100_003 + e * 7 + self.stream)
         perm = torch.randperm(len(self.data), generator=g)
-        tensors = getattr(self.data, "tensors", None)
+        tensors = self.tensors
+        if tensors is not None:
+            perm = perm.to(tensors[0].device)
         for i in range(0, len(perm), self.batch_size):
             idx = perm[i:i + self.batch_size]
             if tensors is not None:
@@ -144,6 +154,20 @@ class _Batches:
             else:
                 items = [self.data[int(j)] for j in idx]
                 yield tuple(torch.stack([torch.as_tensor(it[k]) for it in items]) for k in range(len(items[0])))
+
+
+def resolve_device(device=None) -> torch.device:
+    """``None`` or "auto": CUDA when available, else the CPU; otherwise ``torch.device(device)``,
+    checked to exist."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise GrafsError(f"unknown device {device!r}: {err}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise GrafsError(f"device {device!r} requested but CUDA is not available here; use 'cpu'")
+    return dev
 
 
 def split_dataset(data, fraction: float = 0.75, seed: int = 0):
@@ -284,6 +308,115 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+_AMP = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class _Stepper:
+    """One GRAFS training step (seeds/001 Algorithm 1): the arch step on a validation batch,
+    then the weight step. Shared by :func:`search` and bench/search_step.py, so what the bench
+    times is what a search runs. Nothing here reads a value back to the host."""
+
+    def __init__(self, model, cell, state, weights, arch_params, w_opt, a_opt, w_sched, loss_fn,
+                 dev: torch.device, amp: str | None = None, grad_accumulation: int = 1):
+        self.model, self.cell, self.state = model, cell, state
+        self.weights, self.arch_params = weights, arch_params
+        self.w_opt, self.a_opt, self.w_sched = w_opt, a_opt, w_sched
+        self.loss_fn, self.dev = loss_fn, dev
+        self.amp = _AMP[amp]
+        self.grad_accumulation = grad_accumulation
+        fp16 = self.amp is torch.float16
+        # fp16 needs loss scaling; one scaler per optimizer (their steps are independent)
+        self.w_scaler = torch.amp.GradScaler(dev.type, enabled=fp16)
+        self.a_scaler = torch.amp.GradScaler(dev.type, enabled=fp16)
+
+    def _autocast(self):
+        import contextlib
+        if self.amp is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.dev.type, dtype=self.amp)
+
+    def _to(self, t):
+        return t if t.device == self.dev else t.to(self.dev, non_blocking=True)
+
+    def step(self, xb, yb, xv, yv, warm: bool, update: bool = True):
+        """Returns the weight step's (output, loss), both still on the device."""
+        model, state = self.model, self.state
+        xb, yb, xv, yv = self._to(xb), self._to(yb), self._to(xv), self._to(yv)
+        # 1. arch step on a validation batch (fresh Dirichlet samples at every call)
+        state["use_cell"] = True
+        self.a_opt.zero_grad(set_to_none=True)
+        with self._autocast():
+            vloss = self.loss_fn(model(xv), yv)
+        self.a_scaler.scale(vloss).backward()
+        self.a_scaler.step(self.a_opt)
+        self.a_scaler.update()
+        # the arch step must not leak into the weight update (the reference forgets this)
+        for p in self.weights:
+            p.grad = None
+        self.a_opt.zero_grad(set_to_none=True)
+        # 2. weight step (original activation while warm-starting); α and γ are frozen so
+        # backward does not differentiate through the Dirichlet sample for nothing
+        state["use_cell"] = not warm
+        for p in self.arch_params:
+            p.requires_grad_(False)
+        try:
+            with self._autocast():
+                out = model(xb)
+                loss = self.loss_fn(out, yb)
+            self.w_scaler.scale(loss / self.grad_accumulation).backward()
+        finally:
+            for p in self.arch_params:
+                p.requires_grad_(True)
+        if update:
+            self.w_scaler.step(self.w_opt)
+            self.w_scaler.update()
+            self.w_opt.zero_grad(set_to_none=True)
+            if self.w_sched is not None:
+                self.w_sched.step()
+        self.last_vloss = vloss.detach()
+        return out.detach(), loss.detach()
+
+
+class _Meter:
+    """Per-epoch loss and accuracy sums kept on the device; :meth:`check` syncs once per
+    window of steps to detect a non-finite loss (and report the first bad step)."""
+
+    def __init__(self, dev):
+        self.dev = dev
+        self.loss = torch.zeros((), dtype=torch.float64, device=dev)
+        self.acc = torch.zeros((), dtype=torch.float64, device=dev)
+        self.n = self.nacc = 0
+        self.window: list = []      # (step, kind, loss) since the last check
+        self.step = 0
+        self.last = float("nan")
+
+    def add(self, loss, out, y, vloss=None):
+        n = len(y)
+        self.loss += loss.double() * n
+        self.n += n
+        if y.dtype in (torch.int64, torch.int32) and out.dim() >= 1 and out.shape[:-1] == y.shape:
+            self.acc += (out.argmax(-1) == y).double().mean() * n
+            self.nacc += n
+        self.window.append((self.step, "training", loss))
+        if vloss is not None:
+            self.window.append((self.step, "validation", vloss))
+        self.step += 1
+
+    def check(self, epoch, cell, ckpt_path) -> None:
+        if not self.window:
+            return
+        vals = torch.stack([v.float().reshape(()) for _, _, v in self.window]).cpu()
+        bad = (~torch.isfinite(vals)).nonzero()
+        if len(bad):
+            step, kind, _ = self.window[int(bad[0])]
+            _raise_non_finite(float(vals[int(bad[0])]), kind, epoch, step, cell, ckpt_path)
+        self.last = float(vals[-1] if self.window[-1][1] == "training" else vals[-2])
+        self.window.clear()
+
+    def totals(self) -> dict:
+        return {"loss": float(self.loss), "acc": float(self.acc), "n": self.n, "nacc": self.nacc}
+
+
 def search(model: nn.Module, train_data, val_data=None, *, space=None, epochs: int = 10,
            warmstart_epochs: int = 1, shrink_start: int | None = None, seed: int = 0,
            batch_size: int = 128, loss_fn: Callable | None = None,
@@ -295,6 +428,7 @@ def search(model: nn.Module, train_data, val_data=None, *, space=None, epochs: i
            device: str | torch.device | None = None, checkpoint_dir: str | os.PathLike | None = None,
            resume: str | os.PathLike | None = None, progress: bool = True,
            train_fraction: float = 0.75, max_steps_per_epoch: int | None = None,
+           amp: str | None = None, check_every: int | None = None,
            _stop_after_epoch: int | None = None) -> SearchResult:
     """Run a GRAFS search and return the discretized activation (see module docstring).
 
@@ -303,10 +437,14 @@ def search(model: nn.Module, train_data, val_data=None, *, space=None, epochs: i
     ``scheduler`` are factories (``lambda params: torch.optim.SGD(params, 0.1)``,
     ``lambda opt: ...``; the scheduler steps after every weight-optimizer step); defaults:
     Adam(1e-3), no scheduler.
-    ``cell_mode``: "fused", "eager", "compile" or "auto" (fused on CUDA; eager on CPU, where
-    compile time would dominate a small search). ``checkpoint_dir`` gets ``checkpoint.pt`` after
-    every epoch; ``resume`` continues from such a directory and gives exactly the result of the
-    uninterrupted run with the same arguments.
+    ``device``: where the search runs (default: the model's device); tensor data that fits is
+    moved there once. ``amp``: None (fp32), "bf16" or "fp16" (autocast; fp16 with loss
+    scaling); the cell computes in fp32 either way. ``cell_mode``: "auto" (the Triton cell on
+    CUDA, the lean eager path elsewhere; see :class:`grafs.runtime.cell.RelaxedCell`), or a
+    mode by name. ``check_every``: steps between the host syncs that check the losses for
+    NaN/inf (default 1 on CPU, where a sync is free, 25 on accelerators). ``checkpoint_dir``
+    gets ``checkpoint.pt`` after every epoch; ``resume`` continues from such a directory and
+    gives exactly the result of the uninterrupted run with the same arguments.
     """
     from grafs.runtime.space import SearchSpace
 
@@ -316,11 +454,15 @@ def search(model: nn.Module, train_data, val_data=None, *, space=None, epochs: i
         raise GrafsError(f"warmstart_epochs must be in [0, epochs), got {warmstart_epochs} with epochs={epochs}")
     if grad_accumulation < 1:
         raise GrafsError(f"grad_accumulation must be >= 1, got {grad_accumulation}")
+    if amp not in _AMP:
+        raise GrafsError(f"amp must be None, 'bf16' or 'fp16', got {amp!r}")
     space = space or SearchSpace.grafs()
-    dev = torch.device(device) if device is not None else next(
+    dev = resolve_device(device) if device is not None else next(
         (p.device for p in model.parameters()), torch.device("cpu"))
-    if cell_mode == "auto":
-        cell_mode = "fused" if dev.type == "cuda" else "eager"
+    if check_every is None:
+        check_every = 1 if dev.type == "cpu" else 25
+    if check_every < 1:
+        raise GrafsError(f"check_every must be >= 1, got {check_every}")
     # shrinking starts at 2·E0 by default (the paper), or earlier if the run is too short for that
     start = shrink_start if shrink_start is not None else max(1, min(2 * warmstart_epochs, epochs - 1))
     schedule = shrink_schedule(space.num_ops, len(space.holes), epochs, start) if epochs > 1 else {}
@@ -328,13 +470,13 @@ def search(model: nn.Module, train_data, val_data=None, *, space=None, epochs: i
                     batch_size=batch_size, arch_lr=arch_lr, arch_weight_decay=arch_weight_decay,
                     arch_betas=list(arch_betas), grad_accumulation=grad_accumulation,
                     template=space.template, num_ops=space.num_ops, cell_mode=cell_mode,
-                    max_steps_per_epoch=max_steps_per_epoch)
+                    max_steps_per_epoch=max_steps_per_epoch, amp=amp)
 
     seed_everything(seed)
     if val_data is None:
         train_data, val_data = split_dataset(train_data, train_fraction, seed)
-    train = _Batches(train_data, batch_size, seed, 0, "train_data")
-    val = _Batches(val_data, batch_size, seed, 1, "val_data")
+    train = _Batches(train_data, batch_size, seed, 0, "train_data", dev)
+    val = _Batches(val_data, batch_size, seed, 1, "val_data", dev)
 
     model = model.to(dev)
     cell = space.relax(mode=cell_mode, seed=seed).to(dev)
@@ -347,6 +489,8 @@ def search(model: nn.Module, train_data, val_data=None, *, space=None, epochs: i
     w_sched = scheduler(w_opt) if scheduler is not None else None
     a_opt = torch.optim.Adam(arch_params, lr=arch_lr, betas=tuple(arch_betas), weight_decay=arch_weight_decay)
     loss_fn = loss_fn or _default_loss
+    stepper = _Stepper(model, cell, state, weights, arch_params, w_opt, a_opt, w_sched, loss_fn,
+                       dev, amp, grad_accumulation)
 
     history: dict[str, list] = {k: [] for k in (
         "epochs", "train_loss", "val_loss", "train_acc", "val_acc", "num_active", "alpha",
@@ -391,59 +535,29 @@ def search(model: nn.Module, train_data, val_data=None, *, space=None, epochs: i
                     history["dropped"].append([epoch, hole, op])
             warm = epoch < warmstart_epochs
             model.train()
-            tot = {"loss": 0.0, "acc": 0.0, "n": 0, "nacc": 0}
+            meter = _Meter(dev)
             val_iter = iter(val.epoch(epoch))
             w_opt.zero_grad(set_to_none=True)
             for step, (xb, yb) in enumerate(train.epoch(epoch)):
                 if step >= steps_per_epoch:
                     break
-                xb, yb = xb.to(dev), yb.to(dev)
                 try:
                     xv, yv = next(val_iter)
                 except StopIteration:
                     val_iter = iter(val.epoch(epoch + 10_000 * (step + 1)))
                     xv, yv = next(val_iter)
-                xv, yv = xv.to(dev), yv.to(dev)
-                # 1. arch step on a validation batch (fresh Dirichlet samples at every call)
-                state["use_cell"] = True
-                a_opt.zero_grad(set_to_none=True)
-                vloss = loss_fn(model(xv), yv)
-                _check_finite(vloss, "validation", epoch, step, cell, ckpt_path)
-                vloss.backward()
-                a_opt.step()
-                # the arch step must not leak into the weight update (the reference forgets this)
-                for p in weights:
-                    p.grad = None
-                a_opt.zero_grad(set_to_none=True)
-                # 2. weight step (original activation while warm-starting); α and γ are frozen
-                # so backward does not differentiate through the Dirichlet sample for nothing
-                state["use_cell"] = not warm
-                for p in arch_params:
-                    p.requires_grad_(False)
-                try:
-                    out = model(xb)
-                    loss = loss_fn(out, yb)
-                    _check_finite(loss, "training", epoch, step, cell, ckpt_path)
-                    (loss / grad_accumulation).backward()
-                finally:
-                    for p in arch_params:
-                        p.requires_grad_(True)
-                if (step + 1) % grad_accumulation == 0 or step + 1 == steps_per_epoch:
-                    w_opt.step()
-                    w_opt.zero_grad(set_to_none=True)
-                    if w_sched is not None:
-                        w_sched.step()
-                tot["loss"] += float(loss.detach()) * len(xb)
-                tot["n"] += len(xb)
-                acc = _accuracy(out.detach(), yb)
-                if acc is not None:
-                    tot["acc"] += acc * len(xb)
-                    tot["nacc"] += len(xb)
+                out, loss = stepper.step(xb, yb, xv, yv, warm=warm,
+                                         update=(step + 1) % grad_accumulation == 0
+                                         or step + 1 == steps_per_epoch)
+                meter.add(loss, out, yb, stepper.last_vloss)
+                if (step + 1) % check_every == 0 or step + 1 == steps_per_epoch:
+                    meter.check(epoch, cell, ckpt_path)   # the only host sync of a step
                 if bar is not None:
                     bar.update(1)
                     if step % 10 == 0:
                         bar.set_postfix_str(f"ep {epoch + 1}/{epochs} ops {cell.num_active()} "
-                                            f"loss {float(loss.detach()):.3f}" + (" warm" if warm else ""))
+                                            f"loss {meter.last:.3f}" + (" warm" if warm else ""))
+            tot = meter.totals()
             state["use_cell"] = True
             vl, va = _evaluate(model, val, epoch, loss_fn, dev, cell, ckpt_path)
             formula = str(cell.discretize())
@@ -494,9 +608,13 @@ def _leading(cell) -> str:
 
 def _check_finite(loss, kind, epoch, step, cell, ckpt_path) -> None:
     if not torch.isfinite(loss):
-        where = f"; the last good checkpoint is {ckpt_path}" if ckpt_path is not None and ckpt_path.exists() else ""
-        raise SearchError(f"non-finite {kind} loss ({float(loss)}) at epoch {epoch + 1}, step {step + 1}; "
-                          f"leading formula: {_leading(cell)}{where}. Try a lower learning rate or arch_lr.")
+        _raise_non_finite(float(loss), kind, epoch, step, cell, ckpt_path)
+
+
+def _raise_non_finite(value, kind, epoch, step, cell, ckpt_path) -> None:
+    where = f"; the last good checkpoint is {ckpt_path}" if ckpt_path is not None and ckpt_path.exists() else ""
+    raise SearchError(f"non-finite {kind} loss ({value}) at epoch {epoch + 1}, step {step + 1}; "
+                      f"leading formula: {_leading(cell)}{where}. Try a lower learning rate or arch_lr.")
 
 
 @torch.no_grad()

@@ -29,16 +29,18 @@ from torch import nn
 
 from grafs.compiler.cell import (CellKernels, cell_program, discretized_expr, fused_apply)
 from grafs.compiler.eager import run_program
+from grafs.compiler.lean_cell import LeanPlan, lean_apply
 from grafs.errors import GrafsError
 from grafs.ops import OPS, SEARCH_OPS
+from grafs.runtime.sampling import segmented_dirichlet
 
-MODES = ("fused", "eager", "compile", "triton")
+MODES = ("auto", "lean", "eager", "triton", "fused", "compile")
 
 
 class RelaxedCell(nn.Module):
     recompile_ratio = 0.6
 
-    def __init__(self, space, mode: str = "fused", seed: int | None = None):
+    def __init__(self, space, mode: str = "auto", seed: int | None = None):
         super().__init__()
         if mode not in MODES:
             raise GrafsError(f"unknown cell mode {mode!r}; choose one of {', '.join(MODES)}")
@@ -67,13 +69,14 @@ class RelaxedCell(nn.Module):
         self._compiled_key: tuple | None = None
         self._programs: dict[tuple, object] = {}
         self._index_cache = None
+        self._lean_plans: dict[tuple, LeanPlan] = {}
         # candidate ops from the trainable families carry modules (network weights, not arch params)
         full = self._program(self.active_ops(), self.clip)
         self.terms = nn.ModuleDict({i.key: OPS[i.op].module() for i in full.instrs if i.key is not None})
         self._triton = None
-        if len(self.terms) and mode != "eager":
+        if len(self.terms) and mode not in ("eager", "lean", "auto"):
             raise GrafsError(f"search spaces with trainable-family ops ({', '.join(self.terms)}) "
-                             f"need mode='eager'")
+                             f"need mode 'auto', 'lean' or 'eager', not {mode!r}")
 
     # -- bookkeeping ---------------------------------------------------------------------
     def _slots(self, h) -> list[int]:
@@ -86,6 +89,7 @@ class RelaxedCell(nn.Module):
         path (sampling, program lookup) then builds no index tensors and never syncs a device."""
         dev = self.active.device
         if self._index_cache is None or self._index_cache[3] != dev:
+            self._lean_plans = {}
             act = self.active.tolist()
             ops = tuple(tuple(o for o in h.ops if act[self.slot_of[(h.index, o)]])
                         for h in self.space.holes)
@@ -93,7 +97,10 @@ class RelaxedCell(nn.Module):
                      for h, hole_ops in zip(self.space.holes, ops)]
             slots = torch.tensor([self.slot_of[(h.index, o)] for h, hole_ops in
                                   zip(self.space.holes, ops) for o in hole_ops], device=dev)
-            self._index_cache = (ops, local, slots, dev)
+            seg = torch.tensor([i for i, hole_ops in enumerate(ops) for _ in hole_ops], device=dev)
+            single = torch.tensor([len(hole_ops) == 1 for hole_ops in ops for _ in hole_ops],
+                                  device=dev)
+            self._index_cache = (ops, local, slots, dev, seg, single)
         return self._index_cache
 
     def _load_from_state_dict(self, *args, **kwargs):
@@ -104,7 +111,7 @@ class RelaxedCell(nn.Module):
         return self._active_index()[0]
 
     def num_active(self) -> int:
-        return int(self.active.sum())
+        return sum(len(ops) for ops in self.active_ops())  # cached: no device sync
 
     @property
     def num_holes(self) -> int:
@@ -124,18 +131,14 @@ class RelaxedCell(nn.Module):
     # -- sampling --------------------------------------------------------------------------
     def sample_weights(self) -> torch.Tensor:
         """One independent Dirichlet rsample per hole over its active ops, scattered into the
-        full slot vector (zeros for dropped ops); differentiable w.r.t. α."""
-        _, local, slots, dev = self._active_index()
-        samples = []
-        for a, idx in zip(self.alpha, local):
-            conc = F.elu(a[idx]) + 1.0
-            if conc.numel() == 1:
-                s = conc / conc  # Dirichlet over one op is the constant 1 (grad 0 w.r.t. α)
-            else:
-                s = torch.distributions.Dirichlet(conc).rsample()
-            samples.append(s)
-        w = torch.zeros(len(self.slot_of), dtype=self.gamma.dtype, device=dev)
-        return w.index_put((slots,), torch.cat(samples))
+        full slot vector (zeros for dropped ops); differentiable w.r.t. α. All holes are drawn
+        together (grafs.runtime.sampling): a few kernels and no device synchronisation."""
+        _, _, slots, dev, seg, single = self._active_index()
+        alpha = torch.cat(list(self.alpha)) if len(self.alpha) > 1 else self.alpha[0]
+        conc = F.elu(alpha.index_select(0, slots)) + 1.0
+        s = segmented_dirichlet(conc, seg, self.num_holes, single)
+        w = torch.zeros(len(self.slot_of), dtype=s.dtype, device=dev)
+        return w.index_put((slots,), s)
 
     # -- evaluation ------------------------------------------------------------------------
     def _program(self, key, clip: bool):
@@ -156,19 +159,38 @@ class RelaxedCell(nn.Module):
         self._compiled_key = key
         return self._kernels[key]
 
+    def mode_for(self, device: torch.device) -> str:
+        """The mode a call on ``device`` runs: ``auto`` is the Triton cell on CUDA (where Triton
+        is installed and the space has no trainable-family ops) and the lean path elsewhere."""
+        if self.mode != "auto":
+            return self.mode
+        if device.type == "cuda" and not len(self.terms) and _has_triton():
+            return "triton"
+        return "lean"
+
+    def _lean_plan(self, key) -> LeanPlan:
+        plan = self._lean_plans.get(key)
+        if plan is None:
+            plan = self._lean_plans[key] = LeanPlan(self.space, key, self.slot_of, self.gamma_of,
+                                                    self.gamma.numel())
+        return plan
+
     def forward(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         w = self.sample_weights() if weights is None else weights
         key = self.active_ops()
-        if self.mode == "eager":
+        mode = self.mode_for(x.device)
+        if mode == "lean":
+            return lean_apply(self._lean_plan(key), x, w, self.gamma, self.terms if len(self.terms) else None)
+        if mode == "eager":
             return run_program(self._program(key, self.clip), x, {}, {"w": w, "g": self.gamma},
                                self.terms)
-        if self.mode == "triton":
+        if mode == "triton":
             if self._triton is None:
                 from grafs.compiler.triton_backend import TritonCell
                 self._triton = TritonCell(self.space, self.slot_of, self.gamma_of, self.clip)
             return self._triton(x, w, self.gamma, self.active)
         k = self._kernels_for(key)
-        if self.mode == "compile":
+        if mode == "compile":
             return k.fwd(x.reshape(-1), w, self.gamma).view(x.shape)
         return fused_apply(k, x, w, self.gamma)
 
@@ -216,3 +238,11 @@ class RelaxedCell(nn.Module):
 
     def extra_repr(self) -> str:
         return f"mode={self.mode!r}, active={self.num_active()}/{len(self.slot_of)}, clip={self.clip}"
+
+
+def _has_triton() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
