@@ -39,10 +39,14 @@ class _Group:
     inputs: list[Program]               # the shared input expressions, over x and hole outputs
     features: list[tuple[Program, str | None]]   # (program over the inputs, module key or None)
     n_cols: int                         # inputs + features
-    pos: torch.Tensor                   # flat (row, column) positions of coefficient entries
-    slot: torch.Tensor                  # the w slot of each entry
-    tidx: torch.Tensor                  # index into the factor vector T (1, γ, σ(γ), 1−σ(γ))
-    sign: torch.Tensor                  # constant factor of each entry
+    offset: int                         # where the group's (R, C+1) coefficients start
+    used: list[tuple[int, int]]         # (row, column) pairs with a coefficient; column C = bias
+    matmul: bool                        # mix with one addmm (many terms) or a few mul/adds
+
+
+# groups with more coefficient entries than this mix with one addmm over stacked columns;
+# smaller ones (late in a search) with a mul and an add per entry, which is fewer kernels
+MATMUL_FROM = 6
 
 
 class LeanPlan:
@@ -66,6 +70,9 @@ class LeanPlan:
         for h in space.holes:
             groups.setdefault(tuple(id(e) for e in inputs[h.index]), []).append(h)
         self.groups: list[_Group] = []
+        pos_all: list[int] = []
+        entries_all: list[tuple] = []
+        offset = 0
         for members in groups.values():
             ins = inputs[members[0].index]
             n_in = len(ins)
@@ -102,12 +109,18 @@ class LeanPlan:
                     entries.append((r, feat_col[fkey], k, 0, 1.0))
             C = n_in + len(features)
             # column C (one past the last) holds each row's constant term
-            pos = [r * (C + 1) + (C if c == -1 else c) for r, c, *_ in entries]
-            self.groups.append(_Group(
-                [h.index for h in members], [lower(e) for e in ins], features, C,
-                torch.tensor(pos, dtype=torch.long), torch.tensor([e[2] for e in entries]),
-                torch.tensor([e[3] for e in entries]),
-                torch.tensor([e[4] for e in entries], dtype=torch.float32)))
+            flat = [r * (C + 1) + (C if c == -1 else c) for r, c, *_ in entries]
+            used = sorted({(f // (C + 1), f % (C + 1)) for f in flat})
+            pos_all += [offset + f for f in flat]
+            entries_all += entries
+            self.groups.append(_Group([h.index for h in members], [lower(e) for e in ins], features,
+                                      C, offset, used, len(used) > MATMUL_FROM))
+            offset += R * (C + 1)
+        self.n_coef = offset
+        self.pos = torch.tensor(pos_all, dtype=torch.long)
+        self.slot = torch.tensor([e[2] for e in entries_all], dtype=torch.long)
+        self.tidx = torch.tensor([e[3] for e in entries_all], dtype=torch.long)
+        self.sign = torch.tensor([e[4] for e in entries_all], dtype=torch.float32)
         self._dev_cache: dict = {}
         self.num_features = sum(len(g.features) for g in self.groups)
 
@@ -119,17 +132,25 @@ class LeanPlan:
         base = {"g": 1, "sig": 1 + self.n_gamma, "1-sig": 1 + 2 * self.n_gamma}[kind]
         return base + gam[i], 1.0
 
-    def _indices(self, g: _Group, device):
-        key = (id(g), device)
-        if key not in self._dev_cache:
-            self._dev_cache[key] = (g.pos.to(device), g.slot.to(device), g.tidx.to(device),
-                                    g.sign.to(device))
-        return self._dev_cache[key]
+    def _indices(self, device):
+        idx = self._dev_cache.get(device)
+        if idx is None:
+            idx = self._dev_cache[device] = tuple(t.to(device) for t in
+                                                  (self.pos, self.slot, self.tidx, self.sign))
+        return idx
+
+    def coefficients(self, w: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+        """Every group's mixing coefficients, flat: w·(1, γ, σ(γ) or 1−σ(γ))·sign, summed per
+        (row, column): six small kernels for the whole cell."""
+        pos, slot, tidx, sign = self._indices(w.device)
+        sg = torch.sigmoid(gamma)
+        T = torch.cat([gamma.new_ones(1), gamma, sg, 1.0 - sg])
+        vals = w.index_select(0, slot) * T.index_select(0, tidx) * sign
+        return torch.zeros(self.n_coef, dtype=w.dtype, device=w.device).index_add(0, pos, vals)
 
     def run(self, x: torch.Tensor, w: torch.Tensor, gamma: torch.Tensor, modules=None) -> torch.Tensor:
         """The cell output for a flat fp32 ``x``, mixture weights ``w`` and γ."""
-        sg = torch.sigmoid(gamma)
-        T = torch.cat([gamma.new_ones(1), gamma, sg, 1.0 - sg])
+        coef_all = self.coefficients(w, gamma)
         outs: list = [None] * self.n_holes
         for g in self.groups:
             ins = [run_program(p, x, {}, {"w": outs}) for p in g.inputs]
@@ -137,41 +158,81 @@ class LeanPlan:
             # terms such as dyn(E) = E·(α−β) + β·x refer to it)
             cols = ins + [run_program(p, x, {}, {"w": ins, "g": gamma}, modules)
                           for p, _ in g.features]
-            feats = torch.stack([c.expand_as(x) for c in cols])
-            pos, slot, tidx, sign = self._indices(g, x.device)
             R, C = len(g.holes), g.n_cols
-            vals = w.index_select(0, slot) * T.index_select(0, tidx) * sign
-            coef = torch.zeros(R * (C + 1), dtype=x.dtype, device=x.device).index_add(0, pos, vals)
-            coef = coef.view(R, C + 1)
-            rows = torch.addmm(coef[:, C:], coef[:, :C], feats)
+            coef = coef_all[g.offset:g.offset + R * (C + 1)].view(R, C + 1)
+            if g.matmul:
+                feats = torch.stack([c.expand_as(x) for c in cols])
+                rows = torch.addmm(coef[:, C:], coef[:, :C], feats)
+                for r, h in enumerate(g.holes):
+                    outs[h] = rows[r]
+                continue
+            acc: list = [None] * R
+            for r, c in g.used:
+                t = coef[r, c] if c == C else coef[r, c] * cols[c]
+                acc[r] = t if acc[r] is None else acc[r] + t
             for r, h in enumerate(g.holes):
-                outs[h] = rows[r]
+                outs[h] = acc[r].expand_as(x)
         return run_program(self.template, x, {}, {"w": outs})
 
 
+# The cell is elementwise, so it runs in chunks of CHUNK elements: each chunk's temporaries
+# (one row per feature) stay in cache and below the allocator's mmap threshold, where a single
+# pass over a large activation would page-fault fresh memory for every temporary.
+CHUNK = 1 << 16
+# Below this many elements autograd keeps the intermediates (a few MB at most): recomputing in
+# backward would double the per-call dispatch cost that dominates small activations.
+RECOMPUTE_FROM = 1 << 18
+
+
+def _chunks(n: int):
+    return [(i, min(i + CHUNK, n)) for i in range(0, n, CHUNK)]
+
+
 class _LeanFunction(torch.autograd.Function):
-    """Saves x, w and γ only; the backward re-runs the plan under autograd."""
+    """Saves x, w and γ only; the backward re-runs the plan under autograd, chunk by chunk."""
 
     @staticmethod
     def forward(ctx, x, w, gamma, plan):
         ctx.plan = plan
         ctx.save_for_backward(x, w, gamma)
-        return plan.run(x, w, gamma)
+        n = x.numel()
+        if n <= CHUNK:
+            return plan.run(x, w, gamma)
+        out = torch.empty_like(x)
+        for a, b in _chunks(n):
+            out[a:b] = plan.run(x[a:b], w, gamma)
+        return out
 
     @staticmethod
     def backward(ctx, grad):
         x, w, gamma = ctx.saved_tensors
-        need = ctx.needs_input_grad[:3]
-        ins = [t.detach().requires_grad_(n) for t, n in zip((x, w, gamma), need)]
-        with torch.enable_grad():
-            y = ctx.plan.run(*ins)
-            wanted = [t for t, n in zip(ins, need) if n]
-            got = iter(torch.autograd.grad(y, wanted, grad, allow_unused=True) if wanted else ())
-        out = []
-        for t, n in zip(ins, need):
-            gr = next(got) if n else None
-            out.append(torch.zeros_like(t) if (n and gr is None) else gr)
-        return out[0], out[1], out[2], None
+        nx, nw, ng = ctx.needs_input_grad[:3]
+        wd = w.detach().requires_grad_(nw)
+        gd = gamma.detach().requires_grad_(ng)
+        gx = torch.empty_like(x) if nx else None
+        gw = torch.zeros_like(w) if nw else None
+        gg = torch.zeros_like(gamma) if ng else None
+        for a, b in _chunks(x.numel()):
+            xc = x[a:b].detach().requires_grad_(nx)
+            with torch.enable_grad():
+                y = ctx.plan.run(xc, wd, gd)
+                leaves = [t for t, n in ((xc, nx), (wd, nw), (gd, ng)) if n]
+                got = list(torch.autograd.grad(y, leaves, grad[a:b], allow_unused=True))
+            for t, n in ((xc, nx), (wd, nw), (gd, ng)):
+                if not n:
+                    continue
+                gr = got.pop(0)
+                if gr is None:
+                    continue
+                if t is xc:
+                    gx[a:b] = gr
+                elif t is wd:
+                    gw += gr
+                else:
+                    gg += gr
+        if nx and gx is None:
+            gx = torch.zeros_like(x)
+        return gx, gw, gg, None
 
 
 def lean_apply(plan: LeanPlan, x: torch.Tensor, w: torch.Tensor, gamma: torch.Tensor,
@@ -183,7 +244,7 @@ def lean_apply(plan: LeanPlan, x: torch.Tensor, w: torch.Tensor, gamma: torch.Te
         flat = x.reshape(-1)
         xf = flat if flat.dtype == torch.float32 else flat.float()
         wf, gf = w.float(), gamma.float()
-        if modules:
+        if modules or xf.numel() < RECOMPUTE_FROM:
             y = plan.run(xf, wf, gf, modules)
         elif torch.is_grad_enabled() and (xf.requires_grad or wf.requires_grad or gf.requires_grad):
             y = _LeanFunction.apply(xf, wf, gf, plan)
