@@ -638,7 +638,8 @@ def _evaluate(model, val: _Batches, epoch, loss_fn, dev, cell, ckpt_path):
 
 def search_task(task, *, seed: int = 0, epochs: int | None = None, space=None, progress: bool = True,
                 checkpoint_dir=None, resume=None, cell_mode: str = "auto",
-                max_steps_per_epoch: int | None = None) -> SearchResult:
+                max_steps_per_epoch: int | None = None, device=None,
+                amp: str | None = None) -> SearchResult:
     """Run :func:`search` on a built-in task (grafs.tasks) with its search configuration."""
     cfg = task.search_config
     epochs = cfg.epochs if epochs is None else epochs
@@ -657,6 +658,6 @@ def search_task(task, *, seed: int = 0, epochs: int | None = None, space=None, p
                     arch_betas=tuple(cfg.arch_betas), grad_accumulation=cfg.grad_accum_steps,
                     activation_types=task.activation_types, cell_mode=cell_mode,
                     checkpoint_dir=checkpoint_dir, resume=resume, progress=progress,
-                    max_steps_per_epoch=spe)
+                    max_steps_per_epoch=spe, device=device, amp=amp)
     result.settings["task"] = task.name
     return result

@@ -17,13 +17,15 @@ def _cmd_search(args) -> int:
     _threads(args)
     from grafs.search import search_task
     from grafs.tasks import get_task
+    from grafs.search import resolve_device
     task = get_task(args.task, seed=args.seed)
+    dev = resolve_device(args.device)
     out = Path(args.out) if args.out else Path("grafs_runs") / f"{args.task}-seed{args.seed}"
     print(f"GRAFS search on task {task.name!r} ({task.description}); seed {args.seed}; "
-          f"results in {out}/")
+          f"device {dev}; results in {out}/")
     result = search_task(task, seed=args.seed, epochs=args.epochs, progress=not args.quiet,
                          checkpoint_dir=out, resume=out if args.resume else None,
-                         cell_mode=args.cell_mode)
+                         cell_mode=args.cell_mode, device=dev, amp=args.amp)
     result.save(out)
     if args.plot:
         try:
@@ -52,8 +54,10 @@ def _cmd_evaluate(args) -> int:
         times.append(res.search_seconds)
     # the ratio of the paper's tables: (mean) search time over the time of one evaluation run
     search_seconds = args.search_seconds or (sum(times) / len(times) if times else None)
+    from grafs.search import resolve_device
     table = evaluate(task, acts, seeds=args.seeds, baselines=args.baselines, epochs=args.epochs,
-                     search_seconds=search_seconds, progress=not args.quiet)
+                     search_seconds=search_seconds, progress=not args.quiet,
+                     device=resolve_device(args.device))
     print(table.markdown())
     if args.json:
         Path(args.json).write_text(json.dumps(table.to_dict(), indent=1))
@@ -71,7 +75,11 @@ def add_search_commands(sub) -> None:
     s.add_argument("--epochs", type=int, default=None, help="default: the task's search epochs")
     s.add_argument("--out", default=None, help="directory for checkpoint and result")
     s.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
-    s.add_argument("--cell-mode", default="auto", choices=("auto", "fused", "eager", "compile"))
+    s.add_argument("--cell-mode", default="auto", choices=("auto", "lean", "triton", "eager", "fused"),
+                   help="relaxed-cell implementation (auto: Triton on CUDA, lean elsewhere)")
+    s.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, … (auto: CUDA when available)")
+    s.add_argument("--amp", default=None, choices=("bf16", "fp16"),
+                   help="mixed precision for the network (the cell computes in fp32)")
     s.add_argument("--plot", action="store_true", help="write activation.png and alpha.png")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0: torch's default)")
@@ -89,5 +97,6 @@ def add_search_commands(sub) -> None:
     e.add_argument("--json", default=None, help="also write the table as JSON")
     e.add_argument("--plot", default=None, help="PNG of the activations against the baselines")
     e.add_argument("--quiet", action="store_true")
+    e.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, … (auto: CUDA when available)")
     e.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0: torch's default)")
     e.set_defaults(fn=_cmd_evaluate)
