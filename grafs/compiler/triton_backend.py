@@ -846,8 +846,10 @@ class _CellPlan:
                 _, hin, gam, parts, term = _cell_term(o, self.ell)
                 em.open(f"if tl.load(mask_ptr + {k}) != 0:  # {h.name}: {o}")
                 self._bind_slot(em, k, js, hin, gam, refs[j])
+                em.open("if WG:  # partial sums for the w/γ gradients (not in weight steps)")
                 r = em.block(S("mul", AH, term))
                 em.line(f"tl.store(part_ptr + pid * NC + {k}, tl.sum(tl.where(m, {r}, 0.0), axis=0))")
+                em.close()
                 AW = _leaf(f"aw{k}")
                 em.line(f"aw{k} = ah{j} * w{k}")
                 em.bind(AW, f"aw{k}")
@@ -856,9 +858,11 @@ class _CellPlan:
                         em.line(f"{ai[a]} = {ai[a]} + {em.block(S('mul', AW, p))}")
                 for i, p in enumerate(parts[len(hin):]):
                     if not _is0(p):
+                        em.open("if WG:")
                         r = em.block(S("mul", AW, p))
                         em.line(f"tl.store(part_ptr + pid * NC + {self.gcol_of[(k, i)]}, "
                                 f"tl.sum(tl.where(m, {r}, 0.0), axis=0))  # d/dg[{js[i]}]")
+                        em.close()
                 em.close()
             for a in range(n_in):   # through the hole's input expression
                 AI = _leaf(ai[a])
@@ -870,7 +874,7 @@ class _CellPlan:
                     em.line(f"{target} = {target} + {em.block(S('mul', AI, d))}")
         return ("@triton.jit\n"
                 "def grafs_cell_bwd(x_ptr, w_ptr, g_ptr, mask_ptr, gy_ptr, gx_ptr, part_ptr, n,\n"
-                "                   NC: tl.constexpr, BLOCK: tl.constexpr):\n"
+                "                   NC: tl.constexpr, WG: tl.constexpr, BLOCK: tl.constexpr):\n"
                 + _HEAD + "    gy = tl.load(gy_ptr + offs, mask=m, other=0.0).to(tl.float32)\n"
                 + "\n".join(em.lines) + "\n"
                 + "    tl.store(gx_ptr + offs, ax.to(gx_ptr.dtype.element_ty), mask=m)\n")
@@ -1089,7 +1093,9 @@ class _CellKernels(_Compiled):
                     **_meta(interp, B, 512))
         return y
 
-    def backward(self, x, w, g, mask, gy, block=None):
+    def backward(self, x, w, g, mask, gy, block=None, need_wg: bool = True):
+        """Gradients for x, w and g; with ``need_wg=False`` (a weight step: α and γ frozen) the
+        kernel skips the per-op reductions and w/g get zeros."""
         interp = _mode(x)
         xc, gyc = x.contiguous(), gy.to(x.dtype).contiguous()
         gx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
@@ -1101,15 +1107,23 @@ class _CellKernels(_Compiled):
         _, bwd = self.kernels(interp)
         B = self.block(interp, block)
         grid = _blocks(n, B)
-        part = torch.zeros((grid, max(NC, 1)), dtype=torch.float32, device=x.device)
+        part = torch.zeros((grid, max(NC, 1)) if need_wg else (1, 1), dtype=torch.float32,
+                           device=x.device)
         self.launch(bwd, interp, (grid,), xc, w.contiguous(), _gvec(g, x),
                     mask.to(device=x.device, dtype=torch.int8).contiguous(), gyc, gx, part, n,
-                    **_meta(interp, B, 512, NC=max(NC, 1)))
+                    **_meta(interp, B, 512, NC=max(NC, 1), WG=bool(need_wg)))
+        if not need_wg:
+            return gx, torch.zeros_like(w), gg.to(g.dtype)
         sums = part.sum(0)
         gw = sums[: self.K].to(w.dtype).view(w.shape)
         if len(self.plan.gcols):
-            gg.view(-1).index_add_(0, self.gcols.to(g.device), sums[self.K:NC].to(g.device))
+            gg.view(-1).index_add_(0, self._gcols_on(g.device), sums[self.K:NC].to(g.device))
         return gx, gw, gg.to(g.dtype)
+
+    def _gcols_on(self, device):
+        if self.gcols.device != device:
+            self.gcols = self.gcols.to(device)
+        return self.gcols
 
 
 def _gvec(g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -1171,13 +1185,13 @@ def _(x, w, g, mask, key):
 
 @torch.library.custom_op("grafs_triton::cell_bwd", mutates_args=())
 def _cell_bwd(x: torch.Tensor, w: torch.Tensor, g: torch.Tensor, mask: torch.Tensor,
-              gy: torch.Tensor, key: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+              gy: torch.Tensor, key: str, need_wg: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     c, block = _REG[key]
-    return c.backward(x, w, g, mask, gy, block)
+    return c.backward(x, w, g, mask, gy, block, need_wg)
 
 
 @_cell_bwd.register_fake
-def _(x, w, g, mask, gy, key):
+def _(x, w, g, mask, gy, key, need_wg):
     return (torch.empty(x.shape, dtype=x.dtype, device=x.device), torch.empty_like(w),
             torch.empty_like(g))
 
@@ -1190,8 +1204,10 @@ def _cell_setup(ctx, inputs, output):
 
 def _cell_backward(ctx, gy):
     x, w, g, mask = ctx.saved_tensors
-    gx, gw, gg = _cell_bwd(x, w, g, mask, gy, ctx.key)
-    return gx, gw, gg, None, None
+    need_wg = bool(ctx.needs_input_grad[1] or ctx.needs_input_grad[2])
+    gx, gw, gg = _cell_bwd(x, w, g, mask, gy, ctx.key, need_wg)
+    return gx, (gw if ctx.needs_input_grad[1] else None), (gg if ctx.needs_input_grad[2] else None), \
+        None, None
 
 
 _cell_fwd.register_autograd(_cell_backward, setup_context=_cell_setup)

@@ -100,7 +100,8 @@ class RelaxedCell(nn.Module):
             seg = torch.tensor([i for i, hole_ops in enumerate(ops) for _ in hole_ops], device=dev)
             single = torch.tensor([len(hole_ops) == 1 for hole_ops in ops for _ in hole_ops],
                                   device=dev)
-            self._index_cache = (ops, local, slots, dev, seg, single)
+            self._index_cache = (ops, local, slots, dev, seg, single,
+                                 self.active.to(torch.int8).contiguous())
         return self._index_cache
 
     def _load_from_state_dict(self, *args, **kwargs):
@@ -133,7 +134,7 @@ class RelaxedCell(nn.Module):
         """One independent Dirichlet rsample per hole over its active ops, scattered into the
         full slot vector (zeros for dropped ops); differentiable w.r.t. α. All holes are drawn
         together (grafs.runtime.sampling): a few kernels and no device synchronisation."""
-        _, _, slots, dev, seg, single = self._active_index()
+        _, _, slots, dev, seg, single, _ = self._active_index()
         alpha = torch.cat(list(self.alpha)) if len(self.alpha) > 1 else self.alpha[0]
         conc = F.elu(alpha.index_select(0, slots)) + 1.0
         s = segmented_dirichlet(conc, seg, self.num_holes, single)
@@ -188,7 +189,7 @@ class RelaxedCell(nn.Module):
             if self._triton is None:
                 from grafs.compiler.triton_backend import TritonCell
                 self._triton = TritonCell(self.space, self.slot_of, self.gamma_of, self.clip)
-            return self._triton(x, w, self.gamma, self.active)
+            return self._triton(x, w, self.gamma, self._active_index()[6])
         k = self._kernels_for(key)
         if mode == "compile":
             return k.fwd(x.reshape(-1), w, self.gamma).view(x.shape)
