@@ -317,13 +317,16 @@ class _Stepper:
     times is what a search runs. Nothing here reads a value back to the host."""
 
     def __init__(self, model, cell, state, weights, arch_params, w_opt, a_opt, w_sched, loss_fn,
-                 dev: torch.device, amp: str | None = None, grad_accumulation: int = 1):
+                 dev: torch.device, amp: str | None = None, grad_accumulation: int = 1,
+                 n_sites: int | None = None):
         self.model, self.cell, self.state = model, cell, state
         self.weights, self.arch_params = weights, arch_params
         self.w_opt, self.a_opt, self.w_sched = w_opt, a_opt, w_sched
         self.loss_fn, self.dev = loss_fn, dev
         self.amp = _AMP[amp]
         self.grad_accumulation = grad_accumulation
+        # the cell draws one batch of samples per pass, one per site (see refresh_samples)
+        self.n_sites = n_sites if n_sites and hasattr(cell, "refresh_samples") else None
         fp16 = self.amp is torch.float16
         # fp16 needs loss scaling; one scaler per optimizer (their steps are independent)
         self.w_scaler = torch.amp.GradScaler(dev.type, enabled=fp16)
@@ -345,6 +348,8 @@ class _Stepper:
         # 1. arch step on a validation batch (fresh Dirichlet samples at every call)
         state["use_cell"] = True
         self.a_opt.zero_grad(set_to_none=True)
+        if self.n_sites:
+            self.cell.refresh_samples(self.n_sites)
         with self._autocast():
             vloss = self.loss_fn(model(xv), yv)
         self.a_scaler.scale(vloss).backward()
@@ -360,6 +365,10 @@ class _Stepper:
         for p in self.arch_params:
             p.requires_grad_(False)
         try:
+            if self.n_sites:
+                self.cell.clear_samples()
+                if not warm:
+                    self.cell.refresh_samples(self.n_sites)
             with self._autocast():
                 out = model(xb)
                 loss = self.loss_fn(out, yb)
@@ -367,6 +376,8 @@ class _Stepper:
         finally:
             for p in self.arch_params:
                 p.requires_grad_(True)
+            if self.n_sites:
+                self.cell.clear_samples()
         if update:
             self.w_scaler.step(self.w_opt)
             self.w_scaler.update()
@@ -490,7 +501,7 @@ def search(model: nn.Module, train_data, val_data=None, *, space=None, epochs: i
     a_opt = torch.optim.Adam(arch_params, lr=arch_lr, betas=tuple(arch_betas), weight_decay=arch_weight_decay)
     loss_fn = loss_fn or _default_loss
     stepper = _Stepper(model, cell, state, weights, arch_params, w_opt, a_opt, w_sched, loss_fn,
-                       dev, amp, grad_accumulation)
+                       dev, amp, grad_accumulation, n_sites)
 
     history: dict[str, list] = {k: [] for k in (
         "epochs", "train_loss", "val_loss", "train_acc", "val_acc", "num_active", "alpha",

@@ -522,9 +522,10 @@ def test_relaxed_cell_triton_mode_matches_eager():
     """RelaxedCell(mode="triton") routes through TritonCell: same values and gradients."""
     from grafs.runtime.space import SearchSpace
     sp = SearchSpace("B(U(x), U(x))", unary=["identity", "gelu", "exp", "mul_gamma"], binary=["add", "mix"])
-    eager, tri = sp.relax("eager", seed=0), sp.relax("triton", seed=0)
+    dev = "cuda" if _ON_GPU else "cpu"
+    eager, tri = sp.relax("eager", seed=0).to(dev), sp.relax("triton", seed=0).to(dev)
     tri.load_state_dict(eager.state_dict())
-    x = torch.randn(300, dtype=torch.float32)
+    x = torch.randn(300, dtype=torch.float32, device=dev)
     for c in (eager, tri):
         c.drop(3)
     results = []

@@ -1213,6 +1213,37 @@ def _cell_backward(ctx, gy):
 _cell_fwd.register_autograd(_cell_backward, setup_context=_cell_setup)
 
 
+# -- outside torch.compile: plain autograd Functions (a custom op's Python dispatch costs
+# tens of microseconds per call, paid at every activation site) -------------------------------
+class _FormulaFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, p, kernels, block):
+        ctx.save_for_backward(x, p)
+        ctx.kernels, ctx.block = kernels, block
+        return kernels.forward(x, p, block)
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, p = ctx.saved_tensors
+        gx, gp = ctx.kernels.backward(x, p, gy, ctx.block)
+        return gx, gp, None, None
+
+
+class _CellFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, w, g, mask, kernels, block):
+        ctx.save_for_backward(x, w, g, mask)
+        ctx.kernels, ctx.block = kernels, block
+        return kernels.forward(x, w, g, mask, block)
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, w, g, mask = ctx.saved_tensors
+        nw, ng = ctx.needs_input_grad[1], ctx.needs_input_grad[2]
+        gx, gw, gg = ctx.kernels.backward(x, w, g, mask, gy, ctx.block, nw or ng)
+        return gx, (gw if nw else None), (gg if ng else None), None, None, None
+
+
 # ---------------------------------------------------------------------------------------------
 # public callables
 class TritonFormula:
@@ -1226,6 +1257,7 @@ class TritonFormula:
         self.program = program
         self.param_names = tuple(n for n, _ in program.params)
         self._k, self.key = _FormulaKernels(program).register(block)
+        self._block = block
         self.source = self._k.source      # the GPU variant (what `grafs compile --emit triton` prints)
 
     def kernels(self, interp: bool | None = None) -> tuple:
@@ -1239,7 +1271,9 @@ class TritonFormula:
                              for n in self.param_names])
         else:
             p = torch.zeros(1, dtype=torch.float32, device=x.device)
-        return _formula_fwd(x, p, self.key)
+        if torch.compiler.is_compiling():
+            return _formula_fwd(x, p, self.key)
+        return _FormulaFn.apply(x, p, self._k, self._block)
 
     def __repr__(self) -> str:
         return f"TritonFormula({self.program.text!r})"
@@ -1260,6 +1294,7 @@ class TritonCell:
         self._k, self.key = _CellKernels(space, dict(slot_of),
                                          {k: list(v) for k, v in gamma_of.items()},
                                          self.clip).register(block)
+        self._block = block
         self.num_slots = self._k.K
         self.source = self._k.source
 
@@ -1270,7 +1305,11 @@ class TritonCell:
                  mask: torch.Tensor) -> torch.Tensor:
         if g.numel() == 0:
             g = torch.zeros(0, dtype=torch.float32, device=x.device)
-        return _cell_fwd(x, w, g, mask, self.key)
+        # the small vectors follow x (a no-op when they are there already)
+        w, g, mask = w.to(x.device), g.to(x.device), mask.to(x.device)
+        if torch.compiler.is_compiling():
+            return _cell_fwd(x, w, g, mask, self.key)
+        return _CellFn.apply(x, w, g, mask, self._k, self._block)
 
     def __repr__(self) -> str:
         return f"TritonCell({self.space.template!r}, {self.num_slots} slots, clip={self.clip})"

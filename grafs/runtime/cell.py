@@ -70,6 +70,7 @@ class RelaxedCell(nn.Module):
         self._programs: dict[tuple, object] = {}
         self._index_cache = None
         self._lean_plans: dict[tuple, LeanPlan] = {}
+        self._pool: list[torch.Tensor] = []
         # candidate ops from the trainable families carry modules (network weights, not arch params)
         full = self._program(self.active_ops(), self.clip)
         self.terms = nn.ModuleDict({i.key: OPS[i.op].module() for i in full.instrs if i.key is not None})
@@ -101,7 +102,8 @@ class RelaxedCell(nn.Module):
             single = torch.tensor([len(hole_ops) == 1 for hole_ops in ops for _ in hole_ops],
                                   device=dev)
             self._index_cache = (ops, local, slots, dev, seg, single,
-                                 self.active.to(torch.int8).contiguous())
+                                 self.active.to(torch.int8).contiguous(), {})
+            self._pool = []
         return self._index_cache
 
     def _load_from_state_dict(self, *args, **kwargs):
@@ -130,16 +132,41 @@ class RelaxedCell(nn.Module):
         return [float(self.gamma.detach()[j]) for j in self.gamma_of[(hole_index, op_name)]]
 
     # -- sampling --------------------------------------------------------------------------
-    def sample_weights(self) -> torch.Tensor:
+    def sample_weights(self, n: int | None = None) -> torch.Tensor:
         """One independent Dirichlet rsample per hole over its active ops, scattered into the
         full slot vector (zeros for dropped ops); differentiable w.r.t. α. All holes are drawn
-        together (grafs.runtime.sampling): a few kernels and no device synchronisation."""
-        _, _, slots, dev, seg, single, _ = self._active_index()
+        together (grafs.runtime.sampling): a few kernels and no device synchronisation. With
+        ``n``, n independent samples at once, as an (n, slots) tensor."""
+        _, _, slots, dev, seg, single, _, _ = self._active_index()
         alpha = torch.cat(list(self.alpha)) if len(self.alpha) > 1 else self.alpha[0]
         conc = F.elu(alpha.index_select(0, slots)) + 1.0
-        s = segmented_dirichlet(conc, seg, self.num_holes, single)
-        w = torch.zeros(len(self.slot_of), dtype=s.dtype, device=dev)
-        return w.index_put((slots,), s)
+        K, H = len(self.slot_of), self.num_holes
+        if n is None:
+            s = segmented_dirichlet(conc, seg, H, single)
+            return torch.zeros(K, dtype=s.dtype, device=dev).index_put((slots,), s)
+        seg_n, single_n, slots_n = self._batched_index(n)
+        s = segmented_dirichlet(conc.repeat(n), seg_n, n * H, single_n)
+        return torch.zeros(n * K, dtype=s.dtype, device=dev).index_put((slots_n,), s).view(n, K)
+
+    def _batched_index(self, n: int):
+        cache = self._index_cache[7]
+        if n not in cache:
+            _, _, slots, dev, seg, single, _, _ = self._index_cache
+            rows = torch.arange(n, device=dev)[:, None]
+            cache[n] = ((seg + self.num_holes * rows).reshape(-1), single.repeat(n),
+                        (slots + len(self.slot_of) * rows).reshape(-1))
+        return cache[n]
+
+    def refresh_samples(self, n: int) -> None:
+        """Draw the mixture weights of the next ``n`` calls in one batch (each call still gets
+        its own independent sample; the search draws one batch per forward pass, one sample per
+        activation site, instead of a few kernels at every site). Calls beyond ``n`` sample
+        for themselves."""
+        self._pool = list(self.sample_weights(n).unbind(0))
+
+    def clear_samples(self) -> None:
+        """Forget undrawn batched samples (their graph belongs to the pass that drew them)."""
+        self._pool = []
 
     # -- evaluation ------------------------------------------------------------------------
     def _program(self, key, clip: bool):
@@ -177,7 +204,12 @@ class RelaxedCell(nn.Module):
         return plan
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-        w = self.sample_weights() if weights is None else weights
+        if weights is not None:
+            w = weights
+        elif self._pool:
+            w = self._pool.pop()
+        else:
+            w = self.sample_weights()
         key = self.active_ops()
         mode = self.mode_for(x.device)
         if mode == "lean":
