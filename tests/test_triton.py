@@ -541,3 +541,32 @@ def test_relaxed_cell_triton_mode_matches_eager():
     torch.testing.assert_close(gg2, gg1, rtol=1e-5, atol=1e-4)
     for a, b in zip(ga1, ga2):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-4)
+
+
+def test_relaxed_cell_triton_kernels_follow_the_active_set():
+    """Generated code shrinks with the cell (a new kernel once the active set falls to 60% of
+    the compiled one), and dropped ops are never evaluated: NaN weights in their slots leave
+    the output and gradients finite."""
+    from grafs.runtime.space import SearchSpace
+    sp = SearchSpace("B(U(x), U(x))", unary=["identity", "gelu", "exp", "mul_gamma", "tanh"],
+                     binary=["add", "mix", "mul"])
+    dev = "cuda" if _ON_GPU else "cpu"
+    eager, tri = sp.relax("eager", seed=0).to(dev), sp.relax("triton", seed=0).to(dev)
+    tri.load_state_dict(eager.state_dict())
+    x = torch.randn(300, dtype=torch.float32, device=dev)
+    seen = []
+    for drops in (0, 2, 3, 5):
+        eager.drop(drops)
+        tri.drop(drops)
+        w = eager.sample_weights().detach()
+        w_nan = torch.where(eager.active, w, torch.full_like(w, float("nan")))
+        xr = x.clone().requires_grad_()
+        y = tri(xr, weights=w_nan.requires_grad_())
+        y.sum().backward()
+        assert torch.isfinite(y).all() and torch.isfinite(xr.grad).all()
+        torch.testing.assert_close(y, eager(x, weights=w), rtol=1e-5, atol=1e-5)
+        seen.append((tri.num_active(), tri._triton_key))
+    n_code = [sum(len(k) for k in key) for _, key in seen]
+    assert n_code[0] == 13 and n_code[-1] == 3          # full code first, exact code at the end
+    assert all(a >= b for a, b in zip(n_code, n_code[1:]))
+    assert all(n <= 1 / 0.6 * k + 1e-9 for (k, _), n in zip(seen, n_code))

@@ -720,7 +720,7 @@ def _cell_term(op_name: str, ell: float | None):
 class _CellPlan:
     """The cell template with holes replaced by leaves, each hole's inputs, slots and gammas."""
 
-    def __init__(self, space, slot_of, gamma_of, clip: bool):
+    def __init__(self, space, slot_of, gamma_of, clip: bool, active=None):
         from grafs.compiler.cell import substitute_holes
         self.ell = space.ell if clip else None
         self.holes = list(space.holes)
@@ -733,8 +733,11 @@ class _CellPlan:
 
         self.T = fold_constants(substitute_holes(space, fill))
         self.inputs = inputs
+        # ``active``: per hole, the ops the kernels contain (all by default); the rest of the
+        # slots get no code at all, the contained ones are still selected by the mask at run time
         self.slots = {h.index: [(o, slot_of[(h.index, o)], list(gamma_of.get((h.index, o), [])))
-                                for o in h.ops] for h in self.holes}
+                                for o in h.ops if active is None or o in active[h.index]]
+                      for h in self.holes}
         self.K = len(slot_of)
         self.gcols: list[int] = []       # partial-sum column K + c holds d/d g[gcols[c]]
         self.gcol_of: dict[tuple[int, int], int] = {}
@@ -1055,12 +1058,13 @@ class _CellKernels(_Compiled):
     # thread on sm_90 without spills (228 with 4 warps).
     prefix = "grafs_triton_cell"
 
-    def __init__(self, space, slot_of, gamma_of, clip: bool):
-        self.plan = plan = _CellPlan(space, slot_of, gamma_of, clip)
+    def __init__(self, space, slot_of, gamma_of, clip: bool, active=None):
+        self.plan = plan = _CellPlan(space, slot_of, gamma_of, clip, active)
         self.K = plan.K
         self.n_gamma = 1 + max((j for js in gamma_of.values() for j in js), default=-1)
         self.gcols = torch.tensor(plan.gcols, dtype=torch.long)
-        text = f"relaxed {space.template} with {plan.K} slots, clip={clip}"
+        n_code = sum(len(v) for v in plan.slots.values())
+        text = f"relaxed {space.template} with {plan.K} slots ({n_code} compiled), clip={clip}"
 
         def make(interp: bool) -> str:
             return _module("relaxed cell", text, plan.forward_body() + "\n\n" + plan.backward_body(),
@@ -1288,12 +1292,14 @@ class TritonCell:
     same kernels. ``slot_of``/``gamma_of`` as in :class:`grafs.runtime.cell.RelaxedCell`.
     """
 
-    def __init__(self, space, slot_of, gamma_of, clip: bool, block: int | None = None):
+    def __init__(self, space, slot_of, gamma_of, clip: bool, block: int | None = None,
+                 active=None):
         self.space = space
         self.clip = bool(clip)
+        self.active = active
         self._k, self.key = _CellKernels(space, dict(slot_of),
                                          {k: list(v) for k, v in gamma_of.items()},
-                                         self.clip).register(block)
+                                         self.clip, active).register(block)
         self._block = block
         self.num_slots = self._k.K
         self.source = self._k.source

@@ -74,7 +74,10 @@ class RelaxedCell(nn.Module):
         # candidate ops from the trainable families carry modules (network weights, not arch params)
         full = self._program(self.active_ops(), self.clip)
         self.terms = nn.ModuleDict({i.key: OPS[i.op].module() for i in full.instrs if i.key is not None})
-        self._triton = None
+        # Triton kernels per generated active set (see _code_key): a 110 -> 6 search generates
+        # about six, each a few seconds of Triton compile at most
+        self._tritons: dict[tuple, object] = {}
+        self._triton_key: tuple | None = None
         if len(self.terms) and mode not in ("eager", "lean", "auto"):
             raise GrafsError(f"search spaces with trainable-family ops ({', '.join(self.terms)}) "
                              f"need mode 'auto', 'lean' or 'eager', not {mode!r}")
@@ -175,17 +178,30 @@ class RelaxedCell(nn.Module):
             self._programs[pk] = cell_program(self.space, key, self.slot_of, self.gamma_of, clip)
         return self._programs[pk]
 
-    def _kernels_for(self, key) -> CellKernels:
-        cur = self._compiled_key
+    def _code_key(self, key, current):
+        """The active set to generate code for: the ``current`` one while it still contains
+        ``key`` and is not much larger (dropped ops then cost a masked-out branch or a zero
+        weight), else exactly ``key``."""
         n_now = sum(len(k) for k in key)
-        if cur is not None and all(set(a) <= set(b) for a, b in zip(key, cur)):
-            n_cur = sum(len(k) for k in cur)
+        if current is not None and all(set(a) <= set(b) for a, b in zip(key, current)):
+            n_cur = sum(len(k) for k in current)
             if n_now > self.recompile_ratio * n_cur and n_now != self.num_holes:
-                return self._kernels[cur]
+                return current
+        return key
+
+    def _kernels_for(self, key) -> CellKernels:
+        key = self._compiled_key = self._code_key(key, self._compiled_key)
         if key not in self._kernels:
             self._kernels[key] = CellKernels(self._program(key, self.clip))
-        self._compiled_key = key
         return self._kernels[key]
+
+    def _triton_for(self, key):
+        from grafs.compiler.triton_backend import TritonCell
+        key = self._triton_key = self._code_key(key, self._triton_key)
+        if key not in self._tritons:
+            self._tritons[key] = TritonCell(self.space, self.slot_of, self.gamma_of, self.clip,
+                                            active=key)
+        return self._tritons[key]
 
     def mode_for(self, device: torch.device) -> str:
         """The mode a call on ``device`` runs: ``auto`` is the Triton cell on CUDA (where Triton
@@ -218,10 +234,7 @@ class RelaxedCell(nn.Module):
             return run_program(self._program(key, self.clip), x, {}, {"w": w, "g": self.gamma},
                                self.terms)
         if mode == "triton":
-            if self._triton is None:
-                from grafs.compiler.triton_backend import TritonCell
-                self._triton = TritonCell(self.space, self.slot_of, self.gamma_of, self.clip)
-            return self._triton(x, w, self.gamma, self._active_index()[6])
+            return self._triton_for(key)(x, w, self.gamma, self._active_index()[6])
         k = self._kernels_for(key)
         if mode == "compile":
             return k.fwd(x.reshape(-1), w, self.gamma).view(x.shape)
