@@ -218,3 +218,66 @@ def test_search_accepts_dataloaders_and_datasets():
     for r in (r1, r2):
         grafs.parse(r.formula)
         assert r.history["num_active"][-1] == 6
+
+
+# ------------------------------------------------------------------ devices, precision, syncs
+def test_search_under_bf16_autocast_keeps_the_cell_in_fp32():
+    """amp="bf16": the network runs under autocast, the cell's math stays fp32 (its output has
+    the input's dtype), and the search completes with finite losses."""
+    r = run(amp="bf16", epochs=3)
+    assert r.settings["amp"] == "bf16"
+    assert all(torch.isfinite(torch.tensor(v)) for v in r.history["train_loss"])
+    cell = SearchSpace(**SPACE).relax("lean", seed=0)
+    x = torch.randn(64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y32 = cell(x, weights=cell.sample_weights().detach())
+        y16 = cell(x.bfloat16(), weights=cell.sample_weights().detach())
+    assert y32.dtype == torch.float32 and y16.dtype == torch.bfloat16
+
+
+def test_bad_amp_and_device_are_clear_errors():
+    with pytest.raises(GrafsError, match="amp"):
+        run(amp="int8")
+    from grafs.search import resolve_device
+    with pytest.raises(GrafsError, match="unknown device"):
+        resolve_device("toaster")
+    if not torch.cuda.is_available():
+        with pytest.raises(GrafsError, match="CUDA is not available"):
+            resolve_device("cuda")
+    assert resolve_device("cpu") == torch.device("cpu")
+
+
+class _CountSyncs(torch.utils._python_dispatch.TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.n = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.item.default):
+            self.n += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_search_passes_read_nothing_back_to_the_host():
+    """The two passes of a search step (batched samples, cell at every site, forward and
+    backward) have no .item()-style dispatch. (The optimizers' own CPU step counters are read
+    back by torch on the CPU; that is no device sync and is not counted here.)"""
+    net = model()
+    cell = SearchSpace(**SPACE).relax("lean", seed=0)
+    state = {"use_cell": True}
+    n = replace_activations(net, lambda o: SearchSite(o, cell, state))
+    x, y = data(64)
+    for counted in (False, True):
+        with _CountSyncs() as c:
+            cell.refresh_samples(n)           # arch pass: α and γ get gradients
+            nn.functional.cross_entropy(net(x[:32]), y[:32]).backward()
+            for p in cell.arch_parameters():
+                p.requires_grad_(False)
+            cell.refresh_samples(n)           # weight pass: α and γ frozen
+            nn.functional.cross_entropy(net(x[32:]), y[32:]).backward()
+            for p in cell.arch_parameters():
+                p.requires_grad_(True)
+            cell.clear_samples()
+        if counted:
+            assert c.n == 0
+    assert all(p.grad is not None for p in cell.arch_parameters())
