@@ -350,14 +350,21 @@ class _Stepper:
         self.a_opt.zero_grad(set_to_none=True)
         if self.n_sites:
             self.cell.refresh_samples(self.n_sites)
-        with self._autocast():
-            vloss = self.loss_fn(model(xv), yv)
-        self.a_scaler.scale(vloss).backward()
+        # the network's weights are frozen for the arch step: backward then computes no weight
+        # gradients at all (the reference computes and discards them), and none can leak into
+        # the weight update (the reference forgets to zero them in two of its three copies)
+        frozen = [p for p in self.weights if p.requires_grad]
+        for p in frozen:
+            p.requires_grad_(False)
+        try:
+            with self._autocast():
+                vloss = self.loss_fn(model(xv), yv)
+            self.a_scaler.scale(vloss).backward()
+        finally:
+            for p in frozen:
+                p.requires_grad_(True)
         self.a_scaler.step(self.a_opt)
         self.a_scaler.update()
-        # the arch step must not leak into the weight update (the reference forgets this)
-        for p in self.weights:
-            p.grad = None
         self.a_opt.zero_grad(set_to_none=True)
         # 2. weight step (original activation while warm-starting); α and γ are frozen so
         # backward does not differentiate through the Dirichlet sample for nothing
