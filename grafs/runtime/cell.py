@@ -5,21 +5,25 @@ init ≈ 0, i.e. uniform) and its ops' learnable γ. Each call draws an independ
 ``Dirichlet.rsample`` of the mixture weights over the ops still active at each hole, so one cell
 object can serve every activation site of a network (shared α and γ, independent samples).
 
-Modes:
-  ``"fused"`` (default): generated code compiled with torch.compile inside a custom autograd
-      Function that saves only its input and recomputes in backward (grafs.compiler.cell);
-  ``"eager"``: the reference, plain torch ops with autograd (saves every intermediate);
-  ``"compile"``: plain torch.compile of the same generated forward, autograd by AOTAutograd
-      (what you'd get without grafs; used by bench/cell.py);
-  ``"triton"``: grafs' own generated Triton kernel pair for the whole op set, the active ops
-      selected by a mask tensor, so dropping ops never generates new code (CUDA, or CPU under
-      TRITON_INTERPRET=1; grafs.compiler.triton_backend.TritonCell).
+Modes (``"auto"``, the default, is what a search should use; bench/cell.py and
+bench/search_step.py measure the others side by side):
+  ``"lean"``: the eager path of grafs.compiler.lean_cell: each distinct op evaluated once per
+      call, affine ops folded into one mixing matmul per group of holes, no compile; saves only
+      x for backward on large activations (recompute). ``auto`` on the CPU.
+  ``"triton"``: grafs' generated Triton kernel pair for the active set (dropped ops have no code
+      once the set falls to 60% of the compiled one; until then a mask skips them). ``auto`` on
+      CUDA. CPU only under TRITON_INTERPRET=1 (grafs.compiler.triton_backend.TritonCell).
+  ``"eager"``: the reference: the cell program interpreted op by op under autograd. The
+      semantics every other mode is tested against.
+  ``"fused"``, ``"compile"``: baselines kept for the benches: Inductor-compiled cell code (one
+      compile per active set, tens of seconds on a small CPU, 30-80 s on a GPU host), with a
+      recompute-in-backward Function (fused) or plain AOTAutograd (compile). Never faster than
+      ``auto`` in bench/search_step.py, so a search does not pick them.
 
-Compiled code and active sets: code is generated per active set and cached. After a drop the
-cell keeps running the code it has (dropped ops get weight 0, their slots still computed) until
-the active count falls to ``recompile_ratio`` (0.6) of the compiled count, or the cell becomes
-fully discrete; then it compiles code for exactly the active ops. So a full 110→6 search
-compiles about six times, each smaller than the last, and the cost still falls with the ops.
+Code per active set: after a drop the compiled modes keep the code they have (dropped ops get
+weight 0 or a masked-out branch) until the active count falls to ``recompile_ratio`` (0.6) of
+the compiled count, or the cell becomes fully discrete; then they generate code for exactly the
+active ops. A 110→6 search therefore generates code about six times, each smaller than the last.
 """
 from __future__ import annotations
 
