@@ -774,17 +774,76 @@ class _CellPlan:
             refs.append(r)
         return refs
 
-    def emit_hole_forward(self, em: _Emitter, h, refs: list[str]) -> None:
-        hv = f"h{h.index}"
-        em.line(f"{hv} = tl.zeros([BLOCK], tl.float32)  # hole {h.name}")
-        for o, k, js in self.slots[h.index]:
+    def groups(self) -> list[list]:
+        """Live holes that read the same input expressions (U0, U1 and U3 of the GRAFS cell all
+        read x), in order of their first member: a γ-free op they share is evaluated once per
+        element, in forward and backward."""
+        by_inputs: dict[tuple, list] = {}
+        for h in self.live:
+            by_inputs.setdefault(tuple(id(e) for e in self.inputs[h.index]), []).append(h)
+        return list(by_inputs.values())
+
+    def shared_ops(self, members) -> list[tuple[str, list]]:
+        """(op, [(hole, slot, gamma indices), …]) over a group: γ-free ops once with all the
+        members that hold them, ops with γ once per member."""
+        order: dict = {}
+        for h in members:
+            for o, k, js in self.slots[h.index]:
+                order.setdefault(o if not js else (o, h.index), (o, []))[1].append((h, k, js))
+        return list(order.values())
+
+    @staticmethod
+    def _any_active(uses) -> str:
+        return " + ".join(f"tl.load(mask_ptr + {k}).to(tl.int32)" for _, k, _ in uses) + " != 0"
+
+    def emit_group_forward(self, em: _Emitter, members, refs: list[str]) -> None:
+        for h in members:
+            em.line(f"h{h.index} = tl.zeros([BLOCK], tl.float32)  # hole {h.name}")
+        for o, uses in self.shared_ops(members):
             term, hin, gam, _, _ = _cell_term(o, self.ell)
-            em.open(f"if tl.load(mask_ptr + {k}) != 0:  # {h.name}: {o}")
-            self._bind_slot(em, k, js, hin, gam, refs)
+            if len(uses) == 1:
+                h, k, js = uses[0]
+                em.open(f"if tl.load(mask_ptr + {k}) != 0:  # {h.name}: {o}")
+                self._bind_slot(em, k, js, hin, gam, refs)
+                r, _ = em.ref(term)
+                em.line(f"h{h.index} = h{h.index} + w{k} * {r}")
+                em.close()
+                continue
+            em.open(f"if {self._any_active(uses)}:  # {'/'.join(u[0].name for u in uses)}: {o}, once")
+            for leaf, r in zip(hin, refs):
+                em.bind(leaf, r)
             r, _ = em.ref(term)
-            em.line(f"{hv} = {hv} + w{k} * {r}")
+            for h, k, _ in uses:
+                em.open(f"if tl.load(mask_ptr + {k}) != 0:")
+                em.line(f"h{h.index} = h{h.index} + tl.load(w_ptr + {k}).to(tl.float32) * {r}")
+                em.close()
             em.close()
-        em.bind(self.hout[h.index], hv)
+        for h in members:
+            em.bind(self.hout[h.index], f"h{h.index}")
+
+    def _emit_slot_backward(self, em, o, use, hin, gam, parts, term, refs, ai) -> None:
+        h, k, js = use
+        j = h.index
+        em.open(f"if tl.load(mask_ptr + {k}) != 0:  # {h.name}: {o}")
+        self._bind_slot(em, k, js, hin, gam, refs)
+        em.open("if WG:  # partial sums for the w/γ gradients (not in weight steps)")
+        r = em.block(S("mul", _leaf(f"ah{j}"), term))
+        em.line(f"tl.store(part_ptr + pid * NC + {k}, tl.sum(tl.where(m, {r}, 0.0), axis=0))")
+        em.close()
+        AW = _leaf(f"aw{k}")
+        em.line(f"aw{k} = ah{j} * w{k}")
+        em.bind(AW, f"aw{k}")
+        for a, p in enumerate(parts[: len(hin)]):
+            if not _is0(p):
+                em.line(f"{ai[a]} = {ai[a]} + {em.block(S('mul', AW, p))}")
+        for i, p in enumerate(parts[len(hin):]):
+            if not _is0(p):
+                em.open("if WG:")
+                r = em.block(S("mul", AW, p))
+                em.line(f"tl.store(part_ptr + pid * NC + {self.gcol_of[(k, i)]}, "
+                        f"tl.sum(tl.where(m, {r}, 0.0), axis=0))  # d/dg[{js[i]}]")
+                em.close()
+        em.close()
 
     @staticmethod
     def _bind_slot(em, k, js, hin, gam, refs):
@@ -798,8 +857,8 @@ class _CellPlan:
     def forward_body(self) -> str:
         em = _Emitter()
         em.bind(E.var(), "x")
-        for h in self.live:
-            self.emit_hole_forward(em, h, self.hole_refs(em, h))
+        for members in self.groups():
+            self.emit_group_forward(em, members, self.hole_refs(em, members[0]))
         y = em.block(self.T)
         return ("@triton.jit\n"
                 "def grafs_cell_fwd(x_ptr, w_ptr, g_ptr, mask_ptr, y_ptr, n, BLOCK: tl.constexpr):\n"
@@ -829,45 +888,54 @@ class _CellPlan:
         em.bind(X, "x")
         em.bind(GY, "gy")
         refs: dict[int, list[str]] = {}
-        for h in self.live:           # recompute what the backward needs, in order
-            refs[h.index] = self.hole_refs(em, h)
-            if h.index in used:
-                self.emit_hole_forward(em, h, refs[h.index])
+        groups = self.groups()
+        for members in groups:        # recompute what the backward needs, in order
+            r = self.hole_refs(em, members[0])
+            for h in members:
+                refs[h.index] = r
+            if any(h.index in used for h in members):
+                self.emit_group_forward(em, members, r)
         em.line("# backward")
         for j, d in zip(live_ids, dT[1:]):
             em.line(f"ah{j} = {em.block(S('mul', GY, d))}")
         em.line(f"ax = {em.block(S('mul', GY, dT[0]))}")
-        for h in reversed(self.live):
-            j = h.index
-            AH = _leaf(f"ah{j}")
-            em.bind(AH, f"ah{j}")
+        # a group is processed where its first member falls in reverse order: every hole that
+        # reads any member comes later in evaluation order, so all members' adjoints are final
+        for members in reversed(groups):
+            j = members[0].index
+            for h in members:
+                em.bind(_leaf(f"ah{h.index}"), f"ah{h.index}")
             n_in = len(self.inputs[j])
             ai = [f"ai{j}_{a}" for a in range(n_in)]
             for name in ai:
                 em.line(f"{name} = tl.zeros([BLOCK], tl.float32)")
-            for o, k, js in self.slots[j]:
+            for o, uses in self.shared_ops(members):
                 _, hin, gam, parts, term = _cell_term(o, self.ell)
-                em.open(f"if tl.load(mask_ptr + {k}) != 0:  # {h.name}: {o}")
-                self._bind_slot(em, k, js, hin, gam, refs[j])
-                em.open("if WG:  # partial sums for the w/γ gradients (not in weight steps)")
-                r = em.block(S("mul", AH, term))
-                em.line(f"tl.store(part_ptr + pid * NC + {k}, tl.sum(tl.where(m, {r}, 0.0), axis=0))")
-                em.close()
-                AW = _leaf(f"aw{k}")
-                em.line(f"aw{k} = ah{j} * w{k}")
-                em.bind(AW, f"aw{k}")
+                if len(uses) == 1:
+                    self._emit_slot_backward(em, o, uses[0], hin, gam, parts, term, refs[j], ai)
+                    continue
+                # the op once for all members that hold it: Σ_members ah·w times its partials
+                em.open(f"if {self._any_active(uses)}:  # {'/'.join(u[0].name for u in uses)}: {o}, once")
+                for leaf, r in zip(hin, refs[j]):
+                    em.bind(leaf, r)
+                rt = em.block(term)
+                aws = em.fresh("aws")
+                em.line(f"{aws} = tl.zeros([BLOCK], tl.float32)")
+                for h, k, _ in uses:
+                    em.open(f"if tl.load(mask_ptr + {k}) != 0:  # {h.name}")
+                    em.line(f"{aws} = {aws} + ah{h.index} * tl.load(w_ptr + {k}).to(tl.float32)")
+                    em.open("if WG:")
+                    em.line(f"tl.store(part_ptr + pid * NC + {k}, "
+                            f"tl.sum(tl.where(m, ah{h.index} * {rt}, 0.0), axis=0))")
+                    em.close()
+                    em.close()
+                AW = _leaf(aws)
+                em.bind(AW, aws)
                 for a, p in enumerate(parts[: len(hin)]):
                     if not _is0(p):
                         em.line(f"{ai[a]} = {ai[a]} + {em.block(S('mul', AW, p))}")
-                for i, p in enumerate(parts[len(hin):]):
-                    if not _is0(p):
-                        em.open("if WG:")
-                        r = em.block(S("mul", AW, p))
-                        em.line(f"tl.store(part_ptr + pid * NC + {self.gcol_of[(k, i)]}, "
-                                f"tl.sum(tl.where(m, {r}, 0.0), axis=0))  # d/dg[{js[i]}]")
-                        em.close()
                 em.close()
-            for a in range(n_in):   # through the hole's input expression
+            for a in range(n_in):   # through the group's (shared) input expression
                 AI = _leaf(ai[a])
                 em.bind(AI, ai[a])
                 for leaf, d in zip([X] + houts, dI[j][a]):
