@@ -1001,13 +1001,22 @@ def _mode(x: torch.Tensor) -> bool:
     if x.device.type not in ("cuda", "xpu"):
         raise CompileError(f"the triton backend does not run on device {x.device}; use "
                            f"backend='inductor' or 'eager' (or TRITON_INTERPRET=1)")
+    if not _GPU_OK:
+        _check_gpu_triton()
+    return False
+
+
+_GPU_OK: list = []     # non-empty once triton is known to compile GPU kernels in this process
+
+
+def _check_gpu_triton() -> None:
     from triton.runtime.interpreter import InterpretedFunction
     import triton.language as tl
     if isinstance(getattr(tl.standard, "sum", None), InterpretedFunction):
         raise CompileError("triton was imported while TRITON_INTERPRET=1, so it cannot compile "
                            "GPU kernels in this process; unset TRITON_INTERPRET before starting "
                            "Python to run on the GPU")
-    return False
+    _GPU_OK.append(True)   # how triton was imported cannot change later in the process
 
 
 class _Compiled:
@@ -1060,8 +1069,9 @@ class _Compiled:
             with np.errstate(all="ignore"):
                 kernel[grid](*args, **meta)
             return
-        if args[0].device.type == "cuda":
-            with torch.cuda.device(args[0].device):
+        dev = args[0].device
+        if dev.type == "cuda" and dev.index is not None and dev.index != torch.cuda.current_device():
+            with torch.cuda.device(dev):
                 kernel[grid](*args, **meta)
         else:
             kernel[grid](*args, **meta)
