@@ -82,6 +82,7 @@ class RelaxedCell(nn.Module):
         # about six, each a few seconds of Triton compile at most
         self._tritons: dict[tuple, object] = {}
         self._triton_key: tuple | None = None
+        self._triton_last: tuple | None = None
         if len(self.terms) and mode not in ("eager", "lean", "auto"):
             raise GrafsError(f"search spaces with trainable-family ops ({', '.join(self.terms)}) "
                              f"need mode 'auto', 'lean' or 'eager', not {mode!r}")
@@ -200,11 +201,16 @@ class RelaxedCell(nn.Module):
         return self._kernels[key]
 
     def _triton_for(self, key):
+        last = self._triton_last
+        if last is not None and last[0] is key:   # the per-call path: the active set is cached
+            return last[1]
         from grafs.compiler.triton_backend import TritonCell
+        asked = key
         key = self._triton_key = self._code_key(key, self._triton_key)
         if key not in self._tritons:
             self._tritons[key] = TritonCell(self.space, self.slot_of, self.gamma_of, self.clip,
                                             active=key)
+        self._triton_last = (asked, self._tritons[key])
         return self._tritons[key]
 
     # auto on the CPU, from bench/search_step.py (mnist1d, one thread): lean is 1.6x faster than
@@ -299,9 +305,14 @@ class RelaxedCell(nn.Module):
         return f"mode={self.mode!r}, active={self.num_active()}/{len(self.slot_of)}, clip={self.clip}"
 
 
+_TRITON: list[bool] = []
+
+
 def _has_triton() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    if not _TRITON:
+        try:
+            import triton  # noqa: F401
+            _TRITON.append(True)
+        except ImportError:
+            _TRITON.append(False)
+    return _TRITON[0]
