@@ -206,7 +206,9 @@ def _grads(cell, x, go, seed):
     xr = x.clone().requires_grad_()
     y = cell(xr)
     y.backward(go)
-    return y.detach(), xr.grad, [a.grad.clone() for a in cell.alpha], cell.gamma.grad.clone()
+    # a discrete cell draws no sample (each is exactly 1), so α may get no gradient at all
+    grad = lambda p: torch.zeros_like(p) if p.grad is None else p.grad.clone()  # noqa: E731
+    return y.detach(), xr.grad, [grad(a) for a in cell.alpha], grad(cell.gamma)
 
 
 def _assert_close_grads(a, b):

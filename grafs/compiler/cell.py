@@ -22,7 +22,9 @@ from grafs.grammar import expr as E
 from grafs.ops import SEARCH_OPS
 
 
-def hole_mixture(space, hole, inputs, active, slot_of, gamma_of, ell):
+def hole_mixture(space, hole, inputs, active, slot_of, gamma_of, ell, unit: bool = False):
+    """Σ_k w[k]·op_k(inputs) over the hole's active ops; ``unit``: the hole has one active op
+    whose weight is exactly 1 (a discrete cell), so the op alone."""
     terms = []
     for op_name in hole.ops:
         if op_name not in active:
@@ -30,7 +32,7 @@ def hole_mixture(space, hole, inputs, active, slot_of, gamma_of, ell):
         spec = SEARCH_OPS[op_name]
         gammas = [E.Expr("gref", value=j) for j in gamma_of[(hole.index, op_name)]]
         term = _name_modules(spec.build(inputs, gammas, ell), f"{hole.name}_{op_name}", inputs)
-        terms.append(E.Expr("wref", value=slot_of[(hole.index, op_name)]) * term)
+        terms.append(term if unit else E.Expr("wref", value=slot_of[(hole.index, op_name)]) * term)
     out = terms[0]
     for t in terms[1:]:
         out = out + t
@@ -63,10 +65,11 @@ def substitute_holes(space, fill) -> E.Expr:
     return memo[id(space.root)]
 
 
-def cell_expr(space, active: tuple[tuple[str, ...], ...], slot_of, gamma_of, clip: bool) -> E.Expr:
+def cell_expr(space, active: tuple[tuple[str, ...], ...], slot_of, gamma_of, clip: bool,
+              unit: bool = False) -> E.Expr:
     ell = space.ell if clip else None
     return substitute_holes(space, lambda h, ins: hole_mixture(
-        space, h, ins, set(active[h.index]), slot_of, gamma_of, ell))
+        space, h, ins, set(active[h.index]), slot_of, gamma_of, ell, unit))
 
 
 def discretized_expr(space, chosen: list[str], gamma_values) -> E.Expr:
@@ -114,7 +117,7 @@ def fused_apply(kernels: CellKernels, x: torch.Tensor, w: torch.Tensor, g: torch
     return _CellFunction.apply(flat, w, g, kernels).view(x.shape)
 
 
-def cell_program(space, active, slot_of, gamma_of, clip: bool) -> Program:
+def cell_program(space, active, slot_of, gamma_of, clip: bool, unit: bool = False) -> Program:
     n = sum(len(a) for a in active)
-    return lower(cell_expr(space, active, slot_of, gamma_of, clip),
+    return lower(cell_expr(space, active, slot_of, gamma_of, clip, unit),
                  text=f"relaxed {space.template} with {n} active ops, clip={clip}")

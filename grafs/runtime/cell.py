@@ -110,7 +110,8 @@ class RelaxedCell(nn.Module):
             single = torch.tensor([len(hole_ops) == 1 for hole_ops in ops for _ in hole_ops],
                                   device=dev)
             self._index_cache = (ops, local, slots, dev, seg, single,
-                                 self.active.to(torch.int8).contiguous(), {})
+                                 self.active.to(torch.int8).contiguous(), {},
+                                 self.active.to(self.gamma.dtype))
             self._pool = []
         return self._index_cache
 
@@ -145,7 +146,7 @@ class RelaxedCell(nn.Module):
         full slot vector (zeros for dropped ops); differentiable w.r.t. α. All holes are drawn
         together (grafs.runtime.sampling): a few kernels and no device synchronisation. With
         ``n``, n independent samples at once, as an (n, slots) tensor."""
-        _, _, slots, dev, seg, single, _, _ = self._active_index()
+        _, _, slots, dev, seg, single = self._active_index()[:6]
         alpha = torch.cat(list(self.alpha)) if len(self.alpha) > 1 else self.alpha[0]
         conc = F.elu(alpha.index_select(0, slots)) + 1.0
         K, H = len(self.slot_of), self.num_holes
@@ -159,7 +160,7 @@ class RelaxedCell(nn.Module):
     def _batched_index(self, n: int):
         cache = self._index_cache[7]
         if n not in cache:
-            _, _, slots, dev, seg, single, _, _ = self._index_cache
+            _, _, slots, dev, seg, single = self._index_cache[:6]
             rows = torch.arange(n, device=dev)[:, None]
             cache[n] = ((seg + self.num_holes * rows).reshape(-1), single.repeat(n),
                         (slots + len(self.slot_of) * rows).reshape(-1))
@@ -170,17 +171,18 @@ class RelaxedCell(nn.Module):
         its own independent sample; the search draws one batch per forward pass, one sample per
         activation site, instead of a few kernels at every site). Calls beyond ``n`` sample
         for themselves."""
-        self._pool = list(self.sample_weights(n).unbind(0))
+        self._pool = [] if self.is_discrete() else list(self.sample_weights(n).unbind(0))
 
     def clear_samples(self) -> None:
         """Forget undrawn batched samples (their graph belongs to the pass that drew them)."""
         self._pool = []
 
     # -- evaluation ------------------------------------------------------------------------
-    def _program(self, key, clip: bool):
-        pk = (key, clip)
+    def _program(self, key, clip: bool, unit: bool = False):
+        pk = (key, clip, unit)
         if pk not in self._programs:
-            self._programs[pk] = cell_program(self.space, key, self.slot_of, self.gamma_of, clip)
+            self._programs[pk] = cell_program(self.space, key, self.slot_of, self.gamma_of, clip,
+                                              unit)
         return self._programs[pk]
 
     def _code_key(self, key, current):
@@ -239,14 +241,21 @@ class RelaxedCell(nn.Module):
         return plan
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-        if weights is not None:
+        key = self.active_ops()
+        mode = self.mode_for(x.device, x.numel())
+        if weights is None and self.is_discrete():
+            # one op per hole: every Dirichlet sample is exactly 1 (gradient 0), so nothing is
+            # drawn and α gets no gradient; the reference path then skips the weights entirely
+            if mode == "eager" and not len(self.terms):
+                return run_program(self._program(key, self.clip, unit=True), x, {},
+                                   {"g": self.gamma}, self.terms)
+            w = self._active_index()[8]
+        elif weights is not None:
             w = weights
         elif self._pool:
             w = self._pool.pop()
         else:
             w = self.sample_weights()
-        key = self.active_ops()
-        mode = self.mode_for(x.device, x.numel())
         if mode == "lean":
             return lean_apply(self._lean_plan(key), x, w, self.gamma, self.terms if len(self.terms) else None)
         if mode == "eager":
