@@ -359,13 +359,17 @@ class _Stepper:
         try:
             with self._autocast():
                 vloss = self.loss_fn(model(xv), yv)
-            self.a_scaler.scale(vloss).backward()
+            # a discrete cell without γ ops has nothing left to learn (its samples are constant)
+            learns = vloss.requires_grad
+            if learns:
+                self.a_scaler.scale(vloss).backward()
         finally:
             for p in frozen:
                 p.requires_grad_(True)
-        self.a_scaler.step(self.a_opt)
-        self.a_scaler.update()
-        self.a_opt.zero_grad(set_to_none=True)
+        if learns:
+            self.a_scaler.step(self.a_opt)
+            self.a_scaler.update()
+            self.a_opt.zero_grad(set_to_none=True)
         # 2. weight step (original activation while warm-starting); α and γ are frozen so
         # backward does not differentiate through the Dirichlet sample for nothing
         state["use_cell"] = not warm

@@ -281,3 +281,12 @@ def test_search_passes_read_nothing_back_to_the_host():
         if counted:
             assert c.n == 0
     assert all(p.grad is not None for p in cell.arch_parameters())
+
+
+def test_search_runs_to_a_discrete_cell_with_nothing_left_to_learn():
+    """Once one op per hole is left and none of them has a γ, the arch step has no parameter
+    to train (the Dirichlet samples are constant 1): the step must skip it, not fail."""
+    sp = SearchSpace("B(U(x), U(x))", unary=["relu", "gelu"], binary=["add", "max"])
+    r = search(model(), data(), space=sp, epochs=3, seed=0, batch_size=32, progress=False)
+    assert r.history["num_active"][-1] == 3
+    grafs.parse(r.formula)
