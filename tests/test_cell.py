@@ -335,3 +335,28 @@ def test_discretize_removes_identity_and_projections():
             a.fill_(0.0)
             a[h.ops.index(choice[h.name])] = 1.0
     assert str(cell.discretize()) == "gelu(x) + relu(x)"
+
+
+# ------------------------------------------------------------------------ device syncs (CUDA)
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("mode", ["lean", "eager", "triton"])
+def test_cell_call_never_syncs_the_device(mode):
+    """Sampling, forward and backward of a cell call (arch step: α and γ train) run under
+    torch.cuda.set_sync_debug_mode("error"): any host-device synchronisation raises."""
+    if mode == "triton":
+        pytest.importorskip("triton")
+    cell = SearchSpace.grafs().relax(mode, seed=0).cuda()
+    cell.drop(40)
+    x = torch.randn(64, 32, 40, device="cuda", requires_grad=True)
+    cell(x).sum().backward()              # first call: builds plans, compiles kernels
+    torch.cuda.synchronize()
+    prev = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        cell.refresh_samples(2)
+        y = cell(x) + cell(x)
+        y.sum().backward()
+        cell.clear_samples()
+    finally:
+        torch.cuda.set_sync_debug_mode(prev)
