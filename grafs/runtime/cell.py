@@ -27,6 +27,8 @@ active ops. A 110→6 search therefore generates code about six times, each smal
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -39,6 +41,19 @@ from grafs.ops import OPS, SEARCH_OPS
 from grafs.runtime.sampling import segmented_dirichlet
 
 MODES = ("auto", "lean", "eager", "triton", "fused", "compile")
+
+
+@dataclass
+class _ActiveIndex:
+    """What the per-call path needs of the active mask, built once per mask and device."""
+    ops: tuple[tuple[str, ...], ...]    # active ops per hole
+    device: torch.device
+    slots: torch.Tensor                 # active slot numbers, hole by hole
+    seg: torch.Tensor                   # the hole of each active slot
+    single: torch.Tensor                # the slot is its hole's only active op
+    mask_i8: torch.Tensor               # the mask as the Triton kernels read it
+    unit_weights: torch.Tensor          # the weights of a discrete cell (1 at active slots)
+    batched: dict = field(default_factory=dict)   # n -> index tensors for n samples at once
 
 
 class RelaxedCell(nn.Module):
@@ -91,36 +106,36 @@ class RelaxedCell(nn.Module):
     def _slots(self, h) -> list[int]:
         return [self.slot_of[(h.index, o)] for o in h.ops]
 
-    def _active_index(self):
-        """(active ops per hole, per-hole α positions, all active slots) for the current mask.
+    def _active_index(self) -> "_ActiveIndex":
+        """Index tensors of the current mask, on the mask's device.
 
         The mask only changes in drop() and load_state_dict, so this is cached: the per-call
         path (sampling, program lookup) then builds no index tensors and never syncs a device."""
         dev = self.active.device
-        if self._index_cache is None or self._index_cache[3] != dev:
+        idx = self._index_cache
+        if idx is None or idx.device != dev:
             self._lean_plans = {}
+            self._pool = []
             act = self.active.tolist()
             ops = tuple(tuple(o for o in h.ops if act[self.slot_of[(h.index, o)]])
                         for h in self.space.holes)
-            local = [torch.tensor([h.ops.index(o) for o in hole_ops], device=dev)
-                     for h, hole_ops in zip(self.space.holes, ops)]
-            slots = torch.tensor([self.slot_of[(h.index, o)] for h, hole_ops in
-                                  zip(self.space.holes, ops) for o in hole_ops], device=dev)
-            seg = torch.tensor([i for i, hole_ops in enumerate(ops) for _ in hole_ops], device=dev)
-            single = torch.tensor([len(hole_ops) == 1 for hole_ops in ops for _ in hole_ops],
-                                  device=dev)
-            self._index_cache = (ops, local, slots, dev, seg, single,
-                                 self.active.to(torch.int8).contiguous(), {},
-                                 self.active.to(self.gamma.dtype))
-            self._pool = []
-        return self._index_cache
+            flat = [(i, self.slot_of[(h.index, o)], len(hole_ops) == 1)
+                    for i, (h, hole_ops) in enumerate(zip(self.space.holes, ops)) for o in hole_ops]
+            idx = self._index_cache = _ActiveIndex(
+                ops=ops, device=dev,
+                slots=torch.tensor([k for _, k, _ in flat], device=dev),
+                seg=torch.tensor([i for i, _, _ in flat], device=dev),
+                single=torch.tensor([s for _, _, s in flat], device=dev),
+                mask_i8=self.active.to(torch.int8).contiguous(),
+                unit_weights=self.active.to(self.gamma.dtype))
+        return idx
 
     def _load_from_state_dict(self, *args, **kwargs):
         self._index_cache = None  # the loaded mask may differ
         super()._load_from_state_dict(*args, **kwargs)
 
     def active_ops(self) -> tuple[tuple[str, ...], ...]:
-        return self._active_index()[0]
+        return self._active_index().ops
 
     def num_active(self) -> int:
         return sum(len(ops) for ops in self.active_ops())  # cached: no device sync
@@ -146,7 +161,8 @@ class RelaxedCell(nn.Module):
         full slot vector (zeros for dropped ops); differentiable w.r.t. α. All holes are drawn
         together (grafs.runtime.sampling): a few kernels and no device synchronisation. With
         ``n``, n independent samples at once, as an (n, slots) tensor."""
-        _, _, slots, dev, seg, single = self._active_index()[:6]
+        idx = self._active_index()
+        slots, dev, seg, single = idx.slots, idx.device, idx.seg, idx.single
         alpha = torch.cat(list(self.alpha)) if len(self.alpha) > 1 else self.alpha[0]
         conc = F.elu(alpha.index_select(0, slots)) + 1.0
         K, H = len(self.slot_of), self.num_holes
@@ -158,13 +174,12 @@ class RelaxedCell(nn.Module):
         return torch.zeros(n * K, dtype=s.dtype, device=dev).index_put((slots_n,), s).view(n, K)
 
     def _batched_index(self, n: int):
-        cache = self._index_cache[7]
-        if n not in cache:
-            _, _, slots, dev, seg, single = self._index_cache[:6]
-            rows = torch.arange(n, device=dev)[:, None]
-            cache[n] = ((seg + self.num_holes * rows).reshape(-1), single.repeat(n),
-                        (slots + len(self.slot_of) * rows).reshape(-1))
-        return cache[n]
+        idx = self._index_cache
+        if n not in idx.batched:
+            rows = torch.arange(n, device=idx.device)[:, None]
+            idx.batched[n] = ((idx.seg + self.num_holes * rows).reshape(-1), idx.single.repeat(n),
+                              (idx.slots + len(self.slot_of) * rows).reshape(-1))
+        return idx.batched[n]
 
     def refresh_samples(self, n: int) -> None:
         """Draw the mixture weights of the next ``n`` calls in one batch (each call still gets
@@ -249,7 +264,7 @@ class RelaxedCell(nn.Module):
             if mode == "eager" and not len(self.terms):
                 return run_program(self._program(key, self.clip, unit=True), x, {},
                                    {"g": self.gamma}, self.terms)
-            w = self._active_index()[8]
+            w = self._active_index().unit_weights
         elif weights is not None:
             w = weights
         elif self._pool:
@@ -262,7 +277,7 @@ class RelaxedCell(nn.Module):
             return run_program(self._program(key, self.clip), x, {}, {"w": w, "g": self.gamma},
                                self.terms)
         if mode == "triton":
-            return self._triton_for(key)(x, w, self.gamma, self._active_index()[6])
+            return self._triton_for(key)(x, w, self.gamma, self._active_index().mask_i8)
         k = self._kernels_for(key)
         if mode == "compile":
             return k.fwd(x.reshape(-1), w, self.gamma).view(x.shape)
