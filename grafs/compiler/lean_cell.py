@@ -54,7 +54,7 @@ class LeanPlan:
 
     def __init__(self, space, active: tuple[tuple[str, ...], ...], slot_of, gamma_of,
                  n_gamma: int):
-        from grafs.compiler.cell import _name_modules, substitute_holes
+        from grafs.compiler.cell import substitute_holes
         ell = space.ell if space.clip else None
         self.n_gamma = n_gamma
         inputs: dict[int, list[E.Expr]] = {}
@@ -75,38 +75,8 @@ class LeanPlan:
         offset = 0
         for members in groups.values():
             ins = inputs[members[0].index]
-            n_in = len(ins)
-            leaves = [_ref(i) for i in range(n_in)]
-            feat_col: dict[tuple, int] = {}
-            features: list[tuple[Program, str | None]] = []
-            entries: list[tuple[int, int, int, int, float]] = []   # row, col, slot, tidx, sign
-            R = len(members)
-            for r, h in enumerate(members):
-                for op_name in active[h.index]:
-                    spec = SEARCH_OPS[op_name]
-                    k = slot_of[(h.index, op_name)]
-                    gam = gamma_of[(h.index, op_name)]
-                    if spec.linear is not None:
-                        coefs, const = spec.linear
-                        for c, f in enumerate(coefs):
-                            if f != 0.0:
-                                entries.append((r, c, k, *self._factor(f, gam)))
-                        if const != 0.0:
-                            entries.append((r, -1, k, *self._factor(const, gam)))
-                        continue
-                    term = E.as_expr(spec.build(leaves, [E.Expr("gref", value=j) for j in gam], ell))
-                    has_module = any(n.op in OPS and OPS[n.op].module is not None
-                                     for n in E.topological(term))
-                    # γ-free, module-free ops are shared by every hole of the group
-                    fkey = (op_name,) if not (gam or has_module) else (op_name, h.index)
-                    if fkey not in feat_col:
-                        key = None
-                        if has_module:
-                            key = f"{h.name}_{op_name}"
-                            term = _name_modules(term, key, leaves)
-                        feat_col[fkey] = n_in + len(features)
-                        features.append((lower(term, text=f"{h.name} {op_name}"), key))
-                    entries.append((r, feat_col[fkey], k, 0, 1.0))
+            n_in, R = len(ins), len(members)
+            features, entries = self._group_terms(members, n_in, active, slot_of, gamma_of, ell)
             C = n_in + len(features)
             # column C (one past the last) holds each row's constant term
             flat = [r * (C + 1) + (C if c == -1 else c) for r, c, *_ in entries]
@@ -123,6 +93,41 @@ class LeanPlan:
         self.sign = torch.tensor([e[4] for e in entries_all], dtype=torch.float32)
         self._dev_cache: dict = {}
         self.num_features = sum(len(g.features) for g in self.groups)
+
+    def _group_terms(self, members, n_in, active, slot_of, gamma_of, ell):
+        """The group's features (distinct non-affine ops on its inputs) and its coefficient
+        entries (row, column, w slot, factor index, sign); column -1 is a row's constant."""
+        from grafs.compiler.cell import _name_modules
+        leaves = [_ref(i) for i in range(n_in)]
+        feat_col: dict[tuple, int] = {}
+        features: list[tuple[Program, str | None]] = []
+        entries: list[tuple[int, int, int, int, float]] = []
+        for r, h in enumerate(members):
+            for op_name in active[h.index]:
+                spec = SEARCH_OPS[op_name]
+                k = slot_of[(h.index, op_name)]
+                gam = gamma_of[(h.index, op_name)]
+                if spec.linear is not None:   # folded into the coefficients, never evaluated
+                    coefs, const = spec.linear
+                    entries += [(r, c, k, *self._factor(f, gam)) for c, f in enumerate(coefs)
+                                if f != 0.0]
+                    if const != 0.0:
+                        entries.append((r, -1, k, *self._factor(const, gam)))
+                    continue
+                term = E.as_expr(spec.build(leaves, [E.Expr("gref", value=j) for j in gam], ell))
+                has_module = any(n.op in OPS and OPS[n.op].module is not None
+                                 for n in E.topological(term))
+                # γ-free, module-free ops are shared by every hole of the group
+                fkey = (op_name,) if not (gam or has_module) else (op_name, h.index)
+                if fkey not in feat_col:
+                    key = None
+                    if has_module:   # the module keys of the reference cell (RelaxedCell.terms)
+                        key = f"{h.name}_{op_name}"
+                        term = _name_modules(term, key, leaves)
+                    feat_col[fkey] = n_in + len(features)
+                    features.append((lower(term, text=f"{h.name} {op_name}"), key))
+                entries.append((r, feat_col[fkey], k, 0, 1.0))
+        return features, entries
 
     def _factor(self, f, gam: list[int]) -> tuple[int, float]:
         """(index into T, constant factor) of one coefficient of a linear op."""
