@@ -314,7 +314,9 @@ _AMP = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
 class _Stepper:
     """One GRAFS training step (seeds/001 Algorithm 1): the arch step on a validation batch,
     then the weight step. Shared by :func:`search` and bench/search_step.py, so what the bench
-    times is what a search runs. Nothing here reads a value back to the host."""
+    times is what a search runs. Nothing here reads a value back to the host (except the fp16
+    GradScaler's inf check). With the weights frozen during the arch step, gradients the
+    weight step accumulates over ``grad_accumulation`` steps are kept intact."""
 
     def __init__(self, model, cell, state, weights, arch_params, w_opt, a_opt, w_sched, loss_fn,
                  dev: torch.device, amp: str | None = None, grad_accumulation: int = 1,
