@@ -290,3 +290,28 @@ def test_search_runs_to_a_discrete_cell_with_nothing_left_to_learn():
     r = search(model(), data(), space=sp, epochs=3, seed=0, batch_size=32, progress=False)
     assert r.history["num_active"][-1] == 3
     grafs.parse(r.formula)
+
+
+def test_arch_steps_keep_accumulated_weight_gradients():
+    """grad_accumulation: the weight gradients summed over micro-steps survive the arch steps
+    in between (the weights are frozen during arch steps, not their grads cleared)."""
+    from grafs.search import _Stepper
+    net = model()
+    ref = copy.deepcopy(net)
+    cell = SearchSpace(**SPACE).relax("lean", seed=0)
+    state = {"use_cell": True}
+    n = replace_activations(net, lambda o: SearchSite(o, cell, state))
+    arch = list(cell.arch_parameters())
+    ids = {id(p) for p in arch}
+    ws = [p for p in net.parameters() if id(p) not in ids]
+    st = _Stepper(net, cell, state, ws, arch, torch.optim.SGD(ws, 0.1),
+                  torch.optim.Adam(arch, 1e-3, betas=(0.5, 0.999)), None,
+                  nn.functional.cross_entropy, torch.device("cpu"), grad_accumulation=2, n_sites=n)
+    x, y = data(96)
+    batches = [(x[:32], y[:32]), (x[32:64], y[32:64])]
+    for xb, yb in batches:   # warm: the weight steps use the original ReLU, as `ref` does
+        st.step(xb, yb, x[64:], y[64:], warm=True, update=False)
+    for xb, yb in batches:
+        (nn.functional.cross_entropy(ref(xb), yb) / 2).backward()
+    for p, q in zip(ws, ref.parameters()):
+        torch.testing.assert_close(p.grad, q.grad)
