@@ -166,7 +166,7 @@ class LeanPlan:
             R, C = len(g.holes), g.n_cols
             coef = coef_all[g.offset:g.offset + R * (C + 1)].view(R, C + 1)
             if g.matmul:
-                feats = torch.stack([c.expand_as(x) for c in cols])
+                feats = torch.stack([c if c.shape == x.shape else c.expand_as(x) for c in cols])
                 rows = torch.addmm(coef[:, C:], coef[:, :C], feats)
                 for r, h in enumerate(g.holes):
                     outs[h] = rows[r]
@@ -176,7 +176,7 @@ class LeanPlan:
                 t = coef[r, c] if c == C else coef[r, c] * cols[c]
                 acc[r] = t if acc[r] is None else acc[r] + t
             for r, h in enumerate(g.holes):
-                outs[h] = acc[r].expand_as(x)
+                outs[h] = acc[r] if acc[r].shape == x.shape else acc[r].expand_as(x)
         return run_program(self.template, x, {}, {"w": outs})
 
 
