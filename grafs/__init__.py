@@ -11,6 +11,8 @@ from grafs.runtime.schedule import shrink_schedule
 from grafs.runtime.space import SearchSpace
 from grafs.runtime.cell import RelaxedCell
 from grafs.search import Act, SearchResult, replace_activations, search
+from grafs.callbacks import Callback
+from grafs.tensorboard_logger import TensorBoardLogger  # imports tensorboard only when created
 import grafs.activations.terms  # noqa: F401  (registers xielu, pwlu, dyn, anact, … as grammar terms)
 
 __version__ = "0.1.0"
@@ -18,7 +20,7 @@ __version__ = "0.1.0"
 __all__ = [
     "parse", "Expr", "compile", "to_python", "Activation",
     "SearchSpace", "RelaxedCell", "shrink_schedule",
-    "search", "SearchResult", "replace_activations", "Act",
+    "search", "SearchResult", "replace_activations", "Act", "Callback", "TensorBoardLogger",
     "GrafsError", "ParseError", "ArityError", "UnknownFunctionError", "CompileError",
     "SearchError", "SearchSpaceError",
 ]

@@ -92,14 +92,18 @@ def evaluate(task, activations: Sequence[str] | dict[str, str] = (), *, seeds: i
              baselines: Sequence[str] = tuple(BASELINES), epochs: int | None = None,
              search_seconds: float | None = None, backend: str | None = None,
              device: str | torch.device | None = None, progress: bool = True,
-             max_steps: int | None = None) -> EvalTable:
+             max_steps: int | None = None, callbacks=None) -> EvalTable:
     """Train ``task``'s model from scratch with each activation for each seed; test metric table.
 
     ``task``: a grafs.tasks.Task or a task name. ``activations``: formulas (or name -> formula);
     ``baselines``: names from :data:`BASELINES`. ``backend`` for the formulas defaults to
     inductor on CUDA and eager on CPU (compile time would dominate small CPU runs).
+    ``callbacks``: :class:`grafs.Callback` instances told of every run (e.g.
+    :class:`grafs.TensorBoardLogger`).
     """
+    from grafs.callbacks import CallbackList, EvalRunInfo, EvalStart
     from grafs.tasks import get_task
+    cbs = CallbackList(callbacks)
     if isinstance(task, str):
         task = get_task(task)
     named = dict(activations) if isinstance(activations, dict) else \
@@ -115,6 +119,8 @@ def evaluate(task, activations: Sequence[str] | dict[str, str] = (), *, seeds: i
     entries = [(n, f, _factory(f, backend)) for n, f in named.items()] + \
               [(b, b, BASELINES[b]) for b in baselines]
     cfg = task.eval_config if epochs is None else task.eval_config.replace(epochs=epochs)
+    cbs.on_eval_start(EvalStart(task.name, task.metric_name, {n: f for n, f, _ in entries},
+                                seed_list, cfg.epochs))
     rows = []
     bar = None
     if progress:
@@ -126,9 +132,13 @@ def evaluate(task, activations: Sequence[str] | dict[str, str] = (), *, seeds: i
             for s in seed_list:
                 model = task.make_model(factory, seed=s).to(dev)
                 t0 = time.perf_counter()
-                task.fit(model, cfg, seed=s, device=dev, max_steps=max_steps)
+                fit = task.fit(model, cfg, seed=s, device=dev, max_steps=max_steps)
                 row.seconds.append(time.perf_counter() - t0)
                 row.scores.append(float(task.evaluate(model, "test", device=dev)[task.metric_name]))
+                cbs.on_eval_run_end(EvalRunInfo(name, formula, s, task.metric_name, row.scores[-1],
+                                                row.seconds[-1], list(fit["train_loss"]),
+                                                len(rows) * len(seed_list) + len(row.scores) - 1,
+                                                len(entries) * len(seed_list)))
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix_str(f"{name} seed {s}: {row.scores[-1]:.4f}")
@@ -136,5 +146,7 @@ def evaluate(task, activations: Sequence[str] | dict[str, str] = (), *, seeds: i
     finally:
         if bar is not None:
             bar.close()
-    return EvalTable(task.name, task.metric_name, task.higher_is_better, rows, search_seconds,
-                     {"seeds": seed_list, "epochs": cfg.epochs, "backend": backend})
+    table = EvalTable(task.name, task.metric_name, task.higher_is_better, rows, search_seconds,
+                      {"seeds": seed_list, "epochs": cfg.epochs, "backend": backend})
+    cbs.on_eval_end(table)
+    return table

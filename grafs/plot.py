@@ -34,7 +34,18 @@ def plot_activations(exprs: Sequence, path: str, labels: Sequence[str] | None = 
                      title: str | None = None) -> str:
     """Plot each formula (and optional baseline formulas, dashed) with its derivative."""
     plt = _plt()
-    fig, (ax_f, ax_d) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig = activations_figure(exprs, labels, baselines, lo, hi, title)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def activations_figure(exprs: Sequence, labels: Sequence[str] | None = None,
+                       baselines: Sequence[str] = (), lo: float = -5.0, hi: float = 5.0,
+                       title: str | None = None, figsize: tuple[float, float] = (11, 4.2)):
+    """The matplotlib figure of :func:`plot_activations` (the caller closes it)."""
+    plt = _plt()
+    fig, (ax_f, ax_d) = plt.subplots(1, 2, figsize=figsize)
     labels = list(labels) if labels is not None else [str(e) for e in exprs]
     for e, lab, style in [(e, l, "-") for e, l in zip(exprs, labels)] + \
                          [(b, b, "--") for b in baselines]:
@@ -51,20 +62,25 @@ def plot_activations(exprs: Sequence, path: str, labels: Sequence[str] | None = 
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return fig
 
 
-def plot_alpha_history(result, path: str) -> str:
-    """Per hole, the α of every op over the epochs (dropped ops end where they were dropped)."""
+def plot_alpha_history(result, path: str, space=None) -> str:
+    """Per hole, the α of every op over the epochs (dropped ops end where they were dropped),
+    and, dashed on the right axis, the normalised entropy of the Dirichlet mean
+    (grafs.callbacks.normalized_entropy: 1 = the ops are not told apart yet). ``space``: the
+    search's SearchSpace (default: the result's template with the default GRAFS ops)."""
     plt = _plt()
     hist = result.history
     alphas = hist["alpha"]  # [epoch][hole][op]
     n_holes = len(alphas[0])
     from grafs.runtime.space import SearchSpace
     s = result.settings
-    space = SearchSpace(s.get("template", "B(U(B(U(x), U(x))), U(x))"))
+    space = space or SearchSpace(s.get("template", "B(U(B(U(x), U(x))), U(x))"))
+    if [len(h.ops) for h in space.holes] != [len(a) for a in alphas[0]]:
+        raise GrafsError("the search space does not match the result's α (ops per hole "
+                         f"{[len(h.ops) for h in space.holes]} vs {[len(a) for a in alphas[0]]}); "
+                         "pass the search's space as space=")
     dropped = {(h, op): e for e, h, op in hist.get("dropped", [])}
     fig, axes = plt.subplots(1, n_holes, figsize=(3.2 * n_holes, 3.2), squeeze=False)
     for hi, ax in enumerate(axes[0]):
@@ -76,6 +92,12 @@ def plot_alpha_history(result, path: str) -> str:
         ax.set_title(hole.name)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
+        if hist.get("entropy"):
+            ent = ax.twinx()
+            ent.plot([h[hi] for h in hist["entropy"]], "k--", linewidth=1.2)
+            ent.set_ylim(-0.02, 1.02)
+            if hi == n_holes - 1:
+                ent.set_ylabel("entropy / log(#ops) (dashed)")
     axes[0][0].set_ylabel("α")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

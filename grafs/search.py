@@ -204,7 +204,8 @@ class SearchResult:
     """What a search found, and how.
 
     ``formula``: the discretized activation (parses with grafs.parse); ``history``: per epoch the
-    α of every hole, γ, losses, accuracies, active-op counts and the leading formula, plus the
+    α of every hole, γ, losses, accuracies, active-op counts, the leading formula and per hole
+    the normalised entropy of the Dirichlet mean (grafs.callbacks.normalized_entropy), plus the
     dropped ops with their epochs; ``settings``: the arguments of the run.
     """
     formula: str
@@ -453,6 +454,7 @@ def search(model: nn.Module, train_data, val_data=None, *, space=None, epochs: i
            resume: str | os.PathLike | None = None, progress: bool = True,
            train_fraction: float = 0.75, max_steps_per_epoch: int | None = None,
            amp: str | None = None, check_every: int | None = None,
+           callbacks: Iterable[Any] | None = None,
            _stop_after_epoch: int | None = None) -> SearchResult:
     """Run a GRAFS search and return the discretized activation (see module docstring).
 
@@ -469,7 +471,10 @@ def search(model: nn.Module, train_data, val_data=None, *, space=None, epochs: i
     NaN/inf (default 1 on CPU, where a sync is free, 25 on accelerators). ``checkpoint_dir``
     gets ``checkpoint.pt`` after every epoch; ``resume`` continues from such a directory and
     gives exactly the result of the uninterrupted run with the same arguments.
+    ``callbacks``: :class:`grafs.Callback` instances told of every step and epoch (experiment
+    tracking, e.g. :class:`grafs.TensorBoardLogger`; see grafs.callbacks).
     """
+    from grafs.callbacks import CallbackList, SearchStart, StepInfo, epoch_info, hole_entropies
     from grafs.runtime.space import SearchSpace
 
     if epochs < 1:
@@ -480,6 +485,7 @@ def search(model: nn.Module, train_data, val_data=None, *, space=None, epochs: i
         raise GrafsError(f"grad_accumulation must be >= 1, got {grad_accumulation}")
     if amp not in _AMP:
         raise GrafsError(f"amp must be None, 'bf16' or 'fp16', got {amp!r}")
+    cbs = CallbackList(callbacks)
     space = space or SearchSpace.grafs()
     dev = resolve_device(device) if device is not None else next(
         (p.device for p in model.parameters()), torch.device("cpu"))
@@ -518,7 +524,7 @@ def search(model: nn.Module, train_data, val_data=None, *, space=None, epochs: i
 
     history: dict[str, list] = {k: [] for k in (
         "epochs", "train_loss", "val_loss", "train_acc", "val_acc", "num_active", "alpha",
-        "gamma", "formula", "dropped", "seconds")}
+        "gamma", "formula", "dropped", "seconds", "entropy")}
     first_epoch = 0
     elapsed = 0.0
     ckpt_path = Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir is not None else None
@@ -545,6 +551,8 @@ def search(model: nn.Module, train_data, val_data=None, *, space=None, epochs: i
             ckpt_path = rp
 
     steps_per_epoch = len(train) if max_steps_per_epoch is None else min(len(train), max_steps_per_epoch)
+    cbs.on_search_start(SearchStart(dict(settings), [h.name for h in space.holes], epochs,
+                                    first_epoch, steps_per_epoch, n_sites))
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -574,6 +582,9 @@ def search(model: nn.Module, train_data, val_data=None, *, space=None, epochs: i
                                          update=(step + 1) % grad_accumulation == 0
                                          or step + 1 == steps_per_epoch)
                 meter.add(loss, out, yb, stepper.last_vloss)
+                if cbs:
+                    cbs.on_step_end(StepInfo(epoch, step, epoch * steps_per_epoch + step, loss,
+                                             stepper.last_vloss, warm))
                 if (step + 1) % check_every == 0 or step + 1 == steps_per_epoch:
                     meter.check(epoch, cell, ckpt_path)   # the only host sync of a step
                 if bar is not None:
@@ -595,6 +606,7 @@ def search(model: nn.Module, train_data, val_data=None, *, space=None, epochs: i
             history["gamma"].append(cell.gamma.detach().cpu().tolist())
             history["formula"].append(formula)
             history["seconds"].append(time.perf_counter() - t_epoch)
+            history.setdefault("entropy", []).append(hole_entropies(cell))  # old checkpoints lack it
             if bar is not None:
                 short = formula if len(formula) < 70 else formula[:67] + "…"
                 bar.write(f"epoch {epoch + 1:>3}/{epochs}  ops {cell.num_active():>3}  "
@@ -609,14 +621,17 @@ def search(model: nn.Module, train_data, val_data=None, *, space=None, epochs: i
                 if w_sched is not None:
                     ck["w_sched"] = w_sched.state_dict()
                 _atomic_torch_save(ck, ckpt_path)
+            cbs.on_epoch_end(epoch_info(history, cell, epochs, warm))
             if _stop_after_epoch is not None and epoch >= _stop_after_epoch:
                 raise _Interrupted(epoch)
     finally:
         if bar is not None:
             bar.close()
     settings["activation_sites"] = n_sites
-    return SearchResult(str(cell.discretize()), history, settings, time.perf_counter() - t_start,
-                        {k: v.detach().cpu() for k, v in cell.state_dict().items()})
+    result = SearchResult(str(cell.discretize()), history, settings, time.perf_counter() - t_start,
+                          {k: v.detach().cpu() for k, v in cell.state_dict().items()})
+    cbs.on_search_end(result)
+    return result
 
 
 class _Interrupted(Exception):
@@ -663,7 +678,7 @@ def _evaluate(model, val: _Batches, epoch, loss_fn, dev, cell, ckpt_path):
 def search_task(task, *, seed: int = 0, epochs: int | None = None, space=None, progress: bool = True,
                 checkpoint_dir=None, resume=None, cell_mode: str = "auto",
                 max_steps_per_epoch: int | None = None, device=None,
-                amp: str | None = None) -> SearchResult:
+                amp: str | None = None, callbacks=None) -> SearchResult:
     """Run :func:`search` on a built-in task (grafs.tasks) with its search configuration."""
     cfg = task.search_config
     epochs = cfg.epochs if epochs is None else epochs
@@ -682,6 +697,6 @@ def search_task(task, *, seed: int = 0, epochs: int | None = None, space=None, p
                     arch_betas=tuple(cfg.arch_betas), grad_accumulation=cfg.grad_accum_steps,
                     activation_types=task.activation_types, cell_mode=cell_mode,
                     checkpoint_dir=checkpoint_dir, resume=resume, progress=progress,
-                    max_steps_per_epoch=spe, device=device, amp=amp)
+                    max_steps_per_epoch=spe, device=device, amp=amp, callbacks=callbacks)
     result.settings["task"] = task.name
     return result

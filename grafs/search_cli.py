@@ -13,6 +13,14 @@ def _threads(args) -> None:
         torch.set_num_threads(args.threads)
 
 
+def _callbacks(args) -> list:
+    """``--tensorboard DIR``: the built-in TensorBoard logger."""
+    if not args.tensorboard:
+        return []
+    from grafs.tensorboard_logger import TensorBoardLogger
+    return [TensorBoardLogger(args.tensorboard)]
+
+
 def _cmd_search(args) -> int:
     _threads(args)
     from grafs.search import search_task
@@ -25,7 +33,8 @@ def _cmd_search(args) -> int:
           f"device {dev}; results in {out}/")
     result = search_task(task, seed=args.seed, epochs=args.epochs, progress=not args.quiet,
                          checkpoint_dir=out, resume=out if args.resume else None,
-                         cell_mode=args.cell_mode, device=dev, amp=args.amp)
+                         cell_mode=args.cell_mode, device=dev, amp=args.amp,
+                         callbacks=_callbacks(args))
     result.save(out)
     if args.plot:
         try:
@@ -57,7 +66,7 @@ def _cmd_evaluate(args) -> int:
     from grafs.search import resolve_device
     table = evaluate(task, acts, seeds=args.seeds, baselines=args.baselines, epochs=args.epochs,
                      search_seconds=search_seconds, progress=not args.quiet,
-                     device=resolve_device(args.device))
+                     device=resolve_device(args.device), callbacks=_callbacks(args))
     print(table.markdown())
     if args.json:
         Path(args.json).write_text(json.dumps(table.to_dict(), indent=1))
@@ -81,6 +90,8 @@ def add_search_commands(sub) -> None:
     s.add_argument("--amp", default=None, choices=("bf16", "fp16"),
                    help="mixed precision for the network (the cell computes in fp32)")
     s.add_argument("--plot", action="store_true", help="write activation.png and alpha.png")
+    s.add_argument("--tensorboard", default=None, metavar="DIR",
+                   help="write TensorBoard event files to DIR (needs grafs[tensorboard])")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0: torch's default)")
     s.set_defaults(fn=_cmd_search)
@@ -96,6 +107,8 @@ def add_search_commands(sub) -> None:
                    help="search wall time for the search/evaluation ratio")
     e.add_argument("--json", default=None, help="also write the table as JSON")
     e.add_argument("--plot", default=None, help="PNG of the activations against the baselines")
+    e.add_argument("--tensorboard", default=None, metavar="DIR",
+                   help="write TensorBoard event files to DIR (needs grafs[tensorboard])")
     e.add_argument("--quiet", action="store_true")
     e.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, … (auto: CUDA when available)")
     e.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0: torch's default)")

@@ -1,0 +1,214 @@
+"""Callbacks: follow a search or an evaluation while it runs (experiment tracking).
+
+Subclass :class:`Callback`, override the methods you need and pass instances to
+``grafs.search(..., callbacks=[...])`` or ``grafs.evaluate.evaluate(..., callbacks=[...])``.
+Every method is a no-op by default. :class:`grafs.tensorboard_logger.TensorBoardLogger` is the
+built-in one; MLflow, Weights & Biases and others plug in the same way (see docs/tracking.md),
+without grafs depending on them.
+
+The info objects hold plain Python values (floats, lists, strings) except
+:attr:`StepInfo.loss` and :attr:`StepInfo.val_loss`, which stay on the device so that a callback
+that ignores them costs no host synchronisation.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterable
+
+import torch
+import torch.nn.functional as F
+
+from grafs.errors import GrafsError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from grafs.evaluate import EvalTable
+    from grafs.runtime.cell import RelaxedCell
+    from grafs.search import SearchResult
+
+
+@dataclass
+class SearchStart:
+    """Sent once before the first epoch of a search (also when it resumes)."""
+    settings: dict            #: the search's arguments, as stored in SearchResult.settings
+    holes: list[str]          #: the hole names of the search space, e.g. ["U0", "U1", "B0", …]
+    epochs: int               #: total epochs of the search
+    first_epoch: int          #: 0, or the epoch a resumed search continues from
+    steps_per_epoch: int
+    activation_sites: int     #: how many activation modules the cell replaced
+
+
+@dataclass
+class StepInfo:
+    """Sent after every training step (arch step + weight step)."""
+    epoch: int
+    step: int                 #: step within the epoch
+    global_step: int          #: steps since the start of the search (epoch·steps_per_epoch + step)
+    loss: torch.Tensor        #: the weight step's training loss, still on the device
+    val_loss: torch.Tensor    #: the arch step's validation-batch loss, still on the device
+    warm: bool                #: a warm-start step (weight step with the original activation)
+
+
+@dataclass
+class EpochInfo:
+    """Sent after every epoch (after the checkpoint is written)."""
+    epoch: int                #: 0-based, as in SearchResult.history["epochs"]
+    epochs: int
+    train_loss: float
+    val_loss: float
+    train_acc: float | None   #: None when the task has no class targets
+    val_acc: float | None
+    num_active: int           #: ops still active over all holes
+    holes: list[str]
+    active_ops: list[list[str]]   #: per hole, the ops still active
+    alpha: list[list[float]]      #: per hole, the α of its active ops (same order)
+    entropy: list[float]      #: per hole, see :func:`hole_entropies`
+    formula: str              #: the leading (discretized) formula
+    dropped: list[tuple[str, str]]  #: (hole, op) pairs dropped at the start of this epoch
+    seconds: float            #: wall time of the epoch
+    warm: bool                #: a warm-start epoch
+    gamma: list[float] = field(default_factory=list)   #: all γ values of the cell
+
+
+@dataclass
+class EvalStart:
+    """Sent once before the first training run of an evaluation."""
+    task: str
+    metric: str
+    activations: dict[str, str]   #: name -> formula, baselines included
+    seeds: list[int]
+    epochs: int
+
+
+@dataclass
+class EvalRunInfo:
+    """Sent after each evaluation run (one activation, one seed)."""
+    name: str
+    formula: str
+    seed: int
+    metric: str
+    score: float              #: the test metric of this run
+    seconds: float            #: training wall time
+    train_loss: list[float]   #: mean training loss per epoch
+    run: int                  #: 0-based index of this run
+    runs: int                 #: total runs of the evaluation
+
+
+class Callback:
+    """Base class of search and evaluation callbacks: every method does nothing."""
+
+    def on_search_start(self, info: SearchStart) -> None:
+        """Before the first epoch of a search."""
+
+    def on_step_end(self, info: StepInfo) -> None:
+        """After every training step. Reading ``info.loss`` (``float(...)``) syncs the device."""
+
+    def on_epoch_end(self, info: EpochInfo) -> None:
+        """After every search epoch."""
+
+    def on_search_end(self, result: SearchResult) -> None:
+        """When the search returns its result (not when it raises)."""
+
+    def on_eval_start(self, info: EvalStart) -> None:
+        """Before the first training run of an evaluation."""
+
+    def on_eval_run_end(self, info: EvalRunInfo) -> None:
+        """After each training run of an evaluation."""
+
+    def on_eval_end(self, table: EvalTable) -> None:
+        """When the evaluation returns its table."""
+
+
+class CallbackList(Callback):
+    """Calls each callback in turn; what search() and evaluate() hold. False when empty."""
+
+    def __init__(self, callbacks: Callback | Iterable[Callback] | None = None):
+        if callbacks is None:
+            callbacks = []
+        elif isinstance(callbacks, Callback):
+            callbacks = [callbacks]
+        try:
+            self.callbacks = list(callbacks)
+        except TypeError:
+            raise GrafsError(f"callbacks must be a list of grafs.Callback instances, got "
+                             f"{type(callbacks).__name__}") from None
+        for cb in self.callbacks:
+            if not isinstance(cb, Callback):
+                raise GrafsError(f"callbacks must be grafs.Callback instances, got {type(cb).__name__}; "
+                                 "subclass grafs.Callback and override the on_* methods you need")
+
+    def __bool__(self) -> bool:
+        return bool(self.callbacks)
+
+    def _call(self, name: str, arg: Any) -> None:
+        for cb in self.callbacks:
+            getattr(cb, name)(arg)
+
+    def on_search_start(self, info):
+        self._call("on_search_start", info)
+
+    def on_step_end(self, info):
+        self._call("on_step_end", info)
+
+    def on_epoch_end(self, info):
+        self._call("on_epoch_end", info)
+
+    def on_search_end(self, result):
+        self._call("on_search_end", result)
+
+    def on_eval_start(self, info):
+        self._call("on_eval_start", info)
+
+    def on_eval_run_end(self, info):
+        self._call("on_eval_run_end", info)
+
+    def on_eval_end(self, table):
+        self._call("on_eval_end", table)
+
+
+# ---------------------------------------------------------------------------------------------
+# diagnostics of the relaxed cell
+def normalized_entropy(alpha: Iterable[float]) -> float:
+    """Entropy of the Dirichlet mean for the α of one hole's active ops, over log(#ops).
+
+    The cell samples mixture weights from Dirichlet(elu(α) + 1), whose mean is the
+    concentration normalised to sum 1. 1.0: the mean is uniform (the search has not yet told
+    the ops apart); 0.0: one op has all the mass (and a hole with one op left is 0.0).
+    """
+    a = torch.as_tensor(list(alpha), dtype=torch.float64)
+    if a.numel() <= 1:
+        return 0.0
+    conc = F.elu(a) + 1.0
+    p = conc / conc.sum()
+    h = -(p * p.clamp_min(1e-300).log()).sum()
+    return float(h) / math.log(a.numel())
+
+
+def active_alpha(cell: RelaxedCell) -> list[list[float]]:
+    """Per hole, the α of its active ops (in ``cell.active_ops()`` order)."""
+    active = cell.active.detach().cpu().tolist()
+    out = []
+    for h, a in zip(cell.space.holes, cell.alpha):
+        vals = a.detach().cpu().tolist()
+        out.append([v for op, v in zip(h.ops, vals) if active[cell.slot_of[(h.index, op)]]])
+    return out
+
+
+def hole_entropies(cell: RelaxedCell) -> list[float]:
+    """Per hole, :func:`normalized_entropy` of its active ops' α."""
+    return [normalized_entropy(a) for a in active_alpha(cell)]
+
+
+def epoch_info(history: dict, cell: RelaxedCell, epochs: int, warm: bool) -> EpochInfo:
+    """The :class:`EpochInfo` of the epoch just appended to a search's ``history``."""
+    epoch = history["epochs"][-1]
+    entropy = history["entropy"][-1] if history.get("entropy") else hole_entropies(cell)
+    return EpochInfo(
+        epoch=epoch, epochs=epochs, train_loss=history["train_loss"][-1],
+        val_loss=history["val_loss"][-1], train_acc=history["train_acc"][-1],
+        val_acc=history["val_acc"][-1], num_active=history["num_active"][-1],
+        holes=[h.name for h in cell.space.holes],
+        active_ops=[list(ops) for ops in cell.active_ops()], alpha=active_alpha(cell),
+        entropy=list(entropy), formula=history["formula"][-1],
+        dropped=[(h, op) for e, h, op in history["dropped"] if e == epoch],
+        seconds=history["seconds"][-1], warm=warm, gamma=list(history["gamma"][-1]))
