@@ -17,6 +17,7 @@ from grafs.tasks.base import (OPTIMIZERS, SCHEDULES, SPLITS, SearchConfig, Task,
                               accuracy, cross_entropy)
 from grafs.tasks.digits import make_digits_task
 from grafs.tasks.mnist1d import make_mnist1d_task
+from grafs.tasks.teacher import make_teacher_task
 from grafs.tasks.text import make_text_task
 
 __all__ = ["Task", "TrainConfig", "SearchConfig", "TASKS", "get_task", "list_tasks",
@@ -27,6 +28,7 @@ TASKS: dict[str, Callable[..., Task]] = {
     "mnist1d": make_mnist1d_task,
     "digits": make_digits_task,
     "text": make_text_task,
+    "teacher": make_teacher_task,
 }
 
 

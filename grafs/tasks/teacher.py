@@ -1,0 +1,167 @@
+"""Teacher–student: regression data from a random MLP whose activation is a given formula.
+
+The cheapest objective check that a search works: with the teacher's activation in the
+search space, the search should recover its shape. A teacher MLP (``in_dim`` → ``width`` →
+``width`` → 1) with the activation ``teacher`` labels Gaussian inputs; its pre-activations
+are normalised on the data (each hidden unit: mean 0, std ``preact_std``) so the inputs of
+the activation span about [-3, 3], where :func:`shape_error` compares shapes. Targets are
+standardised with the training set's mean and std. The student has the same architecture
+with ReLU, trained with MSE; the metric is the test MSE (lower is better).
+
+>>> task = get_task("teacher", teacher="tanh(x)")
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from grafs.errors import GrafsError
+from grafs.tasks.base import SearchConfig, Task, TrainConfig, apply_overrides, check_option
+
+__all__ = ["make_teacher_task", "shape_error", "mse", "DATA_DEFAULTS", "TEACHERS"]
+
+#: Teachers used in docs/results-teacher.md, one per family of shapes.
+TEACHERS: dict[str, str] = {
+    "smooth-bounded": "tanh(x)",
+    "gated": "silu(x)",
+    "piecewise-linear": "abs(x)",
+    "shifted-smooth": "softplus(x)",
+    "saturating": "sigmoid(x)",
+}
+
+DATA_DEFAULTS: dict[str, Any] = {
+    "teacher": "tanh(x)",
+    "in_dim": 8,
+    "width": 64,            # hidden width of teacher and student
+    "num_train": 4096,
+    "num_test": 2048,
+    "preact_std": 1.5,      # spread of the teacher's pre-activations
+    "noise": 0.0,           # std of label noise, in units of the target's std
+    "data_seed": 0,         # the teacher network and the inputs (fixed across task seeds)
+}
+
+
+def mse(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over all outputs (computed in fp32)."""
+    return torch.mean((out.float().reshape(target.shape) - target.float()) ** 2)
+
+
+def _mlp(in_dim: int, width: int, activation) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(in_dim, width), activation(), nn.Linear(width, width),
+                         activation(), nn.Linear(width, 1))
+
+
+@functools.lru_cache(maxsize=16)
+def _generate(teacher: str, in_dim: int, width: int, num_train: int, num_test: int,
+              preact_std: float, noise: float, data_seed: int):
+    import grafs
+    act = grafs.compile(teacher, backend="eager")
+    g = torch.Generator().manual_seed(data_seed)
+    x = torch.randn(num_train + num_test, in_dim, generator=g, dtype=torch.float64)
+    h = x
+    with torch.no_grad():
+        for i, (fan_in, fan_out) in enumerate([(in_dim, width), (width, width)]):
+            w = torch.randn(fan_in, fan_out, generator=g, dtype=torch.float64) / fan_in ** 0.5
+            pre = h @ w
+            # normalise each unit on the data so the activation sees about [-3, 3]
+            pre = (pre - pre.mean(0)) / pre.std(0).clamp_min(1e-12) * preact_std
+            h = act(pre.float()).double()
+            if not torch.isfinite(h).all():
+                raise GrafsError(f"teacher activation {teacher!r} gives non-finite values on "
+                                 f"its pre-activations (layer {i + 1})")
+        w_out = torch.randn(width, 1, generator=g, dtype=torch.float64) / width ** 0.5
+        y = (h @ w_out).squeeze(1)
+        mean, std = y[:num_train].mean(), y[:num_train].std()
+        if not std > 1e-9:
+            raise GrafsError(f"teacher {teacher!r} gives (almost) constant targets")
+        y = (y - mean) / std
+        if noise:
+            y = y + noise * torch.randn(y.shape, generator=g, dtype=torch.float64)
+    xs, ys = x.float(), y.float().unsqueeze(1)
+    out = (xs[:num_train], ys[:num_train], xs[num_train:], ys[num_train:])
+    for t in out:
+        t.requires_grad_(False)
+    return out
+
+
+def shape_error(found: str, teacher: str, lo: float = -3.0, hi: float = 3.0,
+                points: int = 601) -> float:
+    """Relative L2 error of ``found`` against ``teacher`` on [lo, hi] after the best affine
+    fit ``a·found(x) + b`` (least squares): ‖a·f + b − t‖ / ‖t − mean(t)‖.
+
+    The next layer's weights and bias absorb ``a`` and ``b``, so this measures the shape a
+    network sees. 0 is a perfect match; a constant ``found`` gives 1.
+    """
+    import grafs
+    xs = torch.linspace(lo, hi, points, dtype=torch.float64)
+    f = grafs.compile(found, backend="eager").double()(xs).detach().double()
+    t = grafs.compile(teacher, backend="eager").double()(xs).detach().double()
+    f, t = f.expand_as(xs), t.expand_as(xs)
+    if not (torch.isfinite(f).all() and torch.isfinite(t).all()):
+        return float("inf")
+    a_mat = torch.stack([f, torch.ones_like(f)], dim=1)
+    coef = torch.linalg.lstsq(a_mat, t.unsqueeze(1)).solution
+    resid = a_mat @ coef - t.unsqueeze(1)
+    denom = torch.linalg.norm(t - t.mean())
+    if not denom > 0:
+        raise GrafsError(f"teacher {teacher!r} is constant on [{lo}, {hi}]")
+    return float(torch.linalg.norm(resid) / denom)
+
+
+SEARCH_DEFAULTS = SearchConfig(
+    epochs=30, batch_size=128, optimizer="adam", lr=3e-3, weight_decay=0.0,
+    schedule="cosine", min_lr=0.0,
+    arch_lr=3e-3, arch_weight_decay=1e-3, warmstart_epochs=2, shrink_start_epoch=4,
+    train_fraction=0.75)
+
+EVAL_DEFAULTS = TrainConfig(
+    epochs=60, batch_size=128, optimizer="adam", lr=3e-3, weight_decay=0.0,
+    schedule="cosine", min_lr=0.0)
+
+
+def _build_model(activation, *, in_dim: int, width: int) -> nn.Module:
+    return _mlp(in_dim, width, activation)
+
+
+def make_teacher_task(seed: int = 0, **overrides: Any) -> Task:
+    search, evaluation, opts = apply_overrides("teacher", SEARCH_DEFAULTS, EVAL_DEFAULTS,
+                                               DATA_DEFAULTS, overrides)
+    teacher = opts["teacher"]
+    if not isinstance(teacher, str):
+        raise GrafsError(f"task 'teacher' option teacher must be a formula string, got {teacher!r}")
+    import grafs
+    expr = grafs.parse(teacher)               # a ParseError names what is wrong, with a caret
+    if not expr.depends_on_x():
+        raise GrafsError(f"teacher {teacher!r} does not depend on x")
+    in_dim = check_option("teacher", "in_dim", opts["in_dim"])
+    width = check_option("teacher", "width", opts["width"])
+    n_tr = check_option("teacher", "num_train", opts["num_train"], minimum=8)
+    n_te = check_option("teacher", "num_test", opts["num_test"], minimum=1)
+    seed_d = check_option("teacher", "data_seed", opts["data_seed"], minimum=0)
+    for k in ("preact_std", "noise"):
+        v = opts[k]
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not np.isfinite(v) or v < 0:
+            raise GrafsError(f"task 'teacher' option {k} must be a number >= 0, got {v!r}")
+    if not opts["preact_std"] > 0:
+        raise GrafsError("task 'teacher' option preact_std must be > 0")
+    train_x, train_y, test_x, test_y = _generate(str(expr), in_dim, width, n_tr, n_te,
+                                                 float(opts["preact_std"]),
+                                                 float(opts["noise"]), seed_d)
+    return Task(
+        name="teacher",
+        description=(f"teacher-student regression: {in_dim}->{width}->{width}->1 MLP teacher "
+                     f"with {expr}, {n_tr} train / {n_te} test Gaussian inputs; student: the "
+                     f"same MLP with ReLU, MSE"),
+        train_x=train_x.clone(), train_y=train_y.clone(), test_x=test_x.clone(),
+        test_y=test_y.clone(),
+        model_builder=functools.partial(_build_model, in_dim=in_dim, width=width),
+        default_activation=nn.ReLU, activation_types=(nn.ReLU,),
+        search_config=search, eval_config=evaluation, loss_fn=mse, metric=mse,
+        metric_name="mse", higher_is_better=False, num_classes=0, seed=seed,
+        info={"source": "random teacher MLP", **{k: v for k, v in opts.items()},
+              "teacher": str(expr)},
+    )

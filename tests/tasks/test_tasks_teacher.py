@@ -1,0 +1,89 @@
+"""The teacher–student task: data, validation, shape_error against numpy references."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from grafs.errors import GrafsError, ParseError
+from grafs.tasks import get_task
+from grafs.tasks.teacher import mse, shape_error
+
+SMALL = dict(num_train=64, num_test=32, width=8)
+
+
+def test_data_shapes_standardised_and_deterministic():
+    t1 = get_task("teacher", teacher="tanh(x)", **SMALL)
+    t2 = get_task("teacher", teacher="tanh(x)", seed=3, **SMALL)
+    assert t1.train_x.shape == (64, 8) and t1.train_y.shape == (64, 1)
+    assert t1.test_x.shape == (32, 8) and t1.test_y.shape == (32, 1)
+    assert torch.equal(t1.train_y, t2.train_y)          # data fixed across task seeds
+    assert abs(float(t1.train_y.mean())) < 1e-5
+    assert abs(float(t1.train_y.std()) - 1) < 1e-5
+    t3 = get_task("teacher", teacher="silu(x)", **SMALL)
+    assert torch.equal(t1.train_x, t3.train_x)          # same inputs, other labels
+    assert not torch.allclose(t1.train_y, t3.train_y)
+    assert t1.metric_name == "mse" and not t1.higher_is_better
+
+
+def test_labels_match_a_hand_written_teacher():
+    """Rebuild the teacher from its recipe with numpy and compare the labels."""
+    t = get_task("teacher", teacher="tanh(x)", **SMALL)
+    g = torch.Generator().manual_seed(0)
+    n = 64 + 32
+    x = torch.randn(n, 8, generator=g, dtype=torch.float64).numpy()
+    h = x
+    for fan_in in (8, 8):
+        w = torch.randn(fan_in, 8, generator=g, dtype=torch.float64).numpy() / np.sqrt(fan_in)
+        pre = h @ w
+        pre = (pre - pre.mean(0)) / pre.std(0, ddof=1) * 1.5
+        h = np.tanh(pre.astype(np.float32)).astype(np.float64)
+    y = (h @ (torch.randn(8, 1, generator=g, dtype=torch.float64).numpy() / np.sqrt(8)))[:, 0]
+    y = (y - y[:64].mean()) / y[:64].std(ddof=1)
+    np.testing.assert_allclose(t.train_y.numpy()[:, 0], y[:64], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(t.test_y.numpy()[:, 0], y[64:], rtol=1e-4, atol=1e-5)
+
+
+def test_bad_teachers_and_options_raise_grafs_errors():
+    with pytest.raises(ParseError):
+        get_task("teacher", teacher="tanh(x", **SMALL)
+    with pytest.raises(GrafsError, match="does not depend on x"):
+        get_task("teacher", teacher="sigmoid(2)", **SMALL)
+    with pytest.raises(GrafsError, match="non-finite"):
+        get_task("teacher", teacher="exp(exp(exp(10*x)))", **SMALL)
+    with pytest.raises(GrafsError, match="preact_std"):
+        get_task("teacher", teacher="tanh(x)", preact_std=-1, **SMALL)
+    with pytest.raises(GrafsError, match="unknown option"):
+        get_task("teacher", teacher="tanh(x)", teachr="relu(x)")
+
+
+def _ref_shape_error(f, t):
+    xs = np.linspace(-3, 3, 601)
+    fx, tx = f(xs), t(xs)
+    a = np.stack([fx, np.ones_like(fx)], 1)
+    coef, *_ = np.linalg.lstsq(a, tx, rcond=None)
+    return np.linalg.norm(a @ coef - tx) / np.linalg.norm(tx - tx.mean())
+
+
+def test_shape_error_against_numpy():
+    relu = lambda v: np.maximum(v, 0)
+    assert shape_error("relu(x)", "tanh(x)") == pytest.approx(_ref_shape_error(relu, np.tanh), rel=1e-6)
+    assert shape_error("abs(x)", "x^2") == pytest.approx(_ref_shape_error(np.abs, np.square), rel=1e-6)
+    # invariant to the affine maps the next layer absorbs; a constant explains nothing
+    assert shape_error("3*tanh(x) - 2", "tanh(x)") < 1e-9
+    assert shape_error("0.5", "tanh(x)") == pytest.approx(1.0)
+    assert shape_error("sqrt(max(x, 0.001))", "tanh(x)") > 0.1
+
+
+def test_mse_matches_torch():
+    out, y = torch.randn(10, 1), torch.randn(10, 1)
+    assert torch.allclose(mse(out, y), torch.nn.functional.mse_loss(out, y))
+
+
+def test_cli_teacher_option(tmp_path, capsys):
+    from grafs.cli import main
+    rc = main(["evaluate", "--task", "teacher", "--teacher", "abs(x)", "--seeds", "1",
+               "--epochs", "1", "--baselines", "ReLU", "--quiet"])
+    assert rc == 0
+    assert "mse" in capsys.readouterr().out
+    assert main(["evaluate", "--task", "digits", "--teacher", "abs(x)", "--quiet"]) != 0
