@@ -72,13 +72,15 @@ def cell_expr(space, active: tuple[tuple[str, ...], ...], slot_of, gamma_of, cli
         space, h, ins, set(active[h.index]), slot_of, gamma_of, ell, unit))
 
 
-def discretized_expr(space, chosen: list[str], gamma_values) -> E.Expr:
-    """The formula with one op per hole, γ frozen to numbers, unclipped and lightly folded."""
+def discretized_expr(space, chosen: list[str], gamma_values, scales=None) -> E.Expr:
+    """The formula with one op per hole, γ frozen to numbers, unclipped and lightly folded;
+    ``scales``: a constant per hole multiplying its op (normalised searches)."""
     def fill(h, ins):
         spec = SEARCH_OPS[chosen[h.index]]
-        return spec.build(ins, [E.const(v) for v in gamma_values(h.index, chosen[h.index])], None)
+        out = spec.build(ins, [E.const(v) for v in gamma_values(h.index, chosen[h.index])], None)
+        return out if scales is None or scales[h.index] == 1.0 else E.const(scales[h.index]) * out
     from grafs.grammar.simplify import rewrite
-    return rewrite(fold_constants(substitute_holes(space, fill)))
+    return rewrite(fold_constants(substitute_holes(space, fill), strict=False))
 
 
 class CellKernels:

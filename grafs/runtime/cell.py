@@ -84,6 +84,10 @@ class RelaxedCell(nn.Module):
             [nn.Parameter(torch.rand(len(h.ops), generator=gen) * 1e-6) for h in space.holes])
         self.gamma = nn.Parameter(torch.tensor(inits, dtype=torch.float32))
         self.register_buffer("active", torch.ones(len(self.slot_of), dtype=torch.bool))
+        # normalize=True: fixed per-op constants multiply the mixture weights (runtime/normalize)
+        from grafs.runtime.normalize import slot_scales
+        self.register_buffer("scale", slot_scales(space, self.slot_of)
+                             if getattr(space, "normalize", False) else None, persistent=False)
         self._kernels: dict[tuple, CellKernels] = {}
         self._compiled_key: tuple | None = None
         self._programs: dict[tuple, object] = {}
@@ -261,7 +265,7 @@ class RelaxedCell(nn.Module):
         if weights is None and self.is_discrete():
             # one op per hole: every Dirichlet sample is exactly 1 (gradient 0), so nothing is
             # drawn and α gets no gradient; the reference path then skips the weights entirely
-            if mode == "eager" and not len(self.terms):
+            if mode == "eager" and not len(self.terms) and self.scale is None:
                 return run_program(self._program(key, self.clip, unit=True), x, {},
                                    {"g": self.gamma}, self.terms)
             w = self._active_index().unit_weights
@@ -271,6 +275,8 @@ class RelaxedCell(nn.Module):
             w = self._pool.pop()
         else:
             w = self.sample_weights()
+        if self.scale is not None:
+            w = w * self.scale
         if mode == "lean":
             return lean_apply(self._lean_plan(key), x, w, self.gamma, self.terms if len(self.terms) else None)
         if mode == "eager":
@@ -286,6 +292,8 @@ class RelaxedCell(nn.Module):
     def forward_unclipped(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         """The eager cell without bounded-op clipping (how a found formula is evaluated)."""
         w = self.sample_weights() if weights is None else weights
+        if self.scale is not None:
+            w = w * self.scale
         return run_program(self._program(self.active_ops(), False), x, {}, {"w": w, "g": self.gamma},
                            self.terms)
 
@@ -323,7 +331,12 @@ class RelaxedCell(nn.Module):
 
     def discretize(self):
         """Expr of the highest-α op per hole, learned γ frozen, mix coefficients as σ(γ)."""
-        return discretized_expr(self.space, self.chosen_ops(), self.gamma_values)
+        chosen = self.chosen_ops()
+        scales = None
+        if self.scale is not None:   # the chosen op's constant stays: the function searched
+            scales = [float(self.scale[self.slot_of[(h.index, op)]])
+                      for h, op in zip(self.space.holes, chosen)]
+        return discretized_expr(self.space, chosen, self.gamma_values, scales)
 
     def extra_repr(self) -> str:
         return f"mode={self.mode!r}, active={self.num_active()}/{len(self.slot_of)}, clip={self.clip}"

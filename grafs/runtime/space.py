@@ -72,8 +72,10 @@ class SearchSpace:
     def __init__(self, template: str = GRAFS_TEMPLATE, unary: Sequence[str] = GRAFS_UNARY,
                  binary: Sequence[str] = GRAFS_BINARY,
                  ops: Mapping[str, Sequence[str]] | None = None,
-                 clip: bool = True, ell: float = 10.0):
+                 clip: bool = True, ell: float = 10.0, normalize: bool = False):
         self.template = template
+        # scale each op's mixture weight by 1/RMS(op) on N(0, 1) (grafs.runtime.normalize)
+        self.normalize = bool(normalize)
         self.root, nodes = parse_template(template)
         self.clip = bool(clip)
         self.ell = float(ell)
@@ -116,9 +118,14 @@ class SearchSpace:
         return tuple(names)
 
     @classmethod
-    def grafs(cls, **kw) -> "SearchSpace":
-        """The paper's cell ``B(U(B(U(x), U(x))), U(x))`` with its 23 unary and 9 binary ops."""
-        return cls(GRAFS_TEMPLATE, GRAFS_UNARY, GRAFS_BINARY, **kw)
+    def grafs(cls, extra_unary: Sequence[str] = (), **kw) -> "SearchSpace":
+        """The paper's cell ``B(U(B(U(x), U(x))), U(x))`` with its 23 unary and 9 binary ops.
+
+        ``extra_unary``: further unary search ops for every unary hole, outside the paper's
+        space, e.g. ``grafs.ops.EXTRA_UNARY`` (``("sin", "cos")``).
+        """
+        extra = (extra_unary,) if isinstance(extra_unary, str) else tuple(extra_unary)
+        return cls(GRAFS_TEMPLATE, GRAFS_UNARY + extra, GRAFS_BINARY, **kw)
 
     @property
     def num_ops(self) -> int:
