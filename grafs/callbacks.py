@@ -3,7 +3,7 @@
 Subclass :class:`Callback`, override the methods you need and pass instances to
 ``grafs.search(..., callbacks=[...])`` or ``grafs.evaluate.evaluate(..., callbacks=[...])``.
 Every method is a no-op by default. :class:`grafs.tensorboard_logger.TensorBoardLogger` is the
-built-in one; MLflow, Weights & Biases and others plug in the same way (see docs/tracking.md),
+built-in one; MLflow, Weights & Biases and others plug in the same way (see docs/guide/tracking.md),
 without grafs depending on them.
 
 The info objects hold plain Python values (floats, lists, strings) except
@@ -29,69 +29,126 @@ if TYPE_CHECKING:  # pragma: no cover
 
 @dataclass
 class SearchStart:
-    """Sent once before the first epoch of a search (also when it resumes)."""
-    settings: dict            #: the search's arguments, as stored in SearchResult.settings
-    holes: list[str]          #: the hole names of the search space, e.g. ["U0", "U1", "B0", …]
-    epochs: int               #: total epochs of the search
-    first_epoch: int          #: 0, or the epoch a resumed search continues from
+    """Sent once before the first epoch of a search (also when it resumes).
+
+    Attributes:
+        settings: The search's arguments, as stored in ``SearchResult.settings``.
+        holes: The hole names of the search space, e.g. ``["U0", "U1", "B0", …]``.
+        epochs: Total epochs of the search.
+        first_epoch: 0, or the epoch a resumed search continues from.
+        steps_per_epoch: Training steps per epoch.
+        activation_sites: How many activation modules the cell replaced.
+    """
+    settings: dict
+    holes: list[str]
+    epochs: int
+    first_epoch: int
     steps_per_epoch: int
-    activation_sites: int     #: how many activation modules the cell replaced
+    activation_sites: int
 
 
 @dataclass
 class StepInfo:
-    """Sent after every training step (arch step + weight step)."""
+    """Sent after every training step (arch step + weight step).
+
+    Attributes:
+        epoch: The epoch, 0-based.
+        step: The step within the epoch.
+        global_step: Steps since the start of the search (epoch·steps_per_epoch + step).
+        loss: The weight step's training loss, still on the device.
+        val_loss: The arch step's validation-batch loss, still on the device.
+        warm: A warm-start step (its weight step used the original activation).
+    """
     epoch: int
-    step: int                 #: step within the epoch
-    global_step: int          #: steps since the start of the search (epoch·steps_per_epoch + step)
-    loss: torch.Tensor        #: the weight step's training loss, still on the device
-    val_loss: torch.Tensor    #: the arch step's validation-batch loss, still on the device
-    warm: bool                #: a warm-start step (weight step with the original activation)
+    step: int
+    global_step: int
+    loss: torch.Tensor
+    val_loss: torch.Tensor
+    warm: bool
 
 
 @dataclass
 class EpochInfo:
-    """Sent after every epoch (after the checkpoint is written)."""
-    epoch: int                #: 0-based, as in SearchResult.history["epochs"]
+    """Sent after every epoch (after the checkpoint is written).
+
+    Attributes:
+        epoch: The epoch, 0-based, as in ``SearchResult.history["epochs"]``.
+        epochs: Total epochs of the search.
+        train_loss: Mean training loss of the epoch's weight steps.
+        val_loss: Validation loss after the epoch.
+        train_acc: Training accuracy, or None when the targets are not class labels.
+        val_acc: Validation accuracy, or None.
+        num_active: Ops still active over all holes.
+        holes: The hole names.
+        active_ops: Per hole, the ops still active.
+        alpha: Per hole, the α of its active ops (same order).
+        entropy: Per hole, the normalised entropy of the Dirichlet mean (`normalized_entropy`).
+        formula: The leading (discretized) formula.
+        dropped: The (hole, op) pairs dropped at the start of this epoch.
+        seconds: Wall time of the epoch.
+        warm: A warm-start epoch.
+        gamma: All γ values of the cell.
+    """
+    epoch: int
     epochs: int
     train_loss: float
     val_loss: float
-    train_acc: float | None   #: None when the task has no class targets
+    train_acc: float | None
     val_acc: float | None
-    num_active: int           #: ops still active over all holes
+    num_active: int
     holes: list[str]
-    active_ops: list[list[str]]   #: per hole, the ops still active
-    alpha: list[list[float]]      #: per hole, the α of its active ops (same order)
-    entropy: list[float]      #: per hole, see :func:`hole_entropies`
-    formula: str              #: the leading (discretized) formula
-    dropped: list[tuple[str, str]]  #: (hole, op) pairs dropped at the start of this epoch
-    seconds: float            #: wall time of the epoch
-    warm: bool                #: a warm-start epoch
-    gamma: list[float] = field(default_factory=list)   #: all γ values of the cell
+    active_ops: list[list[str]]
+    alpha: list[list[float]]
+    entropy: list[float]
+    formula: str
+    dropped: list[tuple[str, str]]
+    seconds: float
+    warm: bool
+    gamma: list[float] = field(default_factory=list)
 
 
 @dataclass
 class EvalStart:
-    """Sent once before the first training run of an evaluation."""
+    """Sent once before the first training run of an evaluation.
+
+    Attributes:
+        task: The task's name.
+        metric: The name of the test metric.
+        activations: Name -> formula of every activation, baselines included.
+        seeds: The seeds each activation is trained with.
+        epochs: Training epochs per run.
+    """
     task: str
     metric: str
-    activations: dict[str, str]   #: name -> formula, baselines included
+    activations: dict[str, str]
     seeds: list[int]
     epochs: int
 
 
 @dataclass
 class EvalRunInfo:
-    """Sent after each evaluation run (one activation, one seed)."""
+    """Sent after each evaluation run (one activation, one seed).
+
+    Attributes:
+        name: The activation's name in the table.
+        formula: Its formula (a baseline's name for the baselines).
+        seed: The run's seed.
+        metric: The name of the test metric.
+        score: The test metric of this run.
+        seconds: Training wall time.
+        train_loss: Mean training loss per epoch.
+        run: 0-based index of this run.
+        runs: Total runs of the evaluation.
+    """
     name: str
     formula: str
     seed: int
     metric: str
-    score: float              #: the test metric of this run
-    seconds: float            #: training wall time
-    train_loss: list[float]   #: mean training loss per epoch
-    run: int                  #: 0-based index of this run
-    runs: int                 #: total runs of the evaluation
+    score: float
+    seconds: float
+    train_loss: list[float]
+    run: int
+    runs: int
 
 
 class Callback:
