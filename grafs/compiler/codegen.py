@@ -45,6 +45,9 @@ def _emit(ins, refs: list[str]) -> str:
     op = OPS[ins.op]
     args = ins.args
     if ins.key is not None:  # a trainable family: call its module (passed in as an argument)
+        # with inputs shaped like x: an input that does not depend on x is a 0-d tensor
+        refs = [r if a[0] in ("x", "F") else f"torch.broadcast_to({r}, x.shape).contiguous()"
+                for a, r in zip(args, refs)]
         return f"m_{ins.key}({', '.join(refs)})"
     if ins.op in ("max", "min"):  # clamp takes a Python number; maximum/minimum need tensors
         kw = "min" if ins.op == "max" else "max"
@@ -55,6 +58,10 @@ def _emit(ins, refs: list[str]) -> str:
     if ins.op == "pow" and args[1][0] == "c" and args[1][1] in (2.0, 3.0):
         return " * ".join([refs[0]] * int(args[1][1]))
     if op.py_tensor_scalars and any(s[0] != "c" for s in args[op.arity:]):
+        # the tensor form takes every scalar as a tensor: clamp(x, {lo}, 1.0) mixes them
+        refs = refs[: op.arity] + [f"torch.tensor({r}, dtype=x.dtype, device=x.device)"
+                                   if a[0] == "c" else r
+                                   for a, r in zip(args[op.arity:], refs[op.arity:])]
         return op.py_tensor_scalars.format(*refs)
     return op.py.format(*refs)
 

@@ -31,9 +31,16 @@ def run_program(prog: Program, x: torch.Tensor, params, vectors=None, modules=No
         return vectors[k][a[1]]
 
     for ins in prog.instrs:
-        fn = modules[ins.key] if ins.key is not None else OPS[ins.op].torch
-        env.append(fn(*[val(a) for a in ins.args]))
+        if ins.key is not None:  # a family module takes inputs shaped like x (x-free ones too)
+            env.append(modules[ins.key](*[shaped_like(val(a), x) for a in ins.args]))
+        else:
+            env.append(OPS[ins.op].torch(*[val(a) for a in ins.args]))
     return as_output(val(prog.result), x)
+
+
+def shaped_like(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``v`` broadcast to x's shape, as its own tensor (modules may write into their inputs)."""
+    return v if v.shape == x.shape else torch.broadcast_to(v, x.shape).contiguous()
 
 
 def as_output(out, x: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,10 @@ from grafs.grammar import expr as E
 from grafs.ops import OPS
 
 DEFAULT_ELL = 10.0
+# Compiled formulas run in float32 (and Triton always computes in it): a constant beyond its
+# range would be inf there, or make torch raise ("value cannot be converted to type float
+# without overflow", e.g. clamp(x, 1e39)), so such constants are rejected at compile time.
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 # An argument: ("x",) the input; ("t", i) result of instruction i; ("c", v) a constant;
 # ("p", name) a learnable parameter; ("F", v) the constant v as a tensor shaped like x (a
@@ -71,7 +75,14 @@ def _const_value(n: E.Expr, vals: list[float]) -> float:
     v = float(r)
     if not math.isfinite(v):
         raise CompileError(f"the constant sub-expression {n} evaluates to {v}")
+    _check_range(v, lambda: f"the constant sub-expression {n} = {v:.4g}")
     return v
+
+
+def _check_range(v: float, what) -> None:
+    if abs(v) > FLOAT32_MAX:
+        raise CompileError(f"{what()} is beyond float32's range (±3.4e38); compiled formulas "
+                           f"compute in float32")
 
 
 def expand_modules(root: E.Expr) -> E.Expr:
@@ -89,15 +100,25 @@ def expand_modules(root: E.Expr) -> E.Expr:
     return memo[id(root)]
 
 
-def fold_constants(root: E.Expr) -> E.Expr:
+def fold_constants(root: E.Expr, strict: bool = True) -> E.Expr:
+    """Replace sub-expressions of constants by their float64 value.
+
+    ``strict``: a constant that is not finite or beyond float32's range is a CompileError (the
+    compiler's use); otherwise it is left unfolded (display and discretized formulas)."""
     memo: dict[int, E.Expr] = {}
     for n in E.topological(root):
+        if strict and n.op in (E.CONST, E.PARAM):
+            _check_range(n.value, lambda: f"the {'number' if n.op == E.CONST else 'initial value'} {n}")
         args = [memo[id(a)] for a in n.args]
         is_module = n.op in OPS and OPS[n.op].module is not None
+        new = E.Expr(n.op, args, n.value, n.name) if args else n
         if args and all(a.is_const for a in args) and not is_module:
-            memo[id(n)] = E.const(_const_value(n, [a.value for a in args]))
-        else:
-            memo[id(n)] = E.Expr(n.op, args, n.value, n.name) if args else n
+            try:
+                new = E.const(_const_value(n, [a.value for a in args]))
+            except CompileError:
+                if strict:
+                    raise
+        memo[id(n)] = new
     return memo[id(root)]
 
 

@@ -57,7 +57,26 @@ def fold(op: str, *args) -> E.Expr:
                 return E.const(r)
         except (ZeroDivisionError, OverflowError, ValueError):
             pass
+    elif a and all(x.is_const for x in a):   # sigmoid(0) -> 0.5
+        v = eval_const(op, [x.value for x in a])
+        if v is not None:
+            return E.const(v)
     return E.Expr(op, a)  # args are complete already (refold keeps e.g. expanded family nodes)
+
+
+def eval_const(op: str, values: list[float]) -> float | None:
+    """Registry op ``op`` on constant arguments, in float64; None if it is not a finite number
+    (or the op has learnable state)."""
+    import math
+
+    import torch
+    spec = OPS.get(op)
+    if spec is None or spec.module is not None:
+        return None
+    t = [torch.tensor(v, dtype=torch.float64) for v in values[: spec.arity]]
+    with torch.no_grad():
+        r = float(spec.torch(*t, *values[spec.arity:]))
+    return r if math.isfinite(r) else None
 
 
 def refold(root: E.Expr) -> E.Expr:

@@ -5,6 +5,7 @@ Rules on the DAG (activation identities):
   relu(relu(x)) -> relu(x);  relu(leaky_relu(x, a)) -> relu(x) for a ≥ 0
   leaky_relu(relu(x), a) -> relu(x);  neg(neg(x)) -> x;  abs(abs(x)) -> abs(x)
   max(e, e) -> e;  min(e, e) -> e;  c1·e + c2·e -> (c1 + c2)·e  (e one shared node)
+  op(constants) -> its float64 value when finite  (sigmoid(asinh(0)) -> 0.5)
 then sympy canonicalisation (x*x -> x^2, like terms collected, constants folded) and, for
 expressions small enough that it is quick, sympy.simplify.
 """
@@ -14,6 +15,7 @@ import sympy as sp
 
 from grafs.grammar import expr as E
 from grafs.grammar.derivative import fold
+from grafs.grammar.sympy_bridge import SYMPY_ERRORS
 
 _SYMPY_SIMPLIFY_MAX_OPS = 40
 
@@ -37,8 +39,9 @@ def rewrite(root: E.Expr) -> E.Expr:
     for n in E.topological(root):
         args = [memo[id(a)] for a in n.args]
         new = E.Expr(n.op, args, n.value, n.name) if args else n
-        if new.op in ("add", "sub", "mul", "div", "neg", "pow"):
-            new = fold(new.op, *new.args)
+        if new.op in ("add", "sub", "mul", "div", "neg", "pow") or \
+                (new.args and all(a.is_const for a in new.args)):
+            new = fold(new.op, *new.args)   # also constant calls: sigmoid(asinh(0)) -> 0.5
         inner = new.args[0] if new.args else None
         if new.op == "leaky_relu" and inner is not None:
             s = new.args[1]
@@ -65,17 +68,32 @@ def rewrite(root: E.Expr) -> E.Expr:
 
 
 def simplify(root: E.Expr) -> E.Expr:
-    from grafs.grammar.sympy_bridge import _deep_recursion, from_sympy, to_sympy
+    """An equivalent expression, usually shorter: the DAG rules, then sympy. Never raises for
+    a valid expression: when sympy fails or gives something grafs cannot hold (``zoo`` from a
+    division by zero, a complex number from the log of a negative constant), the rules' result
+    is returned."""
+    from grafs.errors import GrafsError
 
     e = rewrite(root)
     if e.params():  # learnable parameters have no sympy round trip of their init; stop here
         return e
+    try:
+        out = _sympy_simplify(e)
+    except GrafsError:
+        return e
+    except (RecursionError, *SYMPY_ERRORS):
+        return e
+    # keep whichever prints shorter: sympy sometimes expands
+    return out if len(str(out)) <= len(str(e)) else e
+
+
+def _sympy_simplify(e: E.Expr) -> E.Expr:
+    from grafs.grammar.sympy_bridge import _deep_recursion, from_sympy, to_sympy
+
     with _deep_recursion():
         s = to_sympy(e)
         if sum(1 for _ in sp.preorder_traversal(s)) <= _SYMPY_SIMPLIFY_MAX_OPS:
             s2 = sp.simplify(s)
             if sp.count_ops(s2) <= sp.count_ops(s):
                 s = s2
-        out = rewrite(from_sympy(s))
-    # keep whichever prints shorter: sympy sometimes expands
-    return out if len(str(out)) <= len(str(e)) else e
+        return rewrite(from_sympy(s))

@@ -59,35 +59,52 @@ def sympy_function(name: str):
     return cls
 
 
+# what sympy raises when it cannot evaluate or compare a node (Max of a non-real value,
+# mpmath overflow on sinh(1e28), …)
+SYMPY_ERRORS = (ValueError, TypeError, ArithmeticError, NotImplementedError)
+
+
 def to_sympy(root: E.Expr, elementary: bool = False):
     memo: dict[int, object] = {}
     params = {}
     with _deep_recursion():
         for n in E.topological(root):
             a = [memo[id(c)] for c in n.args]
-            if n.op == E.VAR:
-                v = X
-            elif n.op == E.CONST:
-                v = sp.Integer(int(n.value)) if n.value == int(n.value) else sp.Float(n.value)
-            elif n.op == E.PARAM:
-                v = params.setdefault(n.name, sp.Symbol(n.name, real=True))
-            elif n.op == "neg":
-                v = -a[0]
-            elif OPS[n.op].infix or elementary:
-                v = OPS[n.op].sympy(*a)
-            elif OPS[n.op].module is not None and len(a) > OPS[n.op].arity:
-                from grafs.grammar.printer import grammar_arg
-                v = sympy_function(n.op)(grammar_arg(n, a))
-            else:
-                op = OPS[n.op]
-                # leave defaulted scalars out so LeakyReLU(x) prints as in the paper
-                keep = len(a)
-                while keep > op.arity and n.args[keep - 1].is_const and \
-                        n.args[keep - 1].value == op.scalars[keep - 1 - op.arity].default:
-                    keep -= 1
-                v = sympy_function(n.op)(*a[:keep])
+            try:
+                v = _node(n, a, params, elementary)
+            except SYMPY_ERRORS:
+                # e.g. max(x, softplus(1/0)): sympy cannot compare softplus(zoo), so keep the
+                # node unevaluated rather than fail (printing, LaTeX and diff still work)
+                try:
+                    with sp.evaluate(False):
+                        v = _node(n, a, params, elementary)
+                except SYMPY_ERRORS as err:
+                    raise GrafsError(f"sympy cannot represent {n}: {err}") from None
             memo[id(n)] = v
     return memo[id(root)]
+
+
+def _node(n: E.Expr, a: list, params: dict, elementary: bool):
+    if n.op == E.VAR:
+        return X
+    if n.op == E.CONST:
+        return sp.Integer(int(n.value)) if n.value == int(n.value) else sp.Float(n.value)
+    if n.op == E.PARAM:
+        return params.setdefault(n.name, sp.Symbol(n.name, real=True))
+    if n.op == "neg":
+        return -a[0]
+    if OPS[n.op].infix or elementary:
+        return OPS[n.op].sympy(*a)
+    if OPS[n.op].module is not None and len(a) > OPS[n.op].arity:
+        from grafs.grammar.printer import grammar_arg
+        return sympy_function(n.op)(grammar_arg(n, a))
+    op = OPS[n.op]
+    # leave defaulted scalars out so LeakyReLU(x) prints as in the paper
+    keep = len(a)
+    while keep > op.arity and n.args[keep - 1].is_const and \
+            n.args[keep - 1].value == op.scalars[keep - 1 - op.arity].default:
+        keep -= 1
+    return sympy_function(n.op)(*a[:keep])
 
 
 _NATIVE = {sp.exp: "exp", sp.log: "log", sp.Abs: "abs", sp.sign: "sign", sp.sin: "sin",
@@ -98,6 +115,14 @@ _NATIVE = {sp.exp: "exp", sp.log: "log", sp.Abs: "abs", sp.sign: "sign", sp.sin:
 def from_sympy(s) -> E.Expr:
     """Map a sympy expression in ``x`` (and parameter symbols) back to an Expr."""
     s = sp.sympify(s)
+    bad = [a for a in (sp.I, sp.zoo, sp.nan, sp.oo, -sp.oo) if s.has(a)]
+    if bad:
+        # name the innermost function call holding it (sin(1.14 + I*pi), softplus(zoo))
+        part = next((p for p in sp.postorder_traversal(s) if p.has(bad[0]) and p.args
+                     and not (p.is_Add or p.is_Mul or p.is_Pow)), s)
+        raise GrafsError(f"cannot convert {part} back to a grafs formula: {bad[0]} is not a "
+                         f"finite real number (e.g. a division by zero or the log of a "
+                         f"negative number)")
     with _deep_recursion():
         return _from(s)
 
