@@ -73,7 +73,7 @@ def main() -> int:
     sys.path.append(os.path.dirname(_HERE))      # the repository, for tests/paper_formulas.py
 
     import grafs
-    from grafs.compiler import triton_backend as tb
+    from grafs.compiler import triton_backend as tb, triton_ops
     from grafs.runtime.space import SearchSpace
 
     try:
@@ -138,8 +138,8 @@ def main() -> int:
         tf = act._triton
         p = (torch.stack([act.params[n].detach().float() for n in tf.param_names])
              if tf.param_names else torch.zeros(1, device=dev))
-        t_f = kernel_time(lambda: tb._formula_fwd(x, p, tf.key))
-        t_b = kernel_time(lambda: tb._formula_bwd(x, p, gy, tf.key))
+        t_f = kernel_time(lambda: triton_ops.formula_fwd(x, p, tf.key))
+        t_b = kernel_time(lambda: triton_ops.formula_bwd(x, p, gy, tf.key))
         t_fb = time_fwd_bwd(act, xg, repeats, warmup)
         ind = grafs.compile(text, backend="inductor").to(dev)
         t_ind = time_fwd_bwd(ind, xg, repeats, warmup)

@@ -1,6 +1,6 @@
-"""The triton backend (grafs.compiler.triton_backend): generated forward/backward kernels against
-the eager backend for the paper formulas, random expressions (hypothesis), learnable parameters,
-fp16/bf16, numerically delicate points and ties; the relaxed cell as one kernel pair against the
+"""The triton backend (grafs.compiler.triton_backend and its parts): generated forward/backward
+kernels against the eager backend for the paper formulas, random expressions (hypothesis),
+learnable parameters, fp16/bf16, numerically delicate points and ties; the relaxed cell as one kernel pair against the
 eager RelaxedCell at several shrink stages; torch.compile / torch.library registration; the
 ``grafs compile --emit triton`` output and the source cache.
 
@@ -49,6 +49,7 @@ from hypothesis import strategies as st  # noqa: E402
 import grafs  # noqa: E402
 from grafs.compiler import lower  # noqa: E402
 from grafs.compiler import triton_backend as tb  # noqa: E402
+from grafs.compiler import triton_ops  # noqa: E402
 from grafs.errors import CompileError  # noqa: E402
 from grafs.grammar import expr as E  # noqa: E402
 from grafs.runtime.space import SearchSpace  # noqa: E402
@@ -306,7 +307,7 @@ def test_torch_compile_traces_through_the_custom_op():
     for g, gr in zip(outs[0][1], outs[1][1]):
         assert_close(g, gr)
     p = torch.stack([v.detach() for v in act.params.values()]).requires_grad_(True)
-    res = torch.library.opcheck(tb._formula_fwd, (x.clone().requires_grad_(True), p, act._triton.key))
+    res = torch.library.opcheck(triton_ops.formula_fwd, (x.clone().requires_grad_(True), p, act._triton.key))
     assert set(res.values()) == {"SUCCESS"}
 
 
@@ -499,9 +500,9 @@ def test_cell_low_precision_and_torch_compile():
     for a, b in zip(*outs):
         assert_close(a, b)
     g = cell.gamma.detach().clone().requires_grad_(True)
-    res = torch.library.opcheck(tb._cell_fwd, (x.clone().requires_grad_(True),
-                                               w.clone().requires_grad_(True), g,
-                                               cell.active, tc.key))
+    res = torch.library.opcheck(triton_ops.cell_fwd, (x.clone().requires_grad_(True),
+                                                      w.clone().requires_grad_(True), g,
+                                                      cell.active, tc.key))
     assert set(res.values()) == {"SUCCESS"}
 
 

@@ -1,0 +1,280 @@
+"""Triton source emission for the relaxed GRAFS cell: one forward and one backward kernel for
+an active set (or all slots).
+
+All active ops of all holes in one pass over ``x``; the mixture weights ``w``, the γ vector
+``g`` and an active-op mask are tensors, so dropping an op (progressive shrinking) needs no new
+kernel: an op whose slot is masked off costs one uniform scalar branch
+(``if tl.load(mask_ptr + k) != 0``), and ops outside the plan's active set get no code at all.
+Holes that read the same input (U0, U1 and U3 all read x) evaluate each γ-free op they share
+once per element. The backward recomputes from ``x``, produces the gradients for ``x``, ``w``
+and ``g`` (the latter two as per-program partial sums) and skips those reductions when the
+``WG`` constexpr is false (weight steps: α and γ frozen).
+"""
+from __future__ import annotations
+
+import functools
+
+from grafs.compiler.lower import fold_constants
+from grafs.compiler.reverse import LEAF, S, is_zero, reverse, rewrite_for_grad
+from grafs.compiler.reverse import leaf as _leaf   # `leaf` names loop variables below
+from grafs.compiler.triton_emit import HEAD, Emitter, check_templates, module_source
+from grafs.grammar import expr as E
+from grafs.ops import SEARCH_OPS
+
+__all__ = ["CellPlan", "cell_term", "cell_source"]
+
+
+@functools.lru_cache(maxsize=None)
+def cell_term(op_name: str, ell: float | None):
+    """A search op on generic leaves: (term, input leaves, gamma leaves, partials, and the term
+    in the form its partials are taken on, which the backward evaluates so they share nodes)."""
+    spec = SEARCH_OPS[op_name]
+    hin = [_leaf(f"in{a}") for a in range(1 if spec.kind == "unary" else 2)]
+    gam = [_leaf(f"gam{i}") for i in range(len(spec.gammas))]
+    term = fold_constants(E.as_expr(spec.build(hin, gam, ell)))
+    check_templates(term)
+    gterm = rewrite_for_grad(term)
+    parts = reverse(gterm, hin + gam)
+    check_templates(gterm, *parts)
+    return term, hin, gam, parts, gterm
+
+
+class CellPlan:
+    """The cell template with holes replaced by leaves, each hole's inputs, slots and gammas."""
+
+    def __init__(self, space, slot_of, gamma_of, clip: bool, active=None):
+        from grafs.compiler.cell import substitute_holes
+        self.ell = space.ell if clip else None
+        self.holes = list(space.holes)
+        self.hout = {h.index: _leaf(f"h{h.index}") for h in self.holes}
+        inputs: dict[int, list[E.Expr]] = {}
+
+        def fill(h, ins):
+            inputs[h.index] = [fold_constants(i) for i in ins]
+            return self.hout[h.index]
+
+        self.T = fold_constants(substitute_holes(space, fill))
+        self.inputs = inputs
+        # ``active``: per hole, the ops the kernels contain (all by default); the rest of the
+        # slots get no code at all, the contained ones are still selected by the mask at run time
+        self.slots = {h.index: [(o, slot_of[(h.index, o)], list(gamma_of.get((h.index, o), [])))
+                                for o in h.ops if active is None or o in active[h.index]]
+                      for h in self.holes}
+        self.K = len(slot_of)
+        self.gcols: list[int] = []       # partial-sum column K + c holds d/d g[gcols[c]]
+        self.gcol_of: dict[tuple[int, int], int] = {}
+        for h in self.holes:
+            for o, k, js in self.slots[h.index]:
+                for i, j in enumerate(js):
+                    self.gcol_of[(k, i)] = self.K + len(self.gcols)
+                    self.gcols.append(j)
+        # holes the output depends on (directly or through later holes' inputs)
+        live: set[int] = set()
+        stack = [self.T]
+        while stack:
+            e = stack.pop()
+            for n in e.nodes():
+                if n.op == LEAF and n.name.startswith("h"):
+                    j = int(n.name[1:])
+                    if j not in live:
+                        live.add(j)
+                        stack.extend(inputs[j])
+        self.live = [h for h in self.holes if h.index in live]
+        for h in self.live:
+            for o, _, _ in self.slots[h.index]:
+                cell_term(o, self.ell)
+        check_templates(self.T, *[i for h in self.live for i in inputs[h.index]])
+
+    def hole_refs(self, em: Emitter, h) -> list[str]:
+        refs = []
+        for e in self.inputs[h.index]:
+            r = em.block(e)
+            if not r.isidentifier():
+                name = em.fresh("in")
+                em.line(f"{name} = {r}")
+                r = name
+            refs.append(r)
+        return refs
+
+    def groups(self) -> list[list]:
+        """Live holes that read the same input expressions (U0, U1 and U3 of the GRAFS cell all
+        read x), in order of their first member: a γ-free op they share is evaluated once per
+        element, in forward and backward."""
+        by_inputs: dict[tuple, list] = {}
+        for h in self.live:
+            by_inputs.setdefault(tuple(id(e) for e in self.inputs[h.index]), []).append(h)
+        return list(by_inputs.values())
+
+    def shared_ops(self, members) -> list[tuple[str, list]]:
+        """(op, [(hole, slot, gamma indices), …]) over a group: γ-free ops once with all the
+        members that hold them, ops with γ once per member."""
+        order: dict = {}
+        for h in members:
+            for o, k, js in self.slots[h.index]:
+                order.setdefault(o if not js else (o, h.index), (o, []))[1].append((h, k, js))
+        return list(order.values())
+
+    @staticmethod
+    def _any_active(uses) -> str:
+        return " + ".join(f"tl.load(mask_ptr + {k}).to(tl.int32)" for _, k, _ in uses) + " != 0"
+
+    def emit_group_forward(self, em: Emitter, members, refs: list[str]) -> None:
+        for h in members:
+            em.line(f"h{h.index} = tl.zeros([BLOCK], tl.float32)  # hole {h.name}")
+        for o, uses in self.shared_ops(members):
+            term, hin, gam, _, _ = cell_term(o, self.ell)
+            if len(uses) == 1:
+                h, k, js = uses[0]
+                em.open(f"if tl.load(mask_ptr + {k}) != 0:  # {h.name}: {o}")
+                self._bind_slot(em, k, js, hin, gam, refs)
+                r, _ = em.ref(term)
+                em.line(f"h{h.index} = h{h.index} + w{k} * {r}")
+                em.close()
+                continue
+            em.open(f"if {self._any_active(uses)}:  # {'/'.join(u[0].name for u in uses)}: {o}, once")
+            for leaf, r in zip(hin, refs):
+                em.bind(leaf, r)
+            r, _ = em.ref(term)
+            for h, k, _ in uses:
+                em.open(f"if tl.load(mask_ptr + {k}) != 0:")
+                em.line(f"h{h.index} = h{h.index} + tl.load(w_ptr + {k}).to(tl.float32) * {r}")
+                em.close()
+            em.close()
+        for h in members:
+            em.bind(self.hout[h.index], f"h{h.index}")
+
+    def _emit_slot_backward(self, em, o, use, hin, gam, parts, term, refs, ai) -> None:
+        h, k, js = use
+        j = h.index
+        em.open(f"if tl.load(mask_ptr + {k}) != 0:  # {h.name}: {o}")
+        self._bind_slot(em, k, js, hin, gam, refs)
+        em.open("if WG:  # partial sums for the w/γ gradients (not in weight steps)")
+        r = em.block(S("mul", _leaf(f"ah{j}"), term))
+        em.line(f"tl.store(part_ptr + pid * NC + {k}, tl.sum(tl.where(m, {r}, 0.0), axis=0))")
+        em.close()
+        AW = _leaf(f"aw{k}")
+        em.line(f"aw{k} = ah{j} * w{k}")
+        em.bind(AW, f"aw{k}")
+        for a, p in enumerate(parts[: len(hin)]):
+            if not is_zero(p):
+                em.line(f"{ai[a]} = {ai[a]} + {em.block(S('mul', AW, p))}")
+        for i, p in enumerate(parts[len(hin):]):
+            if not is_zero(p):
+                em.open("if WG:")
+                r = em.block(S("mul", AW, p))
+                em.line(f"tl.store(part_ptr + pid * NC + {self.gcol_of[(k, i)]}, "
+                        f"tl.sum(tl.where(m, {r}, 0.0), axis=0))  # d/dg[{js[i]}]")
+                em.close()
+        em.close()
+
+    @staticmethod
+    def _bind_slot(em, k, js, hin, gam, refs):
+        em.line(f"w{k} = tl.load(w_ptr + {k}).to(tl.float32)")
+        for leaf, r in zip(hin, refs):
+            em.bind(leaf, r)
+        for i, (leaf, j) in enumerate(zip(gam, js)):
+            em.line(f"g{k}_{i} = tl.load(g_ptr + {j}).to(tl.float32)")
+            em.bind(leaf, f"g{k}_{i}", False)
+
+    def forward_body(self) -> str:
+        em = Emitter()
+        em.bind(E.var(), "x")
+        for members in self.groups():
+            self.emit_group_forward(em, members, self.hole_refs(em, members[0]))
+        y = em.block(self.T)
+        return ("@triton.jit\n"
+                "def grafs_cell_fwd(x_ptr, w_ptr, g_ptr, mask_ptr, y_ptr, n, BLOCK: tl.constexpr):\n"
+                + HEAD + "\n".join(em.lines) + "\n"
+                + f"    tl.store(y_ptr + offs, {y}.to(y_ptr.dtype.element_ty), mask=m)\n")
+
+    def backward_body(self) -> str:
+        X, GY = E.var(), _leaf("gy")
+        live_ids = [h.index for h in self.live]
+        houts = [self.hout[j] for j in live_ids]
+        dT = reverse(rewrite_for_grad(self.T), [X] + houts)
+        dI = {j: [reverse(rewrite_for_grad(e), [X] + houts) for e in self.inputs[j]]
+              for j in live_ids}
+        # hole outputs the backward reads: inputs of live holes and the partials above
+        used: set[int] = set()
+        stack = [e for e in dT] + [e for j in live_ids for ds in dI[j] for e in ds] \
+            + [e for j in live_ids for e in self.inputs[j]]
+        while stack:
+            e = stack.pop()
+            for n in e.nodes():
+                if n.op == LEAF and n.name.startswith("h"):
+                    j = int(n.name[1:])
+                    if j not in used:
+                        used.add(j)
+                        stack.extend(self.inputs[j])
+        em = Emitter()
+        em.bind(X, "x")
+        em.bind(GY, "gy")
+        refs: dict[int, list[str]] = {}
+        groups = self.groups()
+        for members in groups:        # recompute what the backward needs, in order
+            r = self.hole_refs(em, members[0])
+            for h in members:
+                refs[h.index] = r
+            if any(h.index in used for h in members):
+                self.emit_group_forward(em, members, r)
+        em.line("# backward")
+        for j, d in zip(live_ids, dT[1:]):
+            em.line(f"ah{j} = {em.block(S('mul', GY, d))}")
+        em.line(f"ax = {em.block(S('mul', GY, dT[0]))}")
+        # a group is processed where its first member falls in reverse order: every hole that
+        # reads any member comes later in evaluation order, so all members' adjoints are final
+        for members in reversed(groups):
+            j = members[0].index
+            for h in members:
+                em.bind(_leaf(f"ah{h.index}"), f"ah{h.index}")
+            n_in = len(self.inputs[j])
+            ai = [f"ai{j}_{a}" for a in range(n_in)]
+            for name in ai:
+                em.line(f"{name} = tl.zeros([BLOCK], tl.float32)")
+            for o, uses in self.shared_ops(members):
+                _, hin, gam, parts, term = cell_term(o, self.ell)
+                if len(uses) == 1:
+                    self._emit_slot_backward(em, o, uses[0], hin, gam, parts, term, refs[j], ai)
+                    continue
+                # the op once for all members that hold it: Σ_members ah·w times its partials
+                em.open(f"if {self._any_active(uses)}:  # {'/'.join(u[0].name for u in uses)}: {o}, once")
+                for leaf, r in zip(hin, refs[j]):
+                    em.bind(leaf, r)
+                rt = em.block(term)
+                aws = em.fresh("aws")
+                em.line(f"{aws} = tl.zeros([BLOCK], tl.float32)")
+                for h, k, _ in uses:
+                    em.open(f"if tl.load(mask_ptr + {k}) != 0:  # {h.name}")
+                    em.line(f"{aws} = {aws} + ah{h.index} * tl.load(w_ptr + {k}).to(tl.float32)")
+                    em.open("if WG:")
+                    em.line(f"tl.store(part_ptr + pid * NC + {k}, "
+                            f"tl.sum(tl.where(m, ah{h.index} * {rt}, 0.0), axis=0))")
+                    em.close()
+                    em.close()
+                AW = _leaf(aws)
+                em.bind(AW, aws)
+                for a, p in enumerate(parts[: len(hin)]):
+                    if not is_zero(p):
+                        em.line(f"{ai[a]} = {ai[a]} + {em.block(S('mul', AW, p))}")
+                em.close()
+            for a in range(n_in):   # through the group's (shared) input expression
+                AI = _leaf(ai[a])
+                em.bind(AI, ai[a])
+                for leaf, d in zip([X] + houts, dI[j][a]):
+                    if is_zero(d):
+                        continue
+                    target = "ax" if leaf is X else f"a{leaf.name}"
+                    em.line(f"{target} = {target} + {em.block(S('mul', AI, d))}")
+        return ("@triton.jit\n"
+                "def grafs_cell_bwd(x_ptr, w_ptr, g_ptr, mask_ptr, gy_ptr, gx_ptr, part_ptr, n,\n"
+                "                   NC: tl.constexpr, WG: tl.constexpr, BLOCK: tl.constexpr):\n"
+                + HEAD + "    gy = tl.load(gy_ptr + offs, mask=m, other=0.0).to(tl.float32)\n"
+                + "\n".join(em.lines) + "\n"
+                + "    tl.store(gx_ptr + offs, ax.to(gx_ptr.dtype.element_ty), mask=m)\n")
+
+
+def cell_source(space, slot_of, gamma_of, clip: bool, interp: bool = False) -> str:
+    """Generated Triton source of the relaxed cell (forward and backward, all slots)."""
+    plan = CellPlan(space, slot_of, gamma_of, clip)
+    text = f"relaxed {space.template} with {plan.K} slots, clip={clip}"
+    return module_source("relaxed cell", text, plan.forward_body() + "\n\n" + plan.backward_body(), interp)

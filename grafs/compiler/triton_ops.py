@@ -1,0 +1,127 @@
+"""How the generated Triton kernels enter autograd and torch.compile.
+
+Inside ``torch.compile`` they run as ``torch.library.custom_op`` s (fake impls and autograd
+registered), so Dynamo traces through them; outside, as plain autograd Functions (a custom op's
+Python dispatch costs tens of microseconds per call, paid at every activation site). Either way
+autograd saves only the input and the small parameter vectors; the kernels are found by the
+key :meth:`grafs.compiler.triton_launch.Compiled.register` gave them.
+"""
+from __future__ import annotations
+
+import torch
+
+from grafs.compiler.triton_launch import lookup
+
+__all__ = ["formula_fwd", "formula_bwd", "cell_fwd", "cell_bwd", "FormulaFn", "CellFn"]
+
+
+# -- torch.library custom ops: torch.compile traces through them ---------------------------------
+@torch.library.custom_op("grafs_triton::formula_fwd", mutates_args=())
+def formula_fwd(x: torch.Tensor, p: torch.Tensor, key: str) -> torch.Tensor:
+    c, block = lookup(key)
+    return c.forward(x, p, block)
+
+
+@formula_fwd.register_fake
+def _(x, p, key):
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+
+
+@torch.library.custom_op("grafs_triton::formula_bwd", mutates_args=())
+def formula_bwd(x: torch.Tensor, p: torch.Tensor, gy: torch.Tensor,
+                key: str) -> tuple[torch.Tensor, torch.Tensor]:
+    c, block = lookup(key)
+    return c.backward(x, p, gy, block)
+
+
+@formula_bwd.register_fake
+def _(x, p, gy, key):
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device), torch.empty_like(p)
+
+
+def _formula_setup(ctx, inputs, output):
+    x, p, key = inputs
+    ctx.save_for_backward(x, p)
+    ctx.key = key
+
+
+def _formula_backward(ctx, gy):
+    x, p = ctx.saved_tensors
+    gx, gp = formula_bwd(x, p, gy, ctx.key)
+    return gx, gp, None
+
+
+formula_fwd.register_autograd(_formula_backward, setup_context=_formula_setup)
+
+
+@torch.library.custom_op("grafs_triton::cell_fwd", mutates_args=())
+def cell_fwd(x: torch.Tensor, w: torch.Tensor, g: torch.Tensor, mask: torch.Tensor,
+             key: str) -> torch.Tensor:
+    c, block = lookup(key)
+    return c.forward(x, w, g, mask, block)
+
+
+@cell_fwd.register_fake
+def _(x, w, g, mask, key):
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+
+
+@torch.library.custom_op("grafs_triton::cell_bwd", mutates_args=())
+def cell_bwd(x: torch.Tensor, w: torch.Tensor, g: torch.Tensor, mask: torch.Tensor,
+             gy: torch.Tensor, key: str, need_wg: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    c, block = lookup(key)
+    return c.backward(x, w, g, mask, gy, block, need_wg)
+
+
+@cell_bwd.register_fake
+def _(x, w, g, mask, gy, key, need_wg):
+    return (torch.empty(x.shape, dtype=x.dtype, device=x.device), torch.empty_like(w),
+            torch.empty_like(g))
+
+
+def _cell_setup(ctx, inputs, output):
+    x, w, g, mask, key = inputs
+    ctx.save_for_backward(x, w, g, mask)
+    ctx.key = key
+
+
+def _cell_backward(ctx, gy):
+    x, w, g, mask = ctx.saved_tensors
+    need_wg = bool(ctx.needs_input_grad[1] or ctx.needs_input_grad[2])
+    gx, gw, gg = cell_bwd(x, w, g, mask, gy, ctx.key, need_wg)
+    return gx, (gw if ctx.needs_input_grad[1] else None), (gg if ctx.needs_input_grad[2] else None), \
+        None, None
+
+
+cell_fwd.register_autograd(_cell_backward, setup_context=_cell_setup)
+
+
+# -- outside torch.compile: plain autograd Functions (a custom op's Python dispatch costs
+# tens of microseconds per call, paid at every activation site) -------------------------------
+class FormulaFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, p, kernels, block):
+        ctx.save_for_backward(x, p)
+        ctx.kernels, ctx.block = kernels, block
+        return kernels.forward(x, p, block)
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, p = ctx.saved_tensors
+        gx, gp = ctx.kernels.backward(x, p, gy, ctx.block)
+        return gx, gp, None, None
+
+
+class CellFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, w, g, mask, kernels, block):
+        ctx.save_for_backward(x, w, g, mask)
+        ctx.kernels, ctx.block = kernels, block
+        return kernels.forward(x, w, g, mask, block)
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, w, g, mask = ctx.saved_tensors
+        nw, ng = ctx.needs_input_grad[1], ctx.needs_input_grad[2]
+        gx, gw, gg = ctx.kernels.backward(x, w, g, mask, gy, ctx.block, nw or ng)
+        return gx, (gw if nw else None), (gg if ng else None), None, None, None
