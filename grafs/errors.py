@@ -6,6 +6,10 @@ class GrafsError(ValueError):
     """Base class of every error grafs raises on bad input."""
 
 
+class GrafsWarning(UserWarning):
+    """Something worked but is likely not what the user wants (e.g. a search too short to learn)."""
+
+
 class ParseError(GrafsError):
     """An activation expression (or search-space template) could not be parsed.
 

@@ -1,0 +1,187 @@
+"""Search-quality studies (docs/results-*.md): searches over seeds, then students from scratch.
+
+For a built-in task and a search variant: a search per seed (and, on ``--task teacher``, per
+teacher activation, with the found formula's shape error: relative L2 after an affine fit on
+[-3, 3], grafs.tasks.teacher.shape_error); then (``--eval-seeds`` > 0) the found formulas and
+the five baselines trained from scratch, test metric mean ± SEM.
+
+    python scripts/study.py --task teacher --variant paper --seeds 0 1 2 --out runs/teacher-paper.json
+    python scripts/study.py --task teacher --variant grafs --seeds 0 1 2 --eval-seeds 5 \
+        --out runs/teacher-grafs.json
+    python scripts/study.py --task digits --variant grafs --seeds 0 1 2 --eval-seeds 5 \
+        --out runs/digits-grafs.json
+    python scripts/study.py --report runs/teacher-paper.json runs/teacher-grafs.json
+
+Searches run in ``--jobs`` processes of one torch thread each; results are appended to the
+JSON file as they finish, and a re-run skips what is there.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+#: search variants: task overrides on top of the task's defaults
+VARIANTS = {
+    "paper": {"arch_lr": 3e-3, "normalize": False},     # the paper's method, the task's budget
+    "lr": {"arch_lr": 3e-2, "normalize": False},        # a 10x larger arch learning rate only
+    "grafs": {"arch_lr": 3e-2, "normalize": True},      # + op-output normalisation
+}
+
+
+def _search_one(task_name: str, teacher: str | None, seed: int, variant: str) -> dict:
+    import torch
+    torch.set_num_threads(1)
+    from grafs.search import search_task
+    from grafs.tasks import get_task
+    opts = {"teacher": teacher} if teacher else {}
+    task = get_task(task_name, **opts, **VARIANTS[variant])
+    t0 = time.perf_counter()
+    r = search_task(task, seed=seed, progress=False)
+    row = {"kind": "search", "task": task_name, "teacher": teacher, "seed": seed,
+           "variant": variant, "formula": r.formula, "seconds": time.perf_counter() - t0,
+           "first_drop_entropy": _first_drop_entropy(r.history)}
+    if teacher:
+        from grafs.tasks.teacher import shape_error
+        row["shape_error"] = shape_error(r.formula, teacher)
+    return row
+
+
+def _first_drop_entropy(history: dict) -> float | None:
+    """Min over holes of the normalised entropy of the Dirichlet mean before the first drop."""
+    if not history.get("dropped") or not history.get("entropy"):
+        return None
+    first = min(e for e, _, _ in history["dropped"])
+    return min(history["entropy"][first - 1]) if first >= 1 else None
+
+
+def _load(path: Path) -> list[dict]:
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+def _save(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(rows, indent=1))
+    os.replace(tmp, path)
+
+
+def run(args) -> None:
+    from grafs.tasks.teacher import TEACHERS
+    out = Path(args.out)
+    rows = _load(out)
+    cases = (args.teachers or list(TEACHERS.values())) if args.task == "teacher" else [None]
+    done = {(r.get("teacher"), r["seed"]) for r in rows if r["kind"] == "search"}
+    todo = [(t, s) for t in cases for s in args.seeds if (t, s) not in done]
+    with ProcessPoolExecutor(args.jobs) as ex:
+        futs = [ex.submit(_search_one, args.task, t, s, args.variant) for t, s in todo]
+        for f in futs:
+            r = f.result()
+            rows.append(r)
+            _save(out, rows)
+            err = f"shape error {r['shape_error']:.3f}  " if "shape_error" in r else ""
+            print(f"{r.get('teacher') or args.task} seed {r['seed']}: {err}{r['formula']}  "
+                  f"({r['seconds']:.0f} s)", flush=True)
+    if not args.eval_seeds:
+        return
+    import torch
+    torch.set_num_threads(1)
+    from grafs.evaluate import evaluate
+    from grafs.tasks import get_task
+    for t in cases:
+        if any(r["kind"] == "eval" and r.get("teacher") == t for r in rows):
+            continue
+        found = {f"found s{r['seed']}": r["formula"] for r in rows
+                 if r["kind"] == "search" and r.get("teacher") == t}
+        task = get_task(args.task, **({"teacher": t} if t else {}))
+        searches = [r["seconds"] for r in rows if r["kind"] == "search" and r.get("teacher") == t]
+        table = evaluate(task, found, seeds=args.eval_seeds, progress=False, jobs=args.jobs,
+                         search_seconds=sum(searches) / len(searches))
+        rows.append({"kind": "eval", "task": args.task, "teacher": t, "variant": args.variant,
+                     "table": table.to_dict()})
+        _save(out, rows)
+        print(table.markdown(), flush=True)
+
+
+def report(paths: list[str]) -> str:
+    """Markdown tables of one or more study files."""
+    lines: list[str] = []
+    for p in paths:
+        rows = _load(Path(p))
+        searches = [r for r in rows if r["kind"] == "search"]
+        if not searches:
+            continue
+        variant = searches[0]["variant"]
+        teacher = "shape_error" in searches[0]
+        lines += [f"#### Variant `{variant}` ({VARIANTS[variant]}), `{p}`", ""]
+        lines += ["| " + ("teacher | " if teacher else "") + "seed | "
+                  + ("shape error | " if teacher else "")
+                  + "entropy before 1st drop | search s | found |",
+                  "|" + "---|" * (5 if teacher else 4)]
+        for r in sorted(searches, key=lambda r: (r.get("teacher") or "", r["seed"])):
+            ent = r.get("first_drop_entropy")
+            lines.append("| " + (f"`{r['teacher']}` | " if teacher else "") + f"{r['seed']} | "
+                         + (f"{r['shape_error']:.3f} | " if teacher else "")
+                         + f"{'' if ent is None else f'{ent:.4f}'} | {r['seconds']:.0f} | "
+                         f"`{r['formula']}` |")
+        if teacher:
+            ok = sum(r["shape_error"] <= 0.1 for r in searches)
+            lines += ["", f"{ok} of {len(searches)} searches within shape error 0.1."]
+        lines.append("")
+        for r in rows:
+            if r["kind"] == "eval":
+                lines += _eval_table(r)
+    return "\n".join(lines)
+
+
+def _eval_table(r: dict) -> list[str]:
+    tab = r["table"]
+    hib = tab["higher_is_better"]
+    base = [x for x in tab["rows"] if not x["name"].startswith("found")]
+    best = (max if hib else min)(base, key=lambda x: x["mean"])
+    n = len(tab["rows"][0]["scores"])
+    what = f"teacher `{r['teacher']}`" if r.get("teacher") else f"task `{r['task']}`"
+    ratio = ""
+    if tab.get("search_seconds") and tab.get("eval_seconds"):
+        ratio = f"; search/evaluation wall time {tab['search_seconds'] / tab['eval_seconds']:.2f}"
+    out = [f"Students for {what}: test {tab['metric']}, mean ± SEM over {n} seeds; best "
+           f"baseline {best['name']} {best['mean']:.4f} ± {best['sem']:.4f}{ratio}.", "",
+           f"| activation | {tab['metric']} | vs best baseline | formula |", "|---|---|---|---|"]
+    for x in tab["rows"]:
+        verdict = ""
+        if x["name"].startswith("found"):
+            better = x["mean"] > best["mean"] + best["sem"] if hib else \
+                x["mean"] < best["mean"] - best["sem"]
+            tie = x["mean"] >= best["mean"] - best["sem"] if hib else \
+                x["mean"] <= best["mean"] + best["sem"]
+            verdict = "better by > 1 SEM" if better else ("within 1 SEM" if tie else "worse")
+        out.append(f"| {x['name']} | {x['mean']:.4f} ± {x['sem']:.4f} | {verdict} | "
+                   f"`{x['formula']}` |")
+    return out + [""]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--task", default="teacher")
+    ap.add_argument("--variant", choices=sorted(VARIANTS), default="grafs")
+    ap.add_argument("--teachers", nargs="*", help="--task teacher: formulas "
+                    "(default: grafs.tasks.teacher.TEACHERS)")
+    ap.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
+    ap.add_argument("--eval-seeds", type=int, default=0)
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--out", default="runs/study.json")
+    ap.add_argument("--report", nargs="*", help="print markdown tables of these study files")
+    args = ap.parse_args(argv)
+    if args.report:
+        print(report(args.report))
+        return 0
+    run(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
