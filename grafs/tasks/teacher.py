@@ -89,27 +89,34 @@ def _generate(teacher: str, in_dim: int, width: int, num_train: int, num_test: i
 
 
 def shape_error(found: str, teacher: str, lo: float = -3.0, hi: float = 3.0,
-                points: int = 601) -> float:
+                points: int = 601, input_scale: bool = False) -> float:
     """Relative L2 error of ``found`` against ``teacher`` on [lo, hi] after the best affine
     fit ``a·found(x) + b`` (least squares): ‖a·f + b − t‖ / ‖t − mean(t)‖.
 
     The next layer's weights and bias absorb ``a`` and ``b``, so this measures the shape a
-    network sees. 0 is a perfect match; a constant ``found`` gives 1.
+    network sees. 0 is a perfect match; a constant ``found`` gives 1. ``input_scale``: also
+    fit ``found(c·x)`` over c in [1/4, 4] (a log grid), which the previous layer's weights
+    absorb too (``sigmoid(x)`` is then an exact fit of ``tanh(x)``).
     """
     import grafs
     xs = torch.linspace(lo, hi, points, dtype=torch.float64)
-    f = grafs.compile(found, backend="eager").double()(xs).detach().double()
-    t = grafs.compile(teacher, backend="eager").double()(xs).detach().double()
-    f, t = f.expand_as(xs), t.expand_as(xs)
-    if not (torch.isfinite(f).all() and torch.isfinite(t).all()):
+    f_mod = grafs.compile(found, backend="eager").double()
+    t = grafs.compile(teacher, backend="eager").double()(xs).detach().double().expand_as(xs)
+    if not torch.isfinite(t).all():
         return float("inf")
-    a_mat = torch.stack([f, torch.ones_like(f)], dim=1)
-    coef = torch.linalg.lstsq(a_mat, t.unsqueeze(1)).solution
-    resid = a_mat @ coef - t.unsqueeze(1)
     denom = torch.linalg.norm(t - t.mean())
     if not denom > 0:
         raise GrafsError(f"teacher {teacher!r} is constant on [{lo}, {hi}]")
-    return float(torch.linalg.norm(resid) / denom)
+    best = float("inf")
+    for c in (torch.logspace(-2, 2, 81, base=2.0).tolist() if input_scale else [1.0]):
+        f = f_mod(xs * c).detach().double().expand_as(xs)
+        if not torch.isfinite(f).all():
+            continue
+        a_mat = torch.stack([f, torch.ones_like(f)], dim=1)
+        coef = torch.linalg.lstsq(a_mat, t.unsqueeze(1)).solution
+        resid = a_mat @ coef - t.unsqueeze(1)
+        best = min(best, float(torch.linalg.norm(resid) / denom))
+    return best
 
 
 SEARCH_DEFAULTS = SearchConfig(

@@ -73,6 +73,10 @@ def test_shape_error_against_numpy():
     assert shape_error("3*tanh(x) - 2", "tanh(x)") < 1e-9
     assert shape_error("0.5", "tanh(x)") == pytest.approx(1.0)
     assert shape_error("sqrt(max(x, 0.001))", "tanh(x)") > 0.1
+    # with the input scale fitted too: sigmoid(x) = (1 + tanh(x/2))/2 exactly
+    assert shape_error("sigmoid(x)", "tanh(x)") > 0.05
+    assert shape_error("sigmoid(x)", "tanh(x)", input_scale=True) < 1e-9
+    assert shape_error("relu(x)", "tanh(x)", input_scale=True) <= shape_error("relu(x)", "tanh(x)")
 
 
 def test_mse_matches_torch():
