@@ -88,6 +88,29 @@ def _factory(formula: str, backend: str) -> Callable[[], nn.Module]:
     return lambda: gcompile(formula, backend=backend)
 
 
+def baseline_names(names: Sequence[str]) -> list[str]:
+    """The :data:`BASELINES` keys for ``names`` spelled any way a formula may spell the
+    function (case-insensitive, ``_`` ignored, aliases: ``gelu``, ``leaky_relu``, ``swish``),
+    in order and without repeats."""
+    from grafs.ops import lookup
+    by_op = {lookup(k).name: k for k in BASELINES}
+    if isinstance(names, str):
+        names = [names]
+    out, unknown = [], []
+    for n in names:
+        op = lookup(n) if isinstance(n, str) else None
+        key = by_op.get(op.name) if op is not None else None
+        if key is None:
+            unknown.append(n)
+        elif key not in out:
+            out.append(key)
+    if unknown:
+        raise GrafsError(f"unknown baseline(s) {', '.join(map(repr, unknown))}; choose from "
+                         f"{', '.join(BASELINES)} (any spelling a formula accepts: gelu, "
+                         f"leaky_relu, LeakyReLU, swish, …)")
+    return out
+
+
 def evaluate(task, activations: Sequence[str] | dict[str, str] = (), *, seeds: int | Sequence[int] = 5,
              baselines: Sequence[str] = tuple(BASELINES), epochs: int | None = None,
              search_seconds: float | None = None, backend: str | None = None,
@@ -96,8 +119,9 @@ def evaluate(task, activations: Sequence[str] | dict[str, str] = (), *, seeds: i
     """Train ``task``'s model from scratch with each activation for each seed; test metric table.
 
     ``task``: a grafs.tasks.Task or a task name. ``activations``: formulas (or name -> formula);
-    ``baselines``: names from :data:`BASELINES`. ``backend`` for the formulas defaults to
-    inductor on CUDA and eager on CPU (compile time would dominate small CPU runs).
+    ``baselines``: names from :data:`BASELINES` in any spelling a formula accepts (``gelu``).
+    ``backend`` for the formulas defaults to inductor on CUDA and eager on CPU (compile time
+    would dominate small CPU runs).
     ``callbacks``: :class:`grafs.Callback` instances told of every run (e.g.
     :class:`grafs.TensorBoardLogger`).
     """
@@ -108,9 +132,7 @@ def evaluate(task, activations: Sequence[str] | dict[str, str] = (), *, seeds: i
         task = get_task(task)
     named = dict(activations) if isinstance(activations, dict) else \
         {f"F{i + 1}": f for i, f in enumerate(activations)}
-    unknown = [b for b in baselines if b not in BASELINES]
-    if unknown:
-        raise GrafsError(f"unknown baseline(s) {unknown}; choose from {', '.join(BASELINES)}")
+    baselines = baseline_names(baselines)
     seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
     if not seed_list:
         raise GrafsError("need at least one seed")

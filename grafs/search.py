@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from grafs.errors import GrafsError, SearchError
+from grafs.runtime.discretize import found_formula
 from grafs.runtime.schedule import shrink_schedule
 
 DEFAULT_TYPES: tuple[type, ...] = (nn.ReLU, nn.GELU, nn.SiLU, nn.ELU, nn.LeakyReLU, nn.Tanh,
@@ -203,7 +204,9 @@ def _default_loss(out, y):
 class SearchResult:
     """What a search found, and how.
 
-    ``formula``: the discretized activation (parses with grafs.parse); ``history``: per epoch the
+    ``formula``: the discretized activation, exact (parses with grafs.parse into the same
+    function; if the highest-α ops give a formula without x, the closest one with x and a
+    GrafsWarning, see grafs.runtime.discretize); ``display``: it rounded; ``history``: per epoch the
     α of every hole, γ, losses, accuracies, active-op counts, the leading formula and per hole
     the normalised entropy of the Dirichlet mean (grafs.callbacks.normalized_entropy), plus the
     dropped ops with their epochs; ``settings``: the arguments of the run.
@@ -218,6 +221,13 @@ class SearchResult:
     def expr(self):
         from grafs.grammar.parser import parse
         return parse(self.formula)
+
+    @property
+    def display(self) -> str:
+        """The formula for people: constants folded, simplified, numbers rounded to 4
+        significant digits (it parses, but only ``formula`` is exactly what was found)."""
+        from grafs.grammar.display import display
+        return display(self.formula)
 
     @property
     def activation(self) -> nn.Module:
@@ -628,7 +638,7 @@ def search(model: nn.Module, train_data, val_data=None, *, space=None, epochs: i
         if bar is not None:
             bar.close()
     settings["activation_sites"] = n_sites
-    result = SearchResult(str(cell.discretize()), history, settings, time.perf_counter() - t_start,
+    result = SearchResult(str(found_formula(cell)), history, settings, time.perf_counter() - t_start,
                           {k: v.detach().cpu() for k, v in cell.state_dict().items()})
     cbs.on_search_end(result)
     return result

@@ -45,7 +45,8 @@ def _cmd_search(args) -> int:
         except ValueError as err:  # matplotlib missing: the search itself succeeded
             print(f"(no plots: {err})")
     print(f"search took {result.search_seconds:.1f} s")
-    print(f"found activation: {result.formula}")
+    print(f"found activation: {result.display}")   # rounded; the exact one parses the same
+    print(f"exact formula:    {result.formula}")
     return 0
 
 
@@ -100,7 +101,9 @@ def add_search_commands(sub) -> None:
     e.add_argument("--task", default="mnist1d", choices=list_tasks())
     e.add_argument("--activations", nargs="*", help="formulas to evaluate")
     e.add_argument("--results", nargs="*", help="search result directories to evaluate")
-    e.add_argument("--baselines", nargs="*", default=["ReLU", "GELU", "SiLU", "ELU", "LeakyReLU"])
+    e.add_argument("--baselines", nargs="*", default=["ReLU", "GELU", "SiLU", "ELU", "LeakyReLU"],
+                   help="ReLU GELU SiLU ELU LeakyReLU, in any spelling a formula accepts "
+                        "(gelu, leaky_relu, swish)")
     e.add_argument("--seeds", type=int, default=5)
     e.add_argument("--epochs", type=int, default=None)
     e.add_argument("--search-seconds", type=float, default=None,

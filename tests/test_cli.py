@@ -56,7 +56,7 @@ def test_search_and_evaluate_commands(tmp_path, capsys):
     code, msg, _ = run(capsys, "search", "--task", "digits", "--epochs", "2", "--out", str(out), "--quiet")
     assert code == 0
     res = grafs.SearchResult.load(out)
-    assert f"found activation: {res.formula}" in msg
+    assert f"found activation: {res.display}" in msg and f"exact formula:    {res.formula}" in msg
     grafs.parse(res.formula)
     js = tmp_path / "table.json"
     code, msg, _ = run(capsys, "evaluate", "--task", "digits", "--results", str(out), "--baselines", "ReLU",

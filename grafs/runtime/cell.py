@@ -319,19 +319,31 @@ class RelaxedCell(nn.Module):
         self._index_cache = None
         return dropped
 
-    def chosen_ops(self) -> list[str]:
-        """Per hole, the active op with the highest α."""
+    def chosen_ops(self, keep_x: bool = False) -> list[str]:
+        """Per hole, the active op with the highest α. ``keep_x``: if that formula does not
+        depend on x, the closest choice that does (grafs.runtime.discretize.choices_with_x)."""
         out = []
         for h, a in zip(self.space.holes, self.alpha):
             m = self.active[torch.tensor(self._slots(h))]
             a = a.detach().clone()
             a[~m] = -float("inf")
             out.append(h.ops[int(a.argmax())])
+        if keep_x and not self._discretized(out).depends_on_x():
+            from grafs.runtime.discretize import choices_with_x
+            act = self.active.tolist()
+            alt = choices_with_x(self.space, out, [a.detach().tolist() for a in self.alpha],
+                                 [[act[s] for s in self._slots(h)] for h in self.space.holes],
+                                 self.gamma_values,
+                                 lambda c: self._discretized(c).depends_on_x())
+            out = alt or out
         return out
 
-    def discretize(self):
-        """Expr of the highest-α op per hole, learned γ frozen, mix coefficients as σ(γ)."""
-        chosen = self.chosen_ops()
+    def discretize(self, keep_x: bool = False):
+        """Expr of the highest-α op per hole, learned γ frozen, mix coefficients as σ(γ).
+        ``keep_x``: the closest formula that depends on x if that one does not."""
+        return self._discretized(self.chosen_ops(keep_x))
+
+    def _discretized(self, chosen: list[str]):
         scales = None
         if self.scale is not None:   # the chosen op's constant stays: the function searched
             scales = [float(self.scale[self.slot_of[(h.index, op)]])

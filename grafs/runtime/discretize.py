@@ -1,0 +1,160 @@
+"""Choosing one op per hole so that the formula still depends on x.
+
+The highest-α op per hole can give a formula without x: a hole that picked ``γ`` (or a binary
+``left``/``right`` that kept the constant side, or ``a - b`` of two equal inputs) cuts every
+path from the input, and the found "activation" is a constant such as
+``sigmoid(asinh(0))*1.0198``. :func:`choices_with_x` finds the choice closest to the
+highest-α one that keeps x: fewest holes moved to a dropped op, then fewest holes changed, then
+least α given up. A dynamic program over the template (each hole's subtree is a tree: every
+hole is its own node) finds the cheapest choice whose ops *structurally* pass x through; if
+the formula built from it still lacks x (cancellation: ``relu(x) - relu(x)``), the choices are
+tried in order of cost.
+"""
+from __future__ import annotations
+
+import itertools
+import warnings
+from typing import Callable, Sequence
+
+from grafs.grammar import expr as E
+from grafs.ops import SEARCH_OPS
+
+# a cost is (holes changed to a dropped op, holes changed, α given up): smaller is better
+Cost = tuple[int, int, float]
+
+
+def _add(*cs: Cost) -> Cost:
+    return (sum(c[0] for c in cs), sum(c[1] for c in cs), sum(c[2] for c in cs))
+
+
+def uses_inputs(op_name: str, n_inputs: int, gammas: Sequence[float]) -> frozenset[int]:
+    """Which inputs the op's formula depends on, with these γ (``γ·x`` with γ = 0 uses none)."""
+    from grafs.grammar.simplify import rewrite
+    used = set()
+    for i in range(n_inputs):
+        ins = [E.var() if j == i else E.const(0.5) for j in range(n_inputs)]
+        out = SEARCH_OPS[op_name].build(ins, [E.const(g) for g in gammas], None)
+        if rewrite(E.as_expr(out)).depends_on_x():
+            used.add(i)
+    return frozenset(used)
+
+
+def choices_with_x(space, chosen: Sequence[str], alpha: Sequence[Sequence[float]],
+                   active: Sequence[Sequence[bool]],
+                   gamma_values: Callable[[int, str], list[float]],
+                   has_x: Callable[[list[str]], bool], limit: int = 5000) -> list[str] | None:
+    """Per hole, the op to use so that the formula depends on x, closest to ``chosen`` (see the
+    module docstring); ``has_x(choice)`` says whether the formula of a choice depends on x.
+    None if no choice of ops keeps x (or none of the ``limit`` cheapest does)."""
+    costs = [[_own(h, op, chosen, alpha, active) for op in h.ops] for h in space.holes]
+    first = _structural(space, chosen, costs, gamma_values)
+    if first is None:
+        return None
+    if has_x(first):
+        return first
+    return _best_first(space, costs, has_x, limit)
+
+
+def _own(h, op: str, chosen, alpha, active) -> Cost:
+    """The cost of putting ``op`` into hole ``h`` instead of its highest-α op."""
+    k = h.ops.index(op)
+    if op == chosen[h.index]:
+        return (0, 0, 0.0)
+    top = alpha[h.index][h.ops.index(chosen[h.index])]
+    return (0 if active[h.index][k] else 1, 1, top - alpha[h.index][k])
+
+
+def _best_first(space, costs, has_x, limit: int) -> list[str] | None:
+    """Choices in order of total cost (a heap over per-hole ranks), the first with x."""
+    import heapq
+    order = [sorted(range(len(c)), key=lambda k: c[k]) for c in costs]
+
+    def total(ranks):
+        return _add(*(costs[i][order[i][r]] for i, r in enumerate(ranks)))
+    start = (0,) * len(costs)
+    heap, seen = [(total(start), start)], {start}
+    for _ in range(limit):
+        if not heap:
+            break
+        _, ranks = heapq.heappop(heap)
+        choice = [h.ops[order[i][r]] for i, (h, r) in enumerate(zip(space.holes, ranks))]
+        if has_x(choice):
+            return choice
+        for i in range(len(ranks)):
+            nxt = ranks[:i] + (ranks[i] + 1,) + ranks[i + 1:]
+            if nxt[i] < len(order[i]) and nxt not in seen:
+                seen.add(nxt)
+                heapq.heappush(heap, (total(nxt), nxt))
+    return None
+
+
+def _structural(space, chosen, costs, gamma_values) -> list[str] | None:
+    """The cheapest choice in which x reaches the output through ops that use their inputs."""
+    holes = {id(h.node): h for h in space.holes}
+    # best[id(node)][dep] = (cost, record): dep says whether the node's value depends on x
+    best: dict[int, dict[bool, tuple[Cost, tuple]]] = {}
+    for n in E.topological(space.root):
+        kids = [best[id(a)] for a in n.args]
+        table: dict[bool, tuple[Cost, tuple]] = {}
+        if n.op == E.VAR:
+            table[True] = ((0, 0, 0.0), ((), ()))
+        elif not n.args:
+            table[False] = ((0, 0, 0.0), ((), ()))
+        elif id(n) in holes:
+            h = holes[id(n)]
+            for k, op in enumerate(h.ops):
+                own = costs[h.index][k]
+                used = uses_inputs(op, len(n.args), gamma_values(h.index, op))
+                _combine(table, kids, own, lambda deps: any(deps[i] for i in used), (op,))
+        else:
+            _combine(table, kids, (0, 0, 0.0), any, ())
+        best[id(n)] = table
+    if True not in best[id(space.root)]:
+        return None
+    out = list(chosen)
+    stack = [(space.root, True)]
+    while stack:   # follow the recorded choices down from the root
+        node, dep = stack.pop()
+        _, (extra, deps) = best[id(node)][dep]
+        if extra:
+            out[holes[id(node)].index] = extra[0]
+        stack.extend(zip(node.args, deps))
+    return out
+
+
+def _combine(table, kids, own: Cost, out_dep, extra: tuple) -> None:
+    """Every combination of the children's dependence states, kept if cheaper for its result."""
+    options = [sorted(k.items()) for k in kids]
+    for combo in itertools.product(*options):
+        deps = tuple(d for d, _ in combo)
+        cost = _add(own, *(c for _, (c, _) in combo))
+        dep = bool(out_dep(deps))
+        if dep not in table or cost < table[dep][0]:
+            table[dep] = (cost, (extra, deps))
+
+
+def found_formula(cell) -> E.Expr:
+    """The discretized formula a search returns: the highest-α op per hole, unless that does
+    not depend on x; then a :class:`~grafs.errors.GrafsWarning` says so and the result is the
+    closest formula that does (:func:`choices_with_x`)."""
+    e = cell.discretize()
+    if e.depends_on_x():
+        return e
+    alt = cell.discretize(keep_x=True)
+    from grafs.errors import GrafsWarning
+    from grafs.grammar.display import display_expr
+    if not alt.depends_on_x():
+        warnings.warn(GrafsWarning(
+            f"the found formula {display_expr(e)} does not depend on x (a constant activation), "
+            f"and no choice of the search space's ops does"), stacklevel=2)
+        return e
+    changed = [f"{h.name}: {a} → {b}" for h, a, b in
+               zip(cell.space.holes, cell.chosen_ops(), cell.chosen_ops(keep_x=True)) if a != b]
+    warnings.warn(GrafsWarning(
+        f"the highest-α formula {display_expr(e)} does not depend on x (a constant activation); "
+        f"returning the closest formula that does, {display_expr(alt)} ({', '.join(changed)})"),
+        stacklevel=2)
+    return alt
+
+
+__all__ = ["choices_with_x", "found_formula", "uses_inputs"]

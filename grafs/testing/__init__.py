@@ -1,0 +1,1 @@
+"""Test helpers shipped with grafs (random-expression fuzzing: :mod:`grafs.testing.fuzz`)."""
