@@ -3,8 +3,8 @@ seeds and report mean ± standard error of the mean, plus the search/evaluation 
 from __future__ import annotations
 
 import math
+import os
 import statistics
-import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -28,7 +28,7 @@ class EvalRow:
 
     @property
     def mean(self) -> float:
-        return statistics.fmean(self.scores)
+        return statistics.fmean(self.scores) if self.scores else float("nan")  # nan: all failed
 
     @property
     def sem(self) -> float:
@@ -44,29 +44,38 @@ class EvalTable:
     rows: list[EvalRow]
     search_seconds: float | None = None
     settings: dict = field(default_factory=dict)
+    #: runs that raised: {"name", "formula", "seed", "error"}; their rows lack those seeds
+    failures: list[dict] = field(default_factory=list)
 
     @property
     def eval_seconds(self) -> float:
         """Mean wall time of one evaluation run (one activation, one seed)."""
-        return statistics.fmean(s for r in self.rows for s in r.seconds)
+        secs = [s for r in self.rows for s in r.seconds]
+        return statistics.fmean(secs) if secs else float("nan")
 
     @property
     def search_eval_ratio(self) -> float | None:
         return None if not self.search_seconds else self.search_seconds / self.eval_seconds
 
-    def best(self) -> EvalRow:
+    def best(self) -> EvalRow | None:
         key = (lambda r: r.mean) if self.higher_is_better else (lambda r: -r.mean)
-        return max(self.rows, key=key)
+        return max((r for r in self.rows if r.scores), key=key, default=None)
 
     def markdown(self, digits: int = 4) -> str:
         best = self.best()
-        lines = [f"| activation | {self.metric} (mean ± SEM, n={len(self.rows[0].scores)}) | formula |",
+        n = max(len(r.scores) for r in self.rows)
+        lines = [f"| activation | {self.metric} (mean ± SEM, n={n}) | formula |",
                  "|---|---|---|"]
         for r in self.rows:
-            cell = f"{r.mean:.{digits}f} ± {r.sem:.{digits}f}"
+            cell = f"{r.mean:.{digits}f} ± {r.sem:.{digits}f}" if r.scores else "failed"
             if r is best:
                 cell = f"**{cell}**"
+            if 0 < len(r.scores) < n:
+                cell += f" (n={len(r.scores)})"
             lines.append(f"| {r.name} | {cell} | `{r.formula}` |")
+        if self.failures:
+            lines.append("")
+            lines.extend(f"failed: {f['name']} seed {f['seed']}: {f['error']}" for f in self.failures)
         if self.search_eval_ratio is not None:
             lines.append("")
             lines.append(f"search time / evaluation time = {self.search_seconds:.1f} s / "
@@ -78,7 +87,7 @@ class EvalTable:
                 "search_seconds": self.search_seconds, "eval_seconds": self.eval_seconds,
                 "rows": [{"name": r.name, "formula": r.formula, "scores": r.scores,
                           "seconds": r.seconds, "mean": r.mean, "sem": r.sem} for r in self.rows],
-                "settings": self.settings}
+                "settings": self.settings, "failures": self.failures}
 
 
 def _factory(formula: str, backend: str) -> Callable[[], nn.Module]:
@@ -115,7 +124,8 @@ def evaluate(task, activations: Sequence[str] | dict[str, str] = (), *, seeds: i
              baselines: Sequence[str] = tuple(BASELINES), epochs: int | None = None,
              search_seconds: float | None = None, backend: str | None = None,
              device: str | torch.device | None = None, progress: bool = True,
-             max_steps: int | None = None, callbacks=None) -> EvalTable:
+             max_steps: int | None = None, callbacks=None, jobs: int = 1,
+             out_dir: str | os.PathLike | None = None) -> EvalTable:
     """Train ``task``'s model from scratch with each activation for each seed; test metric table.
 
     ``task``: a grafs.tasks.Task or a task name. ``activations``: formulas (or name -> formula);
@@ -124,7 +134,13 @@ def evaluate(task, activations: Sequence[str] | dict[str, str] = (), *, seeds: i
     would dominate small CPU runs).
     ``callbacks``: :class:`grafs.Callback` instances told of every run (e.g.
     :class:`grafs.TensorBoardLogger`).
+    ``jobs``: the (activation × seed) runs go to that many spawned worker processes (one GPU
+    each when ``device`` is CUDA without an index and there are several; else the torch
+    threads are split between them); the scores equal the sequential ones. A run that raises
+    is listed in ``table.failures`` and the others are kept. ``out_dir``: finished runs are
+    cached in ``out_dir/runs/`` and a later call skips them (see grafs.eval_runs).
     """
+    from grafs.eval_runs import RunSpec, run_all
     from grafs.callbacks import CallbackList, EvalRunInfo, EvalStart
     from grafs.tasks import get_task
     cbs = CallbackList(callbacks)
@@ -143,32 +159,37 @@ def evaluate(task, activations: Sequence[str] | dict[str, str] = (), *, seeds: i
     cfg = task.eval_config if epochs is None else task.eval_config.replace(epochs=epochs)
     cbs.on_eval_start(EvalStart(task.name, task.metric_name, {n: f for n, f, _ in entries},
                                 seed_list, cfg.epochs))
-    rows = []
+    specs = [RunSpec(len(seed_list) * e + k, name, formula, s, baseline=e >= len(named))
+             for e, (name, formula, _) in enumerate(entries) for k, s in enumerate(seed_list)]
     bar = None
     if progress:
         from tqdm.auto import tqdm
-        bar = tqdm(total=len(entries) * len(seed_list), desc=f"evaluate {task.name}", unit="run")
+        bar = tqdm(total=len(specs), desc=f"evaluate {task.name}", unit="run")
+
+    def report(r) -> None:  # each run's result, in the order of specs
+        sp = r.spec
+        if r.error is None:
+            cbs.on_eval_run_end(EvalRunInfo(sp.name, sp.formula, sp.seed, task.metric_name, r.score,
+                                            r.seconds, list(r.train_loss), sp.index, len(specs)))
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix_str(f"{sp.name} seed {sp.seed}: "
+                                + (f"{r.score:.4f}" if r.error is None else "failed"))
     try:
-        for name, formula, factory in entries:
-            row = EvalRow(name, formula, [], [])
-            for s in seed_list:
-                model = task.make_model(factory, seed=s).to(dev)
-                t0 = time.perf_counter()
-                fit = task.fit(model, cfg, seed=s, device=dev, max_steps=max_steps)
-                row.seconds.append(time.perf_counter() - t0)
-                row.scores.append(float(task.evaluate(model, "test", device=dev)[task.metric_name]))
-                cbs.on_eval_run_end(EvalRunInfo(name, formula, s, task.metric_name, row.scores[-1],
-                                                row.seconds[-1], list(fit["train_loss"]),
-                                                len(rows) * len(seed_list) + len(row.scores) - 1,
-                                                len(entries) * len(seed_list)))
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix_str(f"{name} seed {s}: {row.scores[-1]:.4f}")
-            rows.append(row)
+        results = run_all(task, specs, cfg, backend, dev, max_steps, jobs, out_dir, report)
     finally:
         if bar is not None:
             bar.close()
+    rows = [EvalRow(name, formula, [], []) for name, formula, _ in entries]
+    failures = []
+    for r in results:
+        if r.error is None:
+            rows[r.spec.index // len(seed_list)].scores.append(r.score)
+            rows[r.spec.index // len(seed_list)].seconds.append(r.seconds)
+        else:
+            failures.append({"name": r.spec.name, "formula": r.spec.formula, "seed": r.spec.seed,
+                             "error": r.error})
     table = EvalTable(task.name, task.metric_name, task.higher_is_better, rows, search_seconds,
-                      {"seeds": seed_list, "epochs": cfg.epochs, "backend": backend})
+                      {"seeds": seed_list, "epochs": cfg.epochs, "backend": backend}, failures)
     cbs.on_eval_end(table)
     return table

@@ -121,12 +121,21 @@ class _Batches:
     max_device_bytes = 2 << 30
 
     def __init__(self, data, batch_size: int, seed: int, stream: int, name: str,
-                 device: torch.device | None = None):
+                 device: torch.device | None = None, shard: tuple[int, int] | None = None):
         from torch.utils.data import DataLoader
         self.loader = data if isinstance(data, DataLoader) else None
         self.data = None if self.loader is not None else _as_dataset(data, name)
         self.batch_size = batch_size
         self.seed, self.stream = seed, stream
+        # distributed search: (rank, world size); this rank reads every world-th sample of the
+        # shared permutation, so step i of all ranks together is step i of a single process
+        # with batch_size × world size
+        self.rank, self.world = shard or (0, 1)
+        if self.loader is not None and self.world > 1:
+            from torch.utils.data import DistributedSampler
+            if not isinstance(self.loader.sampler, DistributedSampler):
+                raise GrafsError(f"{name}: a distributed search shards tensors and Datasets itself; "
+                                 f"a DataLoader must use a torch.utils.data.DistributedSampler")
         if self.data is not None and len(self.data) == 0:
             raise GrafsError(f"{name} is empty")
         self.tensors = getattr(self.data, "tensors", None)
@@ -137,14 +146,18 @@ class _Batches:
     def __len__(self):
         if self.loader is not None:
             return len(self.loader)
-        return math.ceil(len(self.data) / self.batch_size)
+        return math.ceil(math.ceil(len(self.data) / self.world) / self.batch_size)
 
     def epoch(self, e: int) -> Iterable:
         if self.loader is not None:
+            if self.world > 1:
+                self.loader.sampler.set_epoch(e)
             yield from self.loader
             return
         g = torch.Generator().manual_seed(self.seed * 100_003 + e * 7 + self.stream)
         perm = torch.randperm(len(self.data), generator=g)
+        if self.world > 1:  # padded by wrapping around (as DistributedSampler): equal shards
+            perm = torch.cat([perm, perm[:(-len(perm)) % self.world]])[self.rank::self.world]
         tensors = self.tensors
         if tensors is not None:
             perm = perm.to(tensors[0].device)
@@ -277,13 +290,13 @@ def _json_default(o):
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
 
@@ -331,8 +344,9 @@ class _Stepper:
 
     def __init__(self, model, cell, state, weights, arch_params, w_opt, a_opt, w_sched, loss_fn,
                  dev: torch.device, amp: str | None = None, grad_accumulation: int = 1,
-                 n_sites: int | None = None):
+                 n_sites: int | None = None, dist=None):
         self.model, self.cell, self.state = model, cell, state
+        self.dist = dist  # grafs.distributed.Dist: gradients averaged over the ranks
         self.weights, self.arch_params = weights, arch_params
         self.w_opt, self.a_opt, self.w_sched = w_opt, a_opt, w_sched
         self.loss_fn, self.dev = loss_fn, dev
@@ -380,6 +394,8 @@ class _Stepper:
             for p in frozen:
                 p.requires_grad_(True)
         if learns:
+            if self.dist is not None:
+                self.dist.average_grads(self.arch_params)
             self.a_scaler.step(self.a_opt)
             self.a_scaler.update()
             self.a_opt.zero_grad(set_to_none=True)
@@ -403,6 +419,8 @@ class _Stepper:
             if self.n_sites:
                 self.cell.clear_samples()
         if update:
+            if self.dist is not None:
+                self.dist.average_grads(self.weights)
             self.w_scaler.step(self.w_opt)
             self.w_scaler.update()
             self.w_opt.zero_grad(set_to_none=True)
@@ -437,11 +455,13 @@ class _Meter:
             self.window.append((self.step, "validation", vloss))
         self.step += 1
 
-    def check(self, epoch, cell, ckpt_path) -> None:
+    def check(self, epoch, cell, ckpt_path, dist=None) -> None:
         if not self.window:
             return
         vals = torch.stack([v.float().reshape(()) for _, _, v in self.window]).cpu()
         bad = (~torch.isfinite(vals)).nonzero()
+        if dist is not None:  # a non-finite loss on any rank stops every rank
+            dist.stop_if_peer_failed(len(bad) > 0, epoch, ckpt_path)
         if len(bad):
             step, kind, _ = self.window[int(bad[0])]
             _raise_non_finite(float(vals[int(bad[0])]), kind, epoch, step, cell, ckpt_path)
@@ -465,6 +485,7 @@ def search(model: nn.Module, train_data, val_data=None, *, space=None, epochs: i
            train_fraction: float = 0.75, max_steps_per_epoch: int | None = None,
            amp: str | None = None, check_every: int | None = None,
            callbacks: Iterable[Any] | None = None,
+           distributed: bool | None = None,
            _stop_after_epoch: int | None = None) -> SearchResult:
     """Run a GRAFS search and return the discretized activation (see module docstring).
 
@@ -481,6 +502,10 @@ def search(model: nn.Module, train_data, val_data=None, *, space=None, epochs: i
     NaN/inf (default 1 on CPU, where a sync is free, 25 on accelerators). ``checkpoint_dir``
     gets ``checkpoint.pt`` after every epoch; ``resume`` continues from such a directory and
     gives exactly the result of the uninterrupted run with the same arguments.
+    ``distributed``: data-parallel over a ``torch.distributed`` process group (see
+    grafs.distributed; launch with torchrun): None uses one if it is initialised, True also
+    initialises it from torchrun's environment, False ignores it. ``batch_size`` is then per
+    process; every rank returns the same result, and rank 0 alone writes checkpoints.
     ``callbacks``: :class:`grafs.Callback` instances told of every step and epoch (experiment
     tracking, e.g. :class:`grafs.TensorBoardLogger`; see grafs.callbacks).
     """
@@ -499,6 +524,10 @@ def search(model: nn.Module, train_data, val_data=None, *, space=None, epochs: i
     space = space or SearchSpace.grafs()
     dev = resolve_device(device) if device is not None else next(
         (p.device for p in model.parameters()), torch.device("cpu"))
+    from grafs import distributed as _dist
+    dist = _dist.context(distributed, dev, device is not None)
+    if dist is not None:
+        dev = dist.device
     if check_every is None:
         check_every = 1 if dev.type == "cpu" else 25
     if check_every < 1:
@@ -511,12 +540,16 @@ def search(model: nn.Module, train_data, val_data=None, *, space=None, epochs: i
                     arch_betas=list(arch_betas), grad_accumulation=grad_accumulation,
                     template=space.template, num_ops=space.num_ops, cell_mode=cell_mode,
                     max_steps_per_epoch=max_steps_per_epoch, amp=amp)
+    world = 1 if dist is None else dist.world_size
+    if dist is not None:
+        settings["world_size"] = world
 
-    seed_everything(seed)
+    seed_everything(seed if dist is None else dist.seed(seed))
     if val_data is None:
         train_data, val_data = split_dataset(train_data, train_fraction, seed)
-    train = _Batches(train_data, batch_size, seed, 0, "train_data", dev)
-    val = _Batches(val_data, batch_size, seed, 1, "val_data", dev)
+    shard = None if dist is None else dist.shard
+    train = _Batches(train_data, batch_size, seed, 0, "train_data", dev, shard)
+    val = _Batches(val_data, batch_size, seed, 1, "val_data", dev, shard)
 
     model = model.to(dev)
     cell = space.relax(mode=cell_mode, seed=seed).to(dev)
@@ -530,7 +563,9 @@ def search(model: nn.Module, train_data, val_data=None, *, space=None, epochs: i
     a_opt = torch.optim.Adam(arch_params, lr=arch_lr, betas=tuple(arch_betas), weight_decay=arch_weight_decay)
     loss_fn = loss_fn or _default_loss
     stepper = _Stepper(model, cell, state, weights, arch_params, w_opt, a_opt, w_sched, loss_fn,
-                       dev, amp, grad_accumulation, n_sites)
+                       dev, amp, grad_accumulation, n_sites, dist)
+    if dist is not None:
+        dist.sync_model(model)
 
     history: dict[str, list] = {k: [] for k in (
         "epochs", "train_loss", "val_loss", "train_acc", "val_acc", "num_active", "alpha",
@@ -542,9 +577,14 @@ def search(model: nn.Module, train_data, val_data=None, *, space=None, epochs: i
         rp = Path(resume)
         rp = rp / "checkpoint.pt" if rp.is_dir() else rp
         try:
-            ck = torch.load(rp, weights_only=True, map_location=dev)
+            ck = torch.load(rp, weights_only=True, map_location=dev) if dist is None else \
+                dist.from_rank0(lambda: torch.load(rp, weights_only=True, map_location="cpu"))
         except (OSError, RuntimeError, EOFError) as err:
             raise GrafsError(f"cannot resume from {rp}: {err}") from None
+        if int(ck.get("world_size", 1)) != world:
+            raise GrafsError(f"cannot resume from {rp}: it was written by a search on "
+                             f"{ck.get('world_size', 1)} process(es), this one runs on {world}; "
+                             f"resume with the same number of processes")
         if json.loads(ck["settings"]) != json.loads(json.dumps(settings, default=_json_default)):
             raise GrafsError(f"cannot resume from {rp}: it was written by a search with other settings "
                              f"({ck['settings']})")
@@ -556,7 +596,7 @@ def search(model: nn.Module, train_data, val_data=None, *, space=None, epochs: i
         history = json.loads(ck["history"])
         first_epoch = int(ck["epoch"]) + 1
         elapsed = float(ck["elapsed"])
-        _set_rng_state(ck["rng"])
+        _set_rng_state(ck["rng"] if dist is None else ck["rng_ranks"][dist.rank])
         if ckpt_path is None:
             ckpt_path = rp
 
@@ -564,7 +604,7 @@ def search(model: nn.Module, train_data, val_data=None, *, space=None, epochs: i
     cbs.on_search_start(SearchStart(dict(settings), [h.name for h in space.holes], epochs,
                                     first_epoch, steps_per_epoch, n_sites))
     bar = None
-    if progress:
+    if progress and (dist is None or dist.rank == 0):
         from tqdm.auto import tqdm
         bar = tqdm(total=epochs * steps_per_epoch, initial=first_epoch * steps_per_epoch,
                    desc="GRAFS search", unit="step", dynamic_ncols=True)
@@ -596,15 +636,18 @@ def search(model: nn.Module, train_data, val_data=None, *, space=None, epochs: i
                     cbs.on_step_end(StepInfo(epoch, step, epoch * steps_per_epoch + step, loss,
                                              stepper.last_vloss, warm))
                 if (step + 1) % check_every == 0 or step + 1 == steps_per_epoch:
-                    meter.check(epoch, cell, ckpt_path)   # the only host sync of a step
+                    meter.check(epoch, cell, ckpt_path, dist)   # the only host sync of a step
                 if bar is not None:
                     bar.update(1)
                     if step % 10 == 0:
                         bar.set_postfix_str(f"ep {epoch + 1}/{epochs} ops {cell.num_active()} "
                                             f"loss {meter.last:.3f}" + (" warm" if warm else ""))
             tot = meter.totals()
+            if dist is not None:  # the history is every rank's: sums over all shards
+                tot = dict(zip(tot, dist.sum(*tot.values())))
+                dist.average_buffers(model)
             state["use_cell"] = True
-            vl, va = _evaluate(model, val, epoch, loss_fn, dev, cell, ckpt_path)
+            vl, va = _evaluate(model, val, epoch, loss_fn, dev, cell, ckpt_path, dist)
             formula = str(cell.discretize())
             history["epochs"].append(epoch)
             history["train_loss"].append(tot["loss"] / max(tot["n"], 1))
@@ -622,7 +665,9 @@ def search(model: nn.Module, train_data, val_data=None, *, space=None, epochs: i
                 bar.write(f"epoch {epoch + 1:>3}/{epochs}  ops {cell.num_active():>3}  "
                           f"train {history['train_loss'][-1]:.4f}  val {vl:.4f}"
                           + (f"  val acc {va:.3f}" if va is not None else "") + f"  {short}")
-            if ckpt_path is not None:
+            # distributed: rank 0 writes, with every rank's RNG state; the others wait for it
+            rngs = dist.gather(_rng_state()) if dist is not None and ckpt_path is not None else None
+            if ckpt_path is not None and (dist is None or dist.rank == 0):
                 ckpt_path.parent.mkdir(parents=True, exist_ok=True)
                 ck = {"epoch": epoch, "model": model.state_dict(), "w_opt": w_opt.state_dict(),
                       "a_opt": a_opt.state_dict(), "history": json.dumps(history, default=_json_default),
@@ -630,7 +675,11 @@ def search(model: nn.Module, train_data, val_data=None, *, space=None, epochs: i
                       "elapsed": time.perf_counter() - t_start}
                 if w_sched is not None:
                     ck["w_sched"] = w_sched.state_dict()
+                if dist is not None:
+                    ck.update(world_size=world, rng_ranks=rngs)
                 _atomic_torch_save(ck, ckpt_path)
+            if dist is not None and ckpt_path is not None:
+                dist.barrier()
             cbs.on_epoch_end(epoch_info(history, cell, epochs, warm))
             if _stop_after_epoch is not None and epoch >= _stop_after_epoch:
                 raise _Interrupted(epoch)
@@ -667,14 +716,15 @@ def _raise_non_finite(value, kind, epoch, step, cell, ckpt_path) -> None:
 
 
 @torch.no_grad()
-def _evaluate(model, val: _Batches, epoch, loss_fn, dev, cell, ckpt_path):
+def _evaluate(model, val: _Batches, epoch, loss_fn, dev, cell, ckpt_path, dist=None):
     model.eval()
     tot_loss, tot_acc, n, nacc = 0.0, 0.0, 0, 0
     for xb, yb in val.epoch(epoch):
         xb, yb = xb.to(dev), yb.to(dev)
         out = model(xb)
         loss = loss_fn(out, yb)
-        _check_finite(loss, "validation", epoch, 0, cell, ckpt_path)
+        if dist is None:
+            _check_finite(loss, "validation", epoch, 0, cell, ckpt_path)
         tot_loss += float(loss) * len(xb)
         n += len(xb)
         acc = _accuracy(out, yb)
@@ -682,18 +732,24 @@ def _evaluate(model, val: _Batches, epoch, loss_fn, dev, cell, ckpt_path):
             tot_acc += acc * len(xb)
             nacc += len(xb)
     model.train()
+    if dist is not None:  # over all shards; a NaN on any rank makes the sum NaN on every rank
+        tot_loss, tot_acc, n, nacc = dist.sum(tot_loss, tot_acc, n, nacc)
+        _check_finite(torch.tensor(tot_loss), "validation", epoch, 0, cell, ckpt_path)
     return tot_loss / max(n, 1), (tot_acc / nacc if nacc else None)
 
 
 def search_task(task, *, seed: int = 0, epochs: int | None = None, space=None, progress: bool = True,
                 checkpoint_dir=None, resume=None, cell_mode: str = "auto",
                 max_steps_per_epoch: int | None = None, device=None,
-                amp: str | None = None, callbacks=None) -> SearchResult:
-    """Run :func:`search` on a built-in task (grafs.tasks) with its search configuration."""
+                amp: str | None = None, callbacks=None,
+                distributed: bool | None = None) -> SearchResult:
+    """Run :func:`search` on a built-in task (grafs.tasks) with its search configuration
+    (distributed: the task's batch size per process, see :func:`search`)."""
+    from grafs.distributed import world_size
     cfg = task.search_config
     epochs = cfg.epochs if epochs is None else epochs
     (xt, yt), (xv, yv) = task.search_split(seed=seed)
-    spe = cfg.steps_per_epoch(len(xt))
+    spe = cfg.steps_per_epoch(math.ceil(len(xt) / world_size(distributed)))  # a rank's shard
     if max_steps_per_epoch is not None:
         spe = min(spe, max_steps_per_epoch)
     warm = min(cfg.warmstart_epochs, epochs - 1)
@@ -707,6 +763,7 @@ def search_task(task, *, seed: int = 0, epochs: int | None = None, space=None, p
                     arch_betas=tuple(cfg.arch_betas), grad_accumulation=cfg.grad_accum_steps,
                     activation_types=task.activation_types, cell_mode=cell_mode,
                     checkpoint_dir=checkpoint_dir, resume=resume, progress=progress,
-                    max_steps_per_epoch=spe, device=device, amp=amp, callbacks=callbacks)
+                    max_steps_per_epoch=spe, device=device, amp=amp, callbacks=callbacks,
+                    distributed=distributed)
     result.settings["task"] = task.name
     return result

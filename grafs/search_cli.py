@@ -23,18 +23,38 @@ def _callbacks(args) -> list:
 
 def _cmd_search(args) -> int:
     _threads(args)
+    from grafs import distributed as gdist
+    from grafs.search import resolve_device
+    dev = resolve_device(args.device)
+    # under torchrun (WORLD_SIZE > 1) every process runs this: a data-parallel search in which
+    # rank 0 alone prints and writes
+    owns = gdist.env_world_size() > 1 and gdist.init_from_env(dev)
+    try:
+        code = _search(args, dev, gdist.rank() == 0, gdist.world_size())
+    except BaseException:
+        if owns:
+            gdist.shutdown(wait=False)
+        raise
+    if owns:
+        gdist.shutdown()
+    return code
+
+
+def _search(args, dev, main: bool, world: int) -> int:
     from grafs.search import search_task
     from grafs.tasks import get_task
-    from grafs.search import resolve_device
     task = get_task(args.task, seed=args.seed)
-    dev = resolve_device(args.device)
     out = Path(args.out) if args.out else Path("grafs_runs") / f"{args.task}-seed{args.seed}"
-    print(f"GRAFS search on task {task.name!r} ({task.description}); seed {args.seed}; "
-          f"device {dev}; results in {out}/")
+    if main:
+        print(f"GRAFS search on task {task.name!r} ({task.description}); seed {args.seed}; "
+              f"device {dev}" + (f" × {world} processes" if world > 1 else "")
+              + f"; results in {out}/")
     result = search_task(task, seed=args.seed, epochs=args.epochs, progress=not args.quiet,
                          checkpoint_dir=out, resume=out if args.resume else None,
                          cell_mode=args.cell_mode, device=dev, amp=args.amp,
-                         callbacks=_callbacks(args))
+                         callbacks=_callbacks(args) if main else [])
+    if not main:
+        return 0
     result.save(out)
     if args.plot:
         try:
@@ -67,14 +87,15 @@ def _cmd_evaluate(args) -> int:
     from grafs.search import resolve_device
     table = evaluate(task, acts, seeds=args.seeds, baselines=args.baselines, epochs=args.epochs,
                      search_seconds=search_seconds, progress=not args.quiet,
-                     device=resolve_device(args.device), callbacks=_callbacks(args))
+                     device=resolve_device(args.device), callbacks=_callbacks(args),
+                     jobs=args.jobs, out_dir=args.out)
     print(table.markdown())
     if args.json:
         Path(args.json).write_text(json.dumps(table.to_dict(), indent=1))
     if args.plot and acts:
         from grafs.plot import plot_activations
         plot_activations(acts, args.plot, baselines=["relu(x)", "gelu(x)", "silu(x)", "elu(x)", "leaky_relu(x)"])
-    return 0
+    return 1 if table.failures else 0
 
 
 def add_search_commands(sub) -> None:
@@ -109,6 +130,10 @@ def add_search_commands(sub) -> None:
     e.add_argument("--search-seconds", type=float, default=None,
                    help="search wall time for the search/evaluation ratio")
     e.add_argument("--json", default=None, help="also write the table as JSON")
+    e.add_argument("--jobs", type=int, default=1,
+                   help="training runs in parallel worker processes (one GPU each when several)")
+    e.add_argument("--out", default=None, metavar="DIR",
+                   help="cache finished runs in DIR/runs/; a re-run skips them")
     e.add_argument("--plot", default=None, help="PNG of the activations against the baselines")
     e.add_argument("--tensorboard", default=None, metavar="DIR",
                    help="write TensorBoard event files to DIR (needs grafs[tensorboard])")

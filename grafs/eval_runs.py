@@ -1,0 +1,182 @@
+"""The evaluation protocol's training runs (one activation, one seed each): in this process or
+in ``jobs`` spawned worker processes, with an optional per-run result cache.
+
+Every run is a function of its (activation, seed) alone: the model is built and trained from
+``seed`` and the global torch RNG (dropout) is seeded with it inside a forked RNG state, so a
+run gives the same score whichever process runs it and in whichever order (given the same
+torch thread count: workers get the caller's threads split between them). A run that raises is
+reported as failed and the others are kept; with a cache directory, every finished run is
+written to ``<cache>/runs/<key>.json`` (the key hashes everything the result depends on) and a
+later call skips it.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from grafs.errors import GrafsError
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run: ``formula`` is a formula, or a baseline's name when ``baseline``."""
+    index: int
+    name: str
+    formula: str
+    seed: int
+    baseline: bool = False
+
+
+@dataclass
+class RunResult:
+    spec: RunSpec
+    score: float | None = None
+    seconds: float = 0.0
+    train_loss: list[float] = field(default_factory=list)
+    error: str | None = None      #: why the run failed (None: it succeeded)
+    cached: bool = False          #: read from the cache, not run now
+
+
+def _factory(spec: RunSpec, backend: str):
+    from grafs.evaluate import BASELINES
+    if spec.baseline:
+        return BASELINES[spec.formula]
+    from grafs.compiler import compile as gcompile
+    return lambda: gcompile(spec.formula, backend=backend)
+
+
+def run_one(task, spec: RunSpec, cfg, backend: str, device: torch.device,
+            max_steps: int | None) -> RunResult:
+    """Train and test one model; an exception becomes a failed :class:`RunResult`."""
+    try:
+        factory = _factory(spec, backend)
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(spec.seed)
+            model = task.make_model(factory, seed=spec.seed).to(device)
+            t0 = time.perf_counter()
+            fit = task.fit(model, cfg, seed=spec.seed, device=device, max_steps=max_steps)
+            seconds = time.perf_counter() - t0
+            score = float(task.evaluate(model, "test", device=device)[task.metric_name])
+        return RunResult(spec, score, seconds, [float(v) for v in fit["train_loss"]])
+    except Exception as err:  # noqa: BLE001 - reported with the table, the other runs go on
+        return RunResult(spec, error=f"{type(err).__name__}: {err}")
+
+
+# -- the cache ---------------------------------------------------------------------------------
+def run_key(task, spec: RunSpec, cfg, backend: str, device: torch.device,
+            max_steps: int | None) -> str:
+    """What a run's result depends on, hashed (the activation's display name is not part of it)."""
+    what = {"task": task.summary(), "train": cfg.to_dict(), "formula": spec.formula,
+            "baseline": spec.baseline, "seed": spec.seed, "max_steps": max_steps,
+            "backend": None if spec.baseline else backend, "device": device.type}
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def _cache_read(path: Path, spec: RunSpec) -> RunResult | None:
+    try:
+        d = json.loads(path.read_text())
+        return RunResult(spec, float(d["score"]), float(d["seconds"]),
+                         [float(v) for v in d["train_loss"]], cached=True)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # missing or unreadable: run it again
+
+
+def _cache_write(path: Path, r: RunResult) -> None:
+    from grafs.search import _atomic_write_text
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write_text(path, json.dumps({**asdict(r.spec), "score": r.score, "seconds": r.seconds,
+                                         "train_loss": r.train_loss}, indent=1))
+
+
+# -- worker processes --------------------------------------------------------------------------
+_WORKER: dict = {}
+
+
+def _init_worker(task, devices, threads: int) -> None:
+    torch.set_num_threads(threads)
+    _WORKER["task"] = task
+    _WORKER["device"] = devices.get()     # one device per worker
+
+
+def _work(spec: RunSpec, cfg, backend: str, max_steps: int | None) -> RunResult:
+    return run_one(_WORKER["task"], spec, cfg, backend, _WORKER["device"], max_steps)
+
+
+def worker_devices(device: torch.device, jobs: int) -> list[torch.device]:
+    """The device of each worker: round robin over the GPUs when ``device`` is CUDA without an
+    index and there are several, else ``device`` for all."""
+    if device.type == "cuda" and device.index is None and torch.cuda.device_count() > 1:
+        return [torch.device("cuda", i % torch.cuda.device_count()) for i in range(jobs)]
+    return [device] * jobs
+
+
+def run_all(task, specs: Sequence[RunSpec], cfg, backend: str, device: torch.device,
+            max_steps: int | None = None, jobs: int = 1, cache_dir: str | os.PathLike | None = None,
+            on_result: Callable[[RunResult], None] | None = None) -> list[RunResult]:
+    """Every run of ``specs`` (cached ones read back), results in the order of ``specs``;
+    ``on_result`` sees each result in that order as soon as it and all before it are done."""
+    if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
+        raise GrafsError(f"jobs must be an int >= 1, got {jobs!r}")
+    results: dict[int, RunResult] = {}
+    paths: dict[int, Path] = {}
+    emitted = 0
+
+    def done(r: RunResult) -> None:
+        nonlocal emitted
+        results[r.spec.index] = r
+        if r.error is None and not r.cached and r.spec.index in paths:
+            _cache_write(paths[r.spec.index], r)
+        while emitted < len(specs) and specs[emitted].index in results:
+            if on_result is not None:
+                on_result(results[specs[emitted].index])
+            emitted += 1
+
+    todo = []
+    for spec in specs:
+        if cache_dir is not None:
+            key = run_key(task, spec, cfg, backend, device, max_steps)
+            paths[spec.index] = Path(cache_dir) / "runs" / f"{key}.json"
+            hit = _cache_read(paths[spec.index], spec)
+            if hit is not None:
+                done(hit)
+                continue
+        todo.append(spec)
+    if jobs == 1 or len(todo) <= 1:
+        for spec in todo:
+            done(run_one(task, spec, cfg, backend, device, max_steps))
+    else:
+        _run_pool(task, todo, cfg, backend, device, max_steps, min(jobs, len(todo)), done)
+    return [results[s.index] for s in specs]
+
+
+def _run_pool(task, todo, cfg, backend, device, max_steps, jobs, done) -> None:
+    import pickle
+    import torch.multiprocessing as mp
+    try:
+        pickle.dumps(task)
+    except Exception as err:  # noqa: BLE001 - any pickling failure means the same to the user
+        raise GrafsError(f"jobs > 1 sends the task to worker processes, but task {task.name!r} "
+                         f"cannot be pickled ({err}); use a built-in task, a model builder "
+                         f"defined at module level (not a lambda), or jobs=1") from None
+    ctx = mp.get_context("spawn")   # CUDA cannot be used in forked children
+    devices = ctx.Queue()
+    for d in worker_devices(device, jobs):
+        devices.put(d)
+    threads = max(1, torch.get_num_threads() // jobs)
+    with cf.ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker,
+                                initargs=(task, devices, threads)) as pool:
+        futures = {pool.submit(_work, spec, cfg, backend, max_steps): spec for spec in todo}
+        for fut in cf.as_completed(futures):
+            try:
+                r = fut.result()
+            except Exception as err:  # noqa: BLE001 - a worker that died (killed, out of memory)
+                r = RunResult(futures[fut], error=f"worker process failed: {type(err).__name__}: {err}")
+            done(r)
