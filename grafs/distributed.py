@@ -14,7 +14,10 @@ gets a :class:`Dist` and then, where the single-process search does nothing of t
 * rank 0 alone reads and writes checkpoints (with every rank's RNG state in them).
 
 ``batch_size`` is per process, as with DDP: the global batch is ``batch_size × world_size``.
-A process group of one process is the plain search: :func:`context` returns None.
+A process group of one process is the plain search: :func:`context` returns None. Callbacks
+run on every rank; pass them on rank 0 only for one log (``grafs search`` does). An error
+raised on one rank alone (other than a non-finite loss) ends that process; torchrun then stops
+the others.
 """
 from __future__ import annotations
 
