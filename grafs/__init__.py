@@ -13,6 +13,8 @@ from grafs.runtime.cell import RelaxedCell
 from grafs.search import Act, SearchResult, replace_activations, search
 from grafs.callbacks import Callback
 from grafs.tensorboard_logger import TensorBoardLogger  # imports tensorboard only when created
+from grafs.integrations import register, registered, unregister  # transformers/timm by name
+from grafs.onnx_export import export_onnx
 import grafs.activations.terms  # noqa: F401  (registers xielu, pwlu, dyn, anact, … as grammar terms)
 
 __version__ = "0.1.0"
@@ -21,6 +23,7 @@ __all__ = [
     "parse", "Expr", "compile", "to_python", "Activation",
     "SearchSpace", "RelaxedCell", "shrink_schedule",
     "search", "SearchResult", "replace_activations", "Act", "Callback", "TensorBoardLogger",
+    "register", "unregister", "registered", "export_onnx",
     "GrafsError", "ParseError", "ArityError", "UnknownFunctionError", "CompileError",
     "SearchError", "SearchSpaceError",
 ]
