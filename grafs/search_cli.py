@@ -13,6 +13,16 @@ def _threads(args) -> None:
         torch.set_num_threads(args.threads)
 
 
+def _task_options(args) -> dict:
+    """Task options given on the command line (``--teacher`` belongs to the teacher task)."""
+    if args.teacher is None:
+        return {}
+    if args.task != "teacher":
+        from grafs.errors import GrafsError
+        raise GrafsError(f"--teacher is an option of --task teacher, not of --task {args.task}")
+    return {"teacher": args.teacher}
+
+
 def _callbacks(args) -> list:
     """``--tensorboard DIR``: the built-in TensorBoard logger."""
     if not args.tensorboard:
@@ -43,7 +53,7 @@ def _cmd_search(args) -> int:
 def _search(args, dev, main: bool, world: int) -> int:
     from grafs.search import search_task
     from grafs.tasks import get_task
-    task = get_task(args.task, seed=args.seed)
+    task = get_task(args.task, seed=args.seed, **_task_options(args))
     out = Path(args.out) if args.out else Path("grafs_runs") / f"{args.task}-seed{args.seed}"
     if main:
         print(f"GRAFS search on task {task.name!r} ({task.description}); seed {args.seed}; "
@@ -74,7 +84,7 @@ def _cmd_evaluate(args) -> int:
     _threads(args)
     from grafs.evaluate import evaluate
     from grafs.tasks import get_task
-    task = get_task(args.task)
+    task = get_task(args.task, **_task_options(args))
     acts = list(args.activations or [])
     times = []
     for r in args.results or []:
@@ -103,6 +113,8 @@ def add_search_commands(sub) -> None:
     s = sub.add_parser("search", help="run a GRAFS search on a built-in offline task")
     s.add_argument("--task", default="mnist1d", choices=list_tasks())
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--teacher", default=None, metavar="FORMULA",
+                   help="--task teacher: the teacher network's activation (default tanh(x))")
     s.add_argument("--epochs", type=int, default=None, help="default: the task's search epochs")
     s.add_argument("--out", default=None, help="directory for checkpoint and result")
     s.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
@@ -121,6 +133,8 @@ def add_search_commands(sub) -> None:
     e = sub.add_parser("evaluate", help="train from scratch with each activation over seeds")
     e.add_argument("--task", default="mnist1d", choices=list_tasks())
     e.add_argument("--activations", nargs="*", help="formulas to evaluate")
+    e.add_argument("--teacher", default=None, metavar="FORMULA",
+                   help="--task teacher: the teacher network's activation (default tanh(x))")
     e.add_argument("--results", nargs="*", help="search result directories to evaluate")
     e.add_argument("--baselines", nargs="*", default=["ReLU", "GELU", "SiLU", "ELU", "LeakyReLU"],
                    help="ReLU GELU SiLU ELU LeakyReLU, in any spelling a formula accepts "

@@ -315,3 +315,25 @@ def test_arch_steps_keep_accumulated_weight_gradients():
         (nn.functional.cross_entropy(ref(xb), yb) / 2).backward()
     for p, q in zip(ws, ref.parameters()):
         torch.testing.assert_close(p.grad, q.grad)
+
+
+def test_warns_when_ops_are_dropped_before_alpha_moved():
+    from grafs.errors import GrafsWarning
+    with pytest.warns(GrafsWarning, match="about uniform"):
+        r = run(arch_lr=1e-7)              # α cannot move: the first drops are random
+    assert "about uniform" in r.history["warnings"][0]
+
+
+def test_no_unlearned_warning_once_alpha_has_spread():
+    import warnings
+    from grafs.errors import GrafsWarning
+    from grafs.search import _warn_if_unlearned
+    cell = SearchSpace(**SPACE).relax(mode="eager", seed=0)
+    with torch.no_grad():
+        for a in cell.alpha:
+            a.copy_(torch.linspace(-1, 1, a.numel()))
+    history: dict = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GrafsWarning)
+        _warn_if_unlearned(cell, 2, history)
+    assert "warnings" not in history

@@ -202,6 +202,8 @@ class SearchConfig(TrainConfig):
         shrink_start_epoch: S, first epoch that drops ops (the paper: S = 2·E0).
         train_fraction: share of the training data used for weight steps; the rest is the
             validation data of the architecture steps (the paper: 0.75).
+        normalize: scale each candidate op's mixture weight by 1/RMS(op) on N(0, 1)
+            (grafs.runtime.normalize; not in the paper, see docs/results-teacher.md).
     """
 
     arch_lr: float = 1e-3
@@ -210,6 +212,7 @@ class SearchConfig(TrainConfig):
     warmstart_epochs: int = 1
     shrink_start_epoch: int = 2
     train_fraction: float = 0.75
+    normalize: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -235,6 +238,8 @@ class SearchConfig(TrainConfig):
                 or not 0 < self.train_fraction < 1):
             raise GrafsError(f"{owner}.train_fraction must be a float in (0, 1), "
                              f"got {self.train_fraction!r}")
+        if not isinstance(self.normalize, bool):
+            raise GrafsError(f"{owner}.normalize must be True or False, got {self.normalize!r}")
 
     def make_arch_optimizer(self, params: Iterable[torch.Tensor]) -> torch.optim.Optimizer:
         """Adam(arch_lr, arch_betas, arch_weight_decay) over the activation parameters."""
@@ -283,6 +288,13 @@ class Task:
     higher_is_better: bool = True
     extra_metrics: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = \
         field(default_factory=dict, repr=False)
+    #: metrics of a whole split computed from its averages (``fn(averages) -> float``) instead
+    #: of averaged per batch, e.g. PSNR from the split's mean squared error
+    split_metrics: dict[str, Callable[[dict[str, float]], float]] = \
+        field(default_factory=dict, repr=False)
+    #: factory of the default search space of :func:`grafs.search.search_task` (None: the
+    #: paper's GRAFS space)
+    search_space: Callable[[], Any] | None = field(default=None, repr=False)
     num_classes: int = 0
     seed: int = 0
     info: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -300,6 +312,12 @@ class Task:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return self.model_builder(activation)
+
+    def make_search_space(self):
+        """The search space a search on this task uses by default (``search_space``, or the
+        paper's GRAFS space)."""
+        from grafs.runtime.space import SearchSpace
+        return self.search_space() if self.search_space is not None else SearchSpace.grafs()
 
     # -- data ---------------------------------------------------------------------------------
     @property
@@ -372,13 +390,15 @@ class Task:
     def evaluate(self, model: nn.Module, split: str | tuple[torch.Tensor, torch.Tensor] = "test",
                  batch_size: int | None = None, device: torch.device | str | None = None
                  ) -> dict[str, float]:
-        """``{"loss": ..., metric_name: ..., **extra_metrics}`` averaged over a split."""
+        """``{"loss": ..., metric_name: ..., **extra_metrics}`` averaged over a split
+        (``split_metrics`` computed from those averages)."""
         was_training = model.training
         model.eval()
         device = device if device is not None else _model_device(model)
         sums: dict[str, float] = {}
         count = 0
         fns = {"loss": self.loss_fn, self.metric_name: self.metric, **self.extra_metrics}
+        fns = {k: fn for k, fn in fns.items() if k not in self.split_metrics}
         try:
             for xb, yb in self.batches(split, batch_size or 256, shuffle=False):
                 xb, yb = xb.to(device), yb.to(device)
@@ -390,7 +410,10 @@ class Task:
             model.train(was_training)
         if count == 0:
             raise GrafsError(f"split of task {self.name!r} is empty")
-        return {k: v / count for k, v in sums.items()}
+        res = {k: v / count for k, v in sums.items()}
+        for k, fn in self.split_metrics.items():
+            res[k] = float(fn(res))
+        return res
 
     def fit(self, model: nn.Module, config: TrainConfig | None = None, *,
             epochs: int | None = None, max_steps: int | None = None, seed: int | None = None,
@@ -460,6 +483,7 @@ class Task:
             "num_train": len(self.train_x), "num_test": len(self.test_x),
             "input_shape": list(self.train_x.shape[1:]), "num_classes": self.num_classes,
             "metric": self.metric_name, "higher_is_better": self.higher_is_better,
+            "search_space": repr(self.make_search_space()),
             "default_activation": getattr(self.default_activation, "__name__",
                                           repr(self.default_activation)),
             "activation_types": [t.__name__ for t in self.activation_types],
