@@ -9,7 +9,8 @@ and the GRAFS search space all read these tables; nothing else hard-codes an op.
 
 :data:`SEARCH_OPS` declares the 23 unary and 9 binary candidate ops of the GRAFS cell
 (seeds/001 Fig. 1; definitions and clipping as the reference code), each built from
-registry ops, with its learnable γ and their initialisation.
+registry ops, with its learnable γ and their initialisation; :data:`EXTRA_UNARY` (``sin``,
+``cos``) are further candidates outside the paper's space, used only when a space asks for them.
 """
 from __future__ import annotations
 
@@ -478,3 +479,12 @@ SEARCH_OPS: dict[str, SearchOp] = {s.name: s for s in [
 GRAFS_UNARY: tuple[str, ...] = tuple(n for n, s in SEARCH_OPS.items() if s.kind == "unary")
 GRAFS_BINARY: tuple[str, ...] = tuple(n for n, s in SEARCH_OPS.items() if s.kind == "binary")
 assert len(GRAFS_UNARY) == 23 and len(GRAFS_BINARY) == 9
+
+#: optional unary candidates outside the paper's space: periodic ops, which matter for e.g.
+#: implicit neural representations (SIREN). Ask for them with
+#: ``SearchSpace.grafs(extra_unary=EXTRA_UNARY)``; GRAFS_UNARY stays the paper's 23.
+EXTRA_UNARY: tuple[str, ...] = ("sin", "cos")
+SEARCH_OPS.update({s.name: s for s in [
+    _u("sin", lambda a, g, l: _c("sin", a[0]), "sin(x)"),      # bounded: never clipped
+    _u("cos", lambda a, g, l: _c("cos", a[0]), "cos(x)"),
+]})
