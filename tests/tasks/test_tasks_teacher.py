@@ -91,3 +91,16 @@ def test_cli_teacher_option(tmp_path, capsys):
     assert rc == 0
     assert "mse" in capsys.readouterr().out
     assert main(["evaluate", "--task", "digits", "--teacher", "abs(x)", "--quiet"]) != 0
+
+
+def test_small_search_recovers_the_teacher():
+    """A small teacher–student search (the full study: docs/results-teacher.md): a one-hole
+    cell whose candidates are the teacher's op and three other shapes."""
+    from grafs.runtime.space import SearchSpace
+    from grafs.search import search_task
+    task = get_task("teacher", teacher="tanh(x)", num_train=1024, num_test=64, width=16,
+                    epochs=8, warmstart_epochs=1, shrink_start_epoch=2)
+    space = SearchSpace("U(x)", unary=["relu", "tanh", "square", "identity"], binary=["add"],
+                        normalize=True)
+    r = search_task(task, seed=0, space=space, progress=False)
+    assert shape_error(r.formula, "tanh(x)") < 0.1, r.formula
