@@ -58,7 +58,7 @@ class RegisteredActivation(Activation):
 def _make_class(name: str, spec: tuple) -> type[RegisteredActivation]:
     camel = "".join(p[:1].upper() + p[1:] for p in re.split(r"[^A-Za-z0-9]+", name) if p)
     doc = f"The activation registered by grafs as {name!r}: f(x) = {spec[0]}"
-    return type(f"Grafs{camel}", (RegisteredActivation,),
+    return type(camel or "Registered", (RegisteredActivation,),
                 {"grafs_name": name, "grafs_spec": spec, "__doc__": doc,
                  "__module__": __name__})
 
