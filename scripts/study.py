@@ -108,7 +108,8 @@ def run(args) -> None:
 
 
 def report(paths: list[str]) -> str:
-    """Markdown tables of one or more study files."""
+    """Markdown tables of one or more study files (formulas in their rounded display form;
+    the exact ones are in the JSON files)."""
     lines: list[str] = []
     for p in paths:
         rows = _load(Path(p))
@@ -119,23 +120,37 @@ def report(paths: list[str]) -> str:
         teacher = "shape_error" in searches[0]
         lines += [f"#### Variant `{variant}` ({VARIANTS[variant]}), `{p}`", ""]
         lines += ["| " + ("teacher | " if teacher else "") + "seed | "
-                  + ("shape error | " if teacher else "")
+                  + ("shape error | with input scale | " if teacher else "")
                   + "entropy before 1st drop | search s | found |",
-                  "|" + "---|" * (5 if teacher else 4)]
+                  "|" + "---|" * (6 if teacher else 4)]
         for r in sorted(searches, key=lambda r: (r.get("teacher") or "", r["seed"])):
             ent = r.get("first_drop_entropy")
             lines.append("| " + (f"`{r['teacher']}` | " if teacher else "") + f"{r['seed']} | "
-                         + (f"{r['shape_error']:.3f} | " if teacher else "")
+                         + (f"{r['shape_error']:.3f} | {_scaled_error(r):.3f} | "
+                            if teacher else "")
                          + f"{'' if ent is None else f'{ent:.4f}'} | {r['seconds']:.0f} | "
-                         f"`{r['formula']}` |")
+                         f"`{display(r['formula'])}` |")
         if teacher:
             ok = sum(r["shape_error"] <= 0.1 for r in searches)
-            lines += ["", f"{ok} of {len(searches)} searches within shape error 0.1."]
+            ok_s = sum(_scaled_error(r) <= 0.1 for r in searches)
+            lines += ["", f"{ok} of {len(searches)} searches within shape error 0.1 "
+                      f"({ok_s} with the input scale fitted too)."]
         lines.append("")
         for r in rows:
             if r["kind"] == "eval":
                 lines += _eval_table(r)
     return "\n".join(lines)
+
+
+def display(formula: str) -> str:
+    from grafs.grammar.display import display as _display
+    return _display(formula)
+
+
+def _scaled_error(r: dict) -> float:
+    """The shape error with the input scale fitted too (the previous layer absorbs it)."""
+    from grafs.tasks.teacher import shape_error
+    return shape_error(r["formula"], r["teacher"], input_scale=True)
 
 
 def _eval_table(r: dict) -> list[str]:
@@ -159,8 +174,8 @@ def _eval_table(r: dict) -> list[str]:
             tie = x["mean"] >= best["mean"] - best["sem"] if hib else \
                 x["mean"] <= best["mean"] + best["sem"]
             verdict = "better by > 1 SEM" if better else ("within 1 SEM" if tie else "worse")
-        out.append(f"| {x['name']} | {x['mean']:.4f} ± {x['sem']:.4f} | {verdict} | "
-                   f"`{x['formula']}` |")
+        formula = f"`{display(x['formula'])}`" if x["name"].startswith("found") else ""
+        out.append(f"| {x['name']} | {x['mean']:.4f} ± {x['sem']:.4f} | {verdict} | {formula} |")
     return out + [""]
 
 
