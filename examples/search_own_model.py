@@ -3,7 +3,7 @@
 Here the model is a small torchvision-style CNN (conv-BN-ReLU blocks, global pooling, a linear
 head) and the data are image tensors (a synthetic 10-class set standing in for yours):
 
-    python examples/search_own_model.py                     # a few minutes on a CPU
+    python examples/search_own_model.py                     # ~80 s of one CPU core
     python examples/search_own_model.py --out runs/cnn      # keep the result for the other examples
 
 grafs.search swaps every activation module of the usual types (nn.ReLU, nn.GELU, ...) for the
@@ -49,9 +49,9 @@ def make_data(n: int, size: int, classes: int = 10, seed: int = 0):
 
 def main(argv: list[str] | None = None) -> grafs.SearchResult:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--samples", type=int, default=4096)
+    p.add_argument("--samples", type=int, default=2048)
     p.add_argument("--size", type=int, default=16, help="image height and width")
-    p.add_argument("--width", type=int, default=32, help="channels of the first block")
+    p.add_argument("--width", type=int, default=16, help="channels of the first block")
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="save the result here (grafs.SearchResult.load reads it)")

@@ -8,9 +8,9 @@ eval mode, both restored afterwards.
 Exporters, measured with torch 2.13 and onnxscript 0.7 on a 2-core CPU (tests/test_onnx.py):
 
 * ``dynamo=True`` (the default, torch's recommended exporter; needs onnxscript): every
-  registry op and every trainable family exports and matches PyTorch under onnxruntime. Each
-  call costs about 2.5 s of CPU, nearly all of it torch rebuilding its table of ONNX
-  translations (independent of the model).
+  registry op and every trainable family exports and matches PyTorch under onnxruntime. A
+  call costs about 2.5 s of CPU whatever the model (torch rebuilds its table of ONNX
+  translations and runs its decompositions every time), plus tracing per op.
 * ``dynamo=False`` (torch's legacy TorchScript exporter, deprecated since torch 2.9): about
   0.05 s per formula, but torch has no translation for ``aten::sinh``, ``cosh``, ``asinh`` and
   ``expm1`` (ELU with a learnable α); grafs adds those (ONNX Sinh, Cosh, Asinh, Exp − 1). It
