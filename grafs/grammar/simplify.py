@@ -77,6 +77,11 @@ def simplify(root: E.Expr) -> E.Expr:
     e = rewrite(root)
     if e.params():  # learnable parameters have no sympy round trip of their init; stop here
         return e
+    if _unfoldable(e):
+        # a constant part that is not a finite float64 (cosh(-2.7e13)): sympy would try to
+        # evaluate it in arbitrary precision (seen: minutes and 16 GB), and the formula is
+        # not finite there anyway
+        return e
     try:
         out = _sympy_simplify(e)
     except GrafsError:
@@ -85,6 +90,13 @@ def simplify(root: E.Expr) -> E.Expr:
         return e
     # keep whichever prints shorter: sympy sometimes expands
     return out if len(str(out)) <= len(str(e)) else e
+
+
+def _unfoldable(e: E.Expr) -> bool:
+    """A call on constants is left after rewrite() only if its value is not a finite float."""
+    from grafs.ops import OPS
+    return any(n.args and all(a.is_const for a in n.args) and OPS[n.op].module is None
+               for n in e.nodes() if n.op in OPS)
 
 
 def _sympy_simplify(e: E.Expr) -> E.Expr:

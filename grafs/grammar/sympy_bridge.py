@@ -60,26 +60,41 @@ def sympy_function(name: str):
 
 
 # what sympy raises when it cannot evaluate or compare a node (Max of a non-real value,
-# mpmath overflow on sinh(1e28), …)
-SYMPY_ERRORS = (ValueError, TypeError, ArithmeticError, NotImplementedError)
+# mpmath overflow on sinh(1e28), and a MemoryError when mpmath's exp of ~1e17 asks for a
+# mantissa of 2^(10^17) bits: the allocation fails at once and nothing else is affected)
+SYMPY_ERRORS = (ValueError, TypeError, ArithmeticError, NotImplementedError, MemoryError)
+
+
+NOT_FINITE_REAL = (sp.I, sp.zoo, sp.nan, sp.oo, -sp.oo)
 
 
 def to_sympy(root: E.Expr, elementary: bool = False):
+    """``root`` as a sympy expression in the symbol x (parameters are real symbols).
+
+    A node that sympy cannot build, or that sympy would turn into a non-real or infinite value
+    (``log(0)`` is zoo, ``log(-2)`` complex), is kept unevaluated, so the expression still
+    prints, converts back and compiles as grafs computes it (``tanh(log(0))`` is -1 in floats,
+    nan in sympy)."""
     memo: dict[int, object] = {}
+    odd: set[int] = set()       # nodes whose value already holds a non-finite part
     params = {}
     with _deep_recursion():
         for n in E.topological(root):
             a = [memo[id(c)] for c in n.args]
+            inherited = any(id(c) in odd for c in n.args)
             try:
                 v = _node(n, a, params, elementary)
+                if n.args and not inherited and v.has(*NOT_FINITE_REAL):
+                    raise ValueError("keep unevaluated")
             except SYMPY_ERRORS:
-                # e.g. max(x, softplus(1/0)): sympy cannot compare softplus(zoo), so keep the
-                # node unevaluated rather than fail (printing, LaTeX and diff still work)
+                # e.g. max(x, softplus(1/0)): sympy cannot compare softplus(zoo)
                 try:
                     with sp.evaluate(False):
                         v = _node(n, a, params, elementary)
                 except SYMPY_ERRORS as err:
                     raise GrafsError(f"sympy cannot represent {n}: {err}") from None
+            if inherited or v.has(*NOT_FINITE_REAL):
+                odd.add(id(n))
             memo[id(n)] = v
     return memo[id(root)]
 
@@ -115,16 +130,24 @@ _NATIVE = {sp.exp: "exp", sp.log: "log", sp.Abs: "abs", sp.sign: "sign", sp.sin:
 def from_sympy(s) -> E.Expr:
     """Map a sympy expression in ``x`` (and parameter symbols) back to an Expr."""
     s = sp.sympify(s)
-    bad = [a for a in (sp.I, sp.zoo, sp.nan, sp.oo, -sp.oo) if s.has(a)]
+    bad = [a for a in NOT_FINITE_REAL if s.has(a)]
     if bad:
         # name the innermost function call holding it (sin(1.14 + I*pi), softplus(zoo))
         part = next((p for p in sp.postorder_traversal(s) if p.has(bad[0]) and p.args
                      and not (p.is_Add or p.is_Mul or p.is_Pow)), s)
-        raise GrafsError(f"cannot convert {part} back to a grafs formula: {bad[0]} is not a "
-                         f"finite real number (e.g. a division by zero or the log of a "
+        raise GrafsError(f"cannot convert {_text(part)} back to a grafs formula: {bad[0]} is "
+                         f"not a finite real number (e.g. a division by zero or the log of a "
                          f"negative number)")
     with _deep_recursion():
         return _from(s)
+
+
+def _text(s) -> str:
+    """str() of a sympy expression, which fails on unevaluated Min/Max holding nan."""
+    try:
+        return str(s)
+    except SYMPY_ERRORS:
+        return sp.srepr(s)
 
 
 def _from(s) -> E.Expr:
@@ -186,7 +209,7 @@ def _from(s) -> E.Expr:
     name = getattr(f, "grafs_op", None)
     if name is not None:
         return E.call(name, *[_from(a) for a in s.args])
-    raise GrafsError(f"cannot map sympy {f.__name__} back to a grafs op: {s}")
+    raise GrafsError(f"cannot map sympy {f.__name__} back to a grafs op: {_text(s)}")
 
 
 def _sorted_args(s, numbers_first: bool = False):
