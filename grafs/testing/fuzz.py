@@ -27,9 +27,11 @@ from grafs.errors import GrafsError
 from grafs.grammar import expr as E
 from grafs.ops import OPS
 
-#: rtol per dtype for values that went through different (equivalent) computations: float64
-#: has ε = 2.2e-16, and a chain of ≤ ~30 ops amplifies a relative error by |f'(u)·u| ≤ 1e8
-#: at the points kept (see _reference); float32 has ε = 1.2e-7.
+#: rtol per dtype for values that went through different (equivalent) computations, applied as
+#: |got − want| ≤ rtol·(1 + largest intermediate magnitude): float64 has ε = 2.2e-16, and a
+#: rounding error ε·|u| of an intermediate u reaches the output amplified by at most |f'(u)·u|,
+#: which stays below ~1e8 at the points compared (beyond that an exp overflows: see
+#: MAX_MAGNITUDE); float32 has ε = 1.2e-7, and Inductor/Triton may reorder or fuse ops.
 RTOL = {torch.float64: 1e-7, torch.float32: 2e-4}
 #: points whose largest intermediate exceeds this are not compared (near overflow every
 #: computation order overflows at a slightly different place)
@@ -209,9 +211,8 @@ def reference(e: E.Expr, x: torch.Tensor, params: dict | None = None) -> Values:
                 raise GrafsError(f"{n.op} has learnable state: no reference value")
             args = [vals[id(a)] for a in n.args]
             tensors = args[: op.arity]
-            scalars = [float(s) if s.dim() == 0 and not s.requires_grad else s
-                       for s in args[op.arity:]]
-            with torch.no_grad() if not x.requires_grad else _null():
+            scalars = [float(s) for s in args[op.arity:]]   # numbers or parameters: 0-d
+            with torch.no_grad():
                 v = op.torch(*tensors, *scalars)
             if n.op in JUMPS:
                 a = torch.broadcast_to(tensors[0], x.shape)
@@ -222,14 +223,6 @@ def reference(e: E.Expr, x: torch.Tensor, params: dict | None = None) -> Values:
         vals[id(n)] = v
     out = torch.broadcast_to(vals[id(e)], x.shape)
     return Values(out, scale, shaky, undefined)
-
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *a):
-        return False
 
 
 def comparable(a: Values, want: Values, dtype) -> torch.Tensor:
