@@ -292,16 +292,19 @@ def test_degenerate_formulas(text, value):
 
 # -- registration, torch.compile, errors -----------------------------------------------------------
 def test_torch_compile_traces_through_the_custom_op():
+    """A TritonFormula called inside torch.compile is the custom op (a grafs Activation there
+    traces its plain torch expression instead, tests/test_whole_model_compile.py)."""
     text = "{a=0.7}*gelu(x) + 0.3*leaky_relu(x) + {b=0.1}"
     act = grafs.compile(text, backend="triton").to(DEV)
     ref = grafs.compile(text, backend="eager").to(DEV)
     x = inputs().reshape(4, 75)
     act(x)                                        # build the kernels outside the trace
-    compiled = torch.compile(act, backend="aot_eager", fullgraph=True)
+    compiled = torch.compile(lambda x: act._triton(x, act.params), backend="aot_eager",
+                             fullgraph=True)
     outs = []
-    for m in (compiled, ref):
+    for f, m in ((compiled, act), (ref, ref)):
         xi = x.clone().requires_grad_(True)
-        y = m(xi)
+        y = f(xi)
         outs.append((y, torch.autograd.grad(y.sum(), [xi, *m.params.values()])))
     assert_close(outs[0][0], outs[1][0])
     for g, gr in zip(outs[0][1], outs[1][1]):

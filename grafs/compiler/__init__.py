@@ -1,8 +1,9 @@
 """Compile activation expressions to torch modules.
 
 Backends: ``eager`` (interpret the lowered program with torch ops: the reference),
-``inductor`` (torch.compile of that program, the default) and ``triton`` (grafs' own generated
-Triton kernels, see grafs.compiler.triton_backend). ``python`` export is :func:`to_python`.
+``inductor`` (Inductor kernels of that program, the default; grafs.compiler.inductor_formula)
+and ``triton`` (grafs' own generated Triton kernels, see grafs.compiler.triton_backend).
+``python`` export is :func:`to_python`.
 """
 from __future__ import annotations
 
@@ -61,7 +62,10 @@ class Activation(nn.Module):
 
     ``formula`` is the canonical text; learnable scalars are ``nn.Parameter`` s in
     ``self.params`` (keyed by name). Under the inductor backend the program is compiled once per
-    input signature; parameter updates never recompile.
+    dtype and device, for every shape (grafs.compiler.inductor_formula: called without Dynamo,
+    no guards per call); parameter updates never recompile. Inside the user's ``torch.compile``
+    every backend traces the formula's plain torch expression, so Inductor fuses it with the
+    neighbouring layers.
     """
 
     def __init__(self, expr: E.Expr, backend: str = "inductor", clip: bool = False,
@@ -82,6 +86,16 @@ class Activation(nn.Module):
                                     if i.key is not None])  # pairs: ModuleDict keeps their order
         self._compiled = None
         self._triton = None
+        self._fn = None
+        self._build()
+
+    def _build(self) -> None:
+        """The generated torch function (inductor and triton backends), built here and not at
+        the first call: that call may be inside the user's torch.compile, which must not trace
+        file writes and imports."""
+        if self.backend != "eager":
+            from grafs.compiler.codegen import function_source, load_source
+            self._fn = load_source(function_source(self.program)).grafs_fn
 
     @property
     def formula(self) -> str:
@@ -93,20 +107,28 @@ class Activation(nn.Module):
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         return run_program(self.program, x, self.params, modules=self.terms)
 
+    def _args(self) -> list:
+        """The generated function's arguments after x: parameters by appearance, then modules."""
+        return [*[self.params[n] for n, _ in self.program.params],
+                *[self.terms[i.key] for i in self.program.instrs if i.key is not None]]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.backend == "eager":
             return self._run(x)
-        if self.backend == "inductor":
-            if self._compiled is None:
-                from grafs.compiler.codegen import function_source, load_source
-                fn = load_source(function_source(self.program)).grafs_fn
-                self._compiled = torch.compile(fn, fullgraph=True)
-            # positional, in the generated signature's order: parameters by appearance, then modules
-            return self._compiled(x, *[self.params[n] for n, _ in self.program.params],
-                                  *[self.terms[i.key] for i in self.program.instrs if i.key is not None])
-        if len(self.terms):
+        if self.backend == "triton" and len(self.terms):
             raise CompileError("the triton backend does not run trainable families "
                                f"({', '.join(self.terms)}); use backend='inductor'")
+        if torch.compiler.is_compiling():
+            # inside the user's torch.compile: the plain torch expression, which Dynamo traces
+            # like any other ops and Inductor fuses with the neighbouring layers
+            return self._fn(x, *self._args())
+        if self.backend == "inductor":
+            if self._compiled is None:
+                from grafs.compiler.inductor_formula import InductorFormula
+                # trainable families keep state in modules: torch.compile traces them per call
+                self._compiled = InductorFormula(self._fn, len(self.program.params),
+                                                 fallback=bool(len(self.terms)))
+            return self._compiled(x, self._args())
         if self._triton is None:
             from grafs.compiler.triton_backend import TritonFormula
             self._triton = TritonFormula(self.program)
@@ -116,7 +138,12 @@ class Activation(nn.Module):
         state = self.__dict__.copy()
         state["_compiled"] = None
         state["_triton"] = None
+        state["_fn"] = None
         return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self._build()
 
 
 def compile(expr, backend: str = "inductor", *, clip: bool = False,

@@ -105,6 +105,7 @@ class RelaxedCell(nn.Module):
         if len(self.terms) and mode not in ("eager", "lean", "auto"):
             raise GrafsError(f"search spaces with trainable-family ops ({', '.join(self.terms)}) "
                              f"need mode 'auto', 'lean' or 'eager', not {mode!r}")
+        self.prepare()
 
     # -- bookkeeping ---------------------------------------------------------------------
     def _slots(self, h) -> list[int]:
@@ -317,7 +318,20 @@ class RelaxedCell(nn.Module):
             self.active[slots[j]] = False
             dropped.append((h.name, h.ops[j]))
         self._index_cache = None
+        self.prepare()
         return dropped
+
+    def prepare(self) -> None:
+        """Build what a call needs for the current active set (the mask's index and, in the
+        eager and lean modes, the program or plan) now: built inside a torch.compile trace
+        (the first call after a drop), grafs' Expr construction breaks the graph."""
+        key = self.active_ops()
+        if self.mode == "eager":
+            self._program(key, self.clip)
+            if self.is_discrete():
+                self._program(key, self.clip, unit=True)
+        elif self.mode == "lean":
+            self._lean_plan(key)
 
     def chosen_ops(self, keep_x: bool = False) -> list[str]:
         """Per hole, the active op with the highest α. ``keep_x``: if that formula does not

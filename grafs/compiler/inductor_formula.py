@@ -1,0 +1,128 @@
+"""The inductor backend's per-call path: Inductor kernels called without Dynamo.
+
+``torch.compile(fn)`` costs tens of microseconds per call on top of its kernels: Dynamo's frame
+hook and guard evaluation, then AOTAutograd's runtime wrappers, at every activation site of a
+network, where a native activation pays one dispatch. A formula is elementwise and its
+generated function has no Python control flow, so none of that is needed per call: here the
+function is traced once with symbolic size (``make_fx``) on a flat input, its forward and its
+backward (``torch.func.vjp``: recomputes from x, one fused pass, parameter gradients as
+reductions) are compiled by ``torch._inductor.standalone_compile`` into two artifacts with no
+guards, and a call is one autograd Function around the forward artifact. Artifacts are cached
+per (dtype, device); autograd saves only x and the scalar parameters.
+
+The artifacts assume what the call path guarantees: a contiguous 1-D input of the dtype and
+device they were built for (any size, 0 included), 0-d parameters. Where the API is missing
+(older torch), or the formula has trainable-family modules (whose state a trace would freeze),
+:class:`InductorFormula` uses ``torch.compile(fn, fullgraph=True)`` instead.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+
+import torch
+
+_LOCK = threading.Lock()
+_TRACE_NUMEL = 16      # the example size of the symbolic trace (any size >= 2: 0/1 specialise)
+
+
+def _standalone():
+    """``(make_fx, standalone_compile)``, or None where this torch has no standalone compile."""
+    try:
+        from torch._inductor import standalone_compile
+        from torch.fx.experimental.proxy_tensor import make_fx
+    except ImportError:  # pragma: no cover - depends on the torch version
+        return None
+    return make_fx, standalone_compile
+
+
+class InductorFormula:
+    """``InductorFormula(fn, n_params)(x, params) -> y``: the generated function ``fn(x, *params)``
+    compiled by Inductor, differentiable w.r.t. x and every 0-d parameter in ``params``."""
+
+    def __init__(self, fn, n_params: int, fallback: bool = False):
+        self.fn = fn
+        self.n_params = n_params
+        self._api = None if fallback else _standalone()
+        self._fwd: dict[tuple, object] = {}
+        self._bwd: dict[tuple, object] = {}
+        self._compiled = None
+        self.compiles = 0          # Inductor compilations of this formula (forward, backward)
+
+    def __call__(self, x: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
+        if self._api is None or not x.is_floating_point():
+            return self._torch_compiled()(x, *params)
+        if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
+            return _FormulaFn.apply(self, x, *params)
+        return self.forward(_flat(x), params).view(x.shape)     # no autograd node to build
+
+    def _torch_compiled(self):
+        if self._compiled is None:
+            self._compiled = torch.compile(self.fn, fullgraph=True)
+        return self._compiled
+
+    # -- artifacts -------------------------------------------------------------------------------
+    def _trace_inputs(self, x: torch.Tensor, params, gy: bool) -> list[torch.Tensor]:
+        xs = torch.zeros(_TRACE_NUMEL, dtype=x.dtype, device=x.device)
+        return [xs, *(p.detach() for p in params), *([xs.clone()] if gy else [])]
+
+    def _compile(self, table: dict, key: tuple, fn, example: list[torch.Tensor]):
+        with _LOCK:
+            art = table.get(key)
+            if art is None:
+                make_fx, standalone_compile = self._api
+                gm = make_fx(fn, tracing_mode="symbolic")(*example)
+                # it warns that a graph without kernels (the formula x) cannot be saved: we
+                # never save artifacts
+                log = logging.getLogger("torch._inductor.standalone_compile")
+                level = log.level
+                log.setLevel(logging.ERROR)
+                try:
+                    art = table[key] = standalone_compile(gm, example)
+                finally:
+                    log.setLevel(level)
+                self.compiles += 1
+        return art
+
+    def forward(self, x1: torch.Tensor, params) -> torch.Tensor:
+        key = (x1.dtype, x1.device, params[0].dtype if params else None)
+        art = self._fwd.get(key)
+        if art is None:
+            art = self._compile(self._fwd, key, self.fn, self._trace_inputs(x1, params, False))
+        return art(x1, *params)
+
+    def backward(self, x1: torch.Tensor, params, gy1: torch.Tensor) -> tuple:
+        key = (x1.dtype, x1.device, params[0].dtype if params else None)
+        art = self._bwd.get(key)
+        if art is None:
+            fn = self.fn
+
+            def vjp(x, *rest):
+                *ps, gy = rest
+                return torch.func.vjp(fn, x, *ps)[1](gy)
+            art = self._compile(self._bwd, key, vjp, self._trace_inputs(x1, params, True))
+        return art(x1, *params, gy1)
+
+
+def _flat(x: torch.Tensor) -> torch.Tensor:
+    """x as the contiguous 1-D tensor the artifacts take (a view where x is contiguous)."""
+    x1 = x.reshape(-1)
+    return x1 if x1.is_contiguous() else x1.contiguous()
+
+
+class _FormulaFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, formula: InductorFormula, x: torch.Tensor, *params: torch.Tensor):
+        x1 = _flat(x)
+        ctx.formula, ctx.shape = formula, x.shape
+        ctx.save_for_backward(x1, *params)
+        return formula.forward(x1, params).view(x.shape)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, gy: torch.Tensor):
+        x1, *params = ctx.saved_tensors
+        grads = ctx.formula.backward(x1, params, gy.reshape(-1).contiguous())
+        gx = grads[0].view(ctx.shape)
+        return (None, gx, *(g if need else None
+                            for g, need in zip(grads[1:], ctx.needs_input_grad[2:])))
