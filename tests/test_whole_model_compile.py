@@ -111,7 +111,8 @@ def test_cuda_graph_capture_of_a_formula_module(backend):
     graph, y = _capture_fwd_bwd(act, x, gy)
     for seed in (1, 2):                       # new inputs in place, then replay
         with torch.no_grad():
-            x.copy_(torch.randn(4096, device="cuda", generator=torch.Generator("cuda").manual_seed(seed)))
+            gen = torch.Generator("cuda").manual_seed(seed)
+            x.copy_(torch.randn(4096, device="cuda", generator=gen))
         graph.replay()
         torch.cuda.synchronize()
         yr, gxr, gpr = grads(ref, x.detach())

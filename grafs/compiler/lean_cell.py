@@ -89,19 +89,27 @@ class LeanPlan:
         self.n_coef = offset
         self.pos = torch.tensor(pos_all, dtype=torch.long)
         self.slot = torch.tensor([e[2] for e in entries_all], dtype=torch.long)
-        self.tidx = torch.tensor([e[3] for e in entries_all], dtype=torch.long)
+        # the γ entries the active ops read: only these enter the coefficient table (a dropped
+        # op's γ then gets an exact 0 gradient, even where it is not finite)
+        used = sorted({t[1] for *_, t, _ in entries_all if t[0] != "1"})
+        at = {j: i for i, j in enumerate(used)}
+        base = {"g": 1, "sig": 1 + len(used), "1-sig": 1 + 2 * len(used)}
+        self.gidx = torch.tensor(used, dtype=torch.long)
+        self.tidx = torch.tensor([0 if t[0] == "1" else base[t[0]] + at[t[1]]
+                                  for *_, t, _ in entries_all], dtype=torch.long)
         self.sign = torch.tensor([e[4] for e in entries_all], dtype=torch.float32)
         self._dev_cache: dict = {}
         self.num_features = sum(len(g.features) for g in self.groups)
 
     def _group_terms(self, members, n_in, active, slot_of, gamma_of, ell):
         """The group's features (distinct non-affine ops on its inputs) and its coefficient
-        entries (row, column, w slot, factor index, sign); column -1 is a row's constant."""
+        entries (row, column, w slot, factor (kind, γ index), sign); column -1 is a row's
+        constant."""
         from grafs.compiler.cell import _name_modules
         leaves = [_ref(i) for i in range(n_in)]
         feat_col: dict[tuple, int] = {}
         features: list[tuple[Program, str | None]] = []
-        entries: list[tuple[int, int, int, int, float]] = []
+        entries: list[tuple[int, int, int, tuple[str, int], float]] = []
         for r, h in enumerate(members):
             for op_name in active[h.index]:
                 spec = SEARCH_OPS[op_name]
@@ -126,30 +134,33 @@ class LeanPlan:
                         term = _name_modules(term, key, leaves)
                     feat_col[fkey] = n_in + len(features)
                     features.append((lower(term, text=f"{h.name} {op_name}"), key))
-                entries.append((r, feat_col[fkey], k, 0, 1.0))
+                entries.append((r, feat_col[fkey], k, ("1", -1), 1.0))
         return features, entries
 
-    def _factor(self, f, gam: list[int]) -> tuple[int, float]:
-        """(index into T, constant factor) of one coefficient of a linear op."""
+    @staticmethod
+    def _factor(f, gam: list[int]) -> tuple[tuple[str, int], float]:
+        """((kind, γ index), constant factor) of one coefficient of a linear op; kind "1" for a
+        constant, else "g", "sig" or "1-sig" of that γ."""
         if isinstance(f, (int, float)):
-            return 0, float(f)
+            return ("1", -1), float(f)
         kind, i = f
-        base = {"g": 1, "sig": 1 + self.n_gamma, "1-sig": 1 + 2 * self.n_gamma}[kind]
-        return base + gam[i], 1.0
+        return (kind, gam[i]), 1.0
 
     def _indices(self, device):
         idx = self._dev_cache.get(device)
         if idx is None:
             idx = self._dev_cache[device] = tuple(t.to(device) for t in
-                                                  (self.pos, self.slot, self.tidx, self.sign))
+                                                  (self.pos, self.slot, self.tidx, self.sign,
+                                                   self.gidx))
         return idx
 
     def coefficients(self, w: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
         """Every group's mixing coefficients, flat: w·(1, γ, σ(γ) or 1−σ(γ))·sign, summed per
         (row, column): six small kernels for the whole cell."""
-        pos, slot, tidx, sign = self._indices(w.device)
-        sg = torch.sigmoid(gamma)
-        T = torch.cat([gamma.new_ones(1), gamma, sg, 1.0 - sg])
+        pos, slot, tidx, sign, gidx = self._indices(w.device)
+        gu = gamma.index_select(0, gidx)
+        sg = torch.sigmoid(gu)
+        T = torch.cat([gamma.new_ones(1), gu, sg, 1.0 - sg])
         vals = w.index_select(0, slot) * T.index_select(0, tidx) * sign
         return torch.zeros(self.n_coef, dtype=w.dtype, device=w.device).index_add(0, pos, vals)
 
