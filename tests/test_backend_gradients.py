@@ -33,6 +33,7 @@ import grafs  # noqa: E402
 from grafs.ops import OPS  # noqa: E402
 
 DEV = torch.device("cuda" if _ON_GPU else "cpu")
+pytestmark = pytest.mark.gpu    # runs on the GPU where there is one: `pytest -m gpu`
 
 # fp32 against fp32 eager: both sides round the same math differently (Inductor/Triton fuse and
 # reorder), a few ulps per op over ~30 terms of size O(1-10): 1e-4 relative is far below any

@@ -14,6 +14,7 @@ import torch
 
 from grafs.runtime.space import SearchSpace
 
+pytestmark = pytest.mark.gpu    # runs on the GPU where there is one: `pytest -m gpu`
 ON_GPU = torch.cuda.is_available()
 DEV = "cuda" if ON_GPU else "cpu"
 BAD_UNARY = ["exp", "cube", "sinh", "mul_gamma", "add_gamma"]
@@ -95,7 +96,6 @@ def test_lean_cell_evaluates_only_active_ops():
     _check("lean")
 
 
-@pytest.mark.gpu
 @pytest.mark.parametrize("recompile_ratio,exact", [(0.3, False), (0.6, True)])
 def test_triton_cell_evaluates_only_active_ops(monkeypatch, tmp_path, recompile_ratio, exact):
     """0.3: the kernels of the full op set stay (20 compiled, 8 active: a mask branch skips the

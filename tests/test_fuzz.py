@@ -112,6 +112,7 @@ def test_fuzz_inductor_matches_eager():
     assert F.check_backend(e, "inductor") > 0
 
 
+@pytest.mark.gpu
 def test_fuzz_triton_matches_eager(monkeypatch):
     pytest.importorskip("triton", reason="the triton extra (grafs[triton])")
     if not torch.cuda.is_available():

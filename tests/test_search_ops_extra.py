@@ -98,6 +98,7 @@ def test_lean_cell_with_sin_cos_matches_float64_reference():
     _assert_matches_float64("lean", x, gout, [30, 16, 8, 4])
 
 
+@pytest.mark.gpu
 def test_triton_cell_with_sin_cos_matches_float64_reference(monkeypatch, tmp_path):
     pytest.importorskip("triton", reason="the Triton cell needs the 'triton' extra")
     if not torch.cuda.is_available():

@@ -55,6 +55,7 @@ from grafs.grammar import expr as E  # noqa: E402
 from grafs.runtime.space import SearchSpace  # noqa: E402
 from tests.paper_formulas import PAPER_FORMULAS  # noqa: E402
 
+pytestmark = pytest.mark.gpu    # runs on the GPU where there is one: `pytest -m gpu`
 DEV = torch.device("cuda" if _ON_GPU else "cpu")
 N = 300          # small tensors: the interpreter runs every tl op in Python
 BLOCK = 128      # so a 300-element input spans 3 programs (exercises the 2-stage reductions)
