@@ -43,21 +43,35 @@ class TritonFormula:
         self._k, self.key = FormulaKernels(program).register(block)
         self._block = block
         self.source = self._k.source      # the GPU variant (what `grafs compile --emit triton` prints)
+        self._none: dict[torch.device, torch.Tensor] = {}   # the parameter vector of none
 
     def kernels(self, interp: bool | None = None) -> tuple:
         """The (forward, backward) kernel objects for the interpreter or the GPU."""
         return self._k.kernels(interpreting() if interp is None else interp)
 
     def __call__(self, x: torch.Tensor, params=None) -> torch.Tensor:
-        params = {} if params is None else params
-        if self.param_names:
-            p = torch.stack([params[n].reshape(()).to(device=x.device, dtype=torch.float32)
-                             for n in self.param_names])
-        else:
-            p = torch.zeros(1, dtype=torch.float32, device=x.device)
-        if torch.compiler.is_compiling():
+        compiling = torch.compiler.is_compiling()
+        p = self._param_vector(x, {} if params is None else params, compiling)
+        if compiling:
             return formula_fwd(x, p, self.key)
         return FormulaFn.apply(x, p, self._k, self._block)
+
+    def _param_vector(self, x: torch.Tensor, params, compiling: bool) -> torch.Tensor:
+        """The parameters as the fp32 vector the kernels read, launching no kernel where it can:
+        a view for one parameter, a cached placeholder for none (a stack or a fill would be an
+        extra launch per call)."""
+        names = self.param_names
+        if len(names) > 1:
+            return torch.stack([params[n].reshape(()).to(device=x.device, dtype=torch.float32)
+                                for n in names])
+        if names:
+            return params[names[0]].reshape(1).to(device=x.device, dtype=torch.float32)
+        if compiling:
+            return torch.zeros(1, dtype=torch.float32, device=x.device)
+        p = self._none.get(x.device)
+        if p is None:
+            p = self._none[x.device] = torch.zeros(1, dtype=torch.float32, device=x.device)
+        return p
 
     def __repr__(self) -> str:
         return f"TritonFormula({self.program.text!r})"
