@@ -16,11 +16,17 @@ from grafs.models import activation_sites
 from grafs.tasks import TASKS, SearchConfig, Task, TrainConfig, get_task, list_tasks
 from grafs.tasks import digits as digits_mod
 from grafs.tasks import mnist1d as mnist1d_mod
+from grafs.tasks import _skimage as skimage_data
+from grafs.tasks import inr as inr_mod
 from grafs.tasks import text as text_mod
+from grafs.tasks import textures as textures_mod
 
 
 
-SMALL = {"mnist1d": {"num_samples": 500}, "digits": {}, "text": {"max_chars": 20_000}}
+SMALL = {"mnist1d": {"num_samples": 500}, "digits": {}, "text": {"max_chars": 20_000},
+         "teacher": {"num_train": 64, "num_test": 32},
+         "textures": {"train_per_class": 8, "test_per_class": 4, "width": 2},
+         "inr": {"size": 16}}
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +35,8 @@ def mnist1d_task():
 
 
 def test_registry_and_unknown_task():
-    assert list_tasks() == ["digits", "mnist1d", "text"] == sorted(TASKS)
+    assert list_tasks() == ["digits", "inr", "mnist1d", "teacher", "text", "textures"] \
+        == sorted(TASKS)
     with pytest.raises(GrafsError) as err:
         get_task("cifar10")
     msg = str(err.value)
@@ -61,6 +68,9 @@ def test_no_network_and_no_files_during_task_creation(monkeypatch, tmp_path):
     digits_mod._load.cache_clear()
     text_mod._load.cache_clear()
     text_mod._full_corpus.cache_clear()
+    textures_mod._load.cache_clear()
+    inr_mod._load.cache_clear()
+    skimage_data._load.cache_clear()
     for name in TASKS:
         task = get_task(name, **SMALL[name])
         assert len(task.train_x) > 0 and len(task.test_x) > 0
