@@ -197,6 +197,28 @@ def test_sympy_nan_parts_stay_unevaluated():
     assert F.check_sympy(e) > 50
 
 
+@pytest.mark.parametrize("text", [
+    "-hardtanh(sin(x*-8.963e+35))",                            # sin(n·x) with an integer n
+    "-hardtanh(sin(64*x))",
+    "relu(silu(1896000^-2621000) + elu(sinh(x), {b=1.968}))",  # an exact 16M-digit power
+])
+def test_sympy_traps_are_avoided(text):
+    """Each took sympy over 2 minutes (the campaign's stage timeout): integer coefficients
+    reach sympy.simplify as Floats, a power of two numbers is evaluated in floats."""
+    e = grafs.parse(text)
+    F.check_sympy(e)
+    F.check_simplify(e)
+
+
+def test_sympy_evaluates_activations_with_grafs_numerics():
+    """sympy evaluated ELU(-2.409e-31) as exp(-2.409e-31) - 1 = 0 in 53-bit Floats, so the
+    round trip of x/elu(-2.409e-31) became x/0."""
+    e = grafs.parse("selu(-(x/elu(-2.409e-31)))")
+    assert F.check_sympy(e) > 50
+    import sympy as sp
+    assert float(sp.N(grafs.parse("elu(-2.409e-31)").to_sympy())) == -2.409e-31
+
+
 def test_simplify_does_not_hand_sympy_overflowing_constants():
     """cosh(-2.7e13) is inf in float64; sympy's simplify spent minutes and 16 GB on it."""
     e = grafs.parse("selu(-tanh(x)*relu(cosh(-27040000000000)))")

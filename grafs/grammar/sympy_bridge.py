@@ -12,6 +12,7 @@ import functools
 import sys
 
 import sympy as sp
+from mpmath import libmp as mlib
 
 from grafs.errors import GrafsError
 from grafs.grammar import expr as E
@@ -46,7 +47,16 @@ def sympy_function(name: str):
         return d.subs(dict(zip(dummies, self.args)))
 
     def _eval_evalf(self, prec):
-        return op.sympy(*full_args(self.args))._eval_evalf(prec)
+        args = full_args(self.args)
+        if prec <= 53 and all(a.is_Number for a in args):
+            # the registry's own float64 numerics: the elementary form built on Floats cancels
+            # (elu(-2.4e-31) = exp(-2.4e-31) - 1 is 0 there, -2.4e-31 with torch's expm1)
+            from grafs.grammar.derivative import eval_const
+            v = eval_const(name, [float(a) for a in args])
+            if v is not None:
+                return sp.Float(v, precision=prec)
+        wide = [a.evalf(mlib.prec_to_dps(2 * prec + 64)) for a in args]   # guard digits
+        return op.sympy(*wide)._eval_evalf(prec)
 
     def _eval_is_real(self):
         return all(a.is_real for a in self.args) or None
@@ -102,12 +112,16 @@ def to_sympy(root: E.Expr, elementary: bool = False):
 def _node(n: E.Expr, a: list, params: dict, elementary: bool):
     if n.op == E.VAR:
         return X
-    if n.op == E.CONST:
-        return sp.Integer(int(n.value)) if n.value == int(n.value) else sp.Float(n.value)
+    if n.op == E.CONST:   # integers beyond 2^53 stay Floats: exact 10^40s only cost time
+        v = n.value
+        return sp.Integer(int(v)) if v == int(v) and abs(v) < 2 ** 53 else sp.Float(v)
     if n.op == E.PARAM:
         return params.setdefault(n.name, sp.Symbol(n.name, real=True))
     if n.op == "neg":
         return -a[0]
+    if n.op == "pow" and a[0].is_Number and a[1].is_Number:
+        # 1896000^-2621000 as an exact Rational has 16 million digits: evaluate in floats
+        return sp.Float(a[0]) ** a[1]
     if OPS[n.op].infix or elementary:
         return OPS[n.op].sympy(*a)
     if OPS[n.op].module is not None and len(a) > OPS[n.op].arity:
