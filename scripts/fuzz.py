@@ -79,6 +79,7 @@ class Campaign:
         self.seconds = collections.Counter()
         self.rejected = collections.defaultdict(collections.Counter)
         self.failures: list[dict] = []
+        self.slowest: dict[str, tuple[float, str]] = {}     # stage -> (seconds, expression)
 
     def run(self, stage: str, i: int, what: str, fn) -> None:
         from grafs.errors import GrafsError
@@ -98,7 +99,10 @@ class Campaign:
                 print(f"FAIL {stage} #{i} {kind}: {what}\n     {str(err)[:300]}", flush=True)
         finally:
             signal.alarm(0)
-        self.seconds[stage] += time.perf_counter() - t0
+        dt = time.perf_counter() - t0
+        self.seconds[stage] += dt
+        if dt > self.slowest.get(stage, (0.0, ""))[0]:
+            self.slowest[stage] = (dt, what)
 
     def one(self, i: int) -> None:
         F, a = self.F, self.args
@@ -133,6 +137,7 @@ class Campaign:
             summary[s] = {"tried": self.ok[s] + nr + nf, "passed": self.ok[s], "rejected": nr,
                           "failed": nf, "points_compared": self.points[s],
                           "seconds": round(self.seconds[s], 1),
+                          "slowest": self.slowest.get(s),
                           "rejections": dict(self.rejected[s].most_common())}
             print(f"{s:<11}{self.ok[s] + nr + nf:>8}{self.ok[s]:>8}{nr:>9}{nf:>7}"
                   f"{self.points[s]:>11}{self.seconds[s]:>9.0f}")
@@ -140,6 +145,11 @@ class Campaign:
         for s in names:
             for msg, c in self.rejected[s].most_common(3):
                 print(f"  {s:<11}{c:>6}  {msg}")
+        print("\nslowest expression per stage:")
+        for s in names:
+            if s in self.slowest:
+                sec, what = self.slowest[s]
+                print(f"  {s:<11}{sec:>6.1f} s  {what[:100]}")
         mism = sum(f["kind"] == "mismatch" for f in self.failures)
         print(f"\nfailures: {len(self.failures)} ({len(self.failures) - mism} non-grafs "
               f"exceptions, {mism} value mismatches)")
