@@ -210,6 +210,15 @@ def test_sympy_traps_are_avoided(text):
     F.check_simplify(e)
 
 
+def test_incomparable_max_is_built_unevaluated_without_recursion():
+    """Under a global sympy.evaluate(False), Max(4.4e-34 + log(-1.919), cos(GELU(x))) recursed
+    until RecursionError; only the node itself is built unevaluated now."""
+    e = grafs.parse("min(leaky_relu(-2.531/13230000000, 2.095), -relu6(-2.531/13230000000)) "
+                    "- max(log({a=-1.919}) + selu(4.148e-34), cos(gelu(x)))")
+    F.check_sympy(e)
+    assert "log(-1.919)" in str(F._with_inits(e).to_sympy())
+
+
 def test_sympy_evaluates_activations_with_grafs_numerics():
     """sympy evaluated ELU(-2.409e-31) as exp(-2.409e-31) - 1 = 0 in 53-bit Floats, so the
     round trip of x/elu(-2.409e-31) became x/0."""

@@ -98,15 +98,38 @@ def to_sympy(root: E.Expr, elementary: bool = False):
                     raise ValueError("keep unevaluated")
             except SYMPY_ERRORS:
                 # e.g. max(x, softplus(1/0)): sympy cannot compare softplus(zoo)
-                try:
-                    with sp.evaluate(False):
-                        v = _node(n, a, params, elementary)
-                except SYMPY_ERRORS as err:
-                    raise GrafsError(f"sympy cannot represent {n}: {err}") from None
+                v = _unevaluated(n, a, params, elementary)
             if inherited or v.has(*NOT_FINITE_REAL):
                 odd.add(id(n))
             memo[id(n)] = v
     return memo[id(root)]
+
+
+_INFIX = {"add": lambda a, b: sp.Add(a, b, evaluate=False),
+          "sub": lambda a, b: sp.Add(a, sp.Mul(-1, b, evaluate=False), evaluate=False),
+          "mul": lambda a, b: sp.Mul(a, b, evaluate=False),
+          "div": lambda a, b: sp.Mul(a, sp.Pow(b, -1, evaluate=False), evaluate=False),
+          "pow": lambda a, b: sp.Pow(a, b, evaluate=False),
+          "neg": lambda a: sp.Mul(-1, a, evaluate=False)}
+
+
+def _unevaluated(n: E.Expr, a: list, params: dict, elementary: bool):
+    """The node built without evaluating it. Only the node itself: under a global
+    ``sp.evaluate(False)`` sympy recursed without end on Max(4.4e-34 + log(-1.919), cos(…))."""
+    try:
+        if n.op in _INFIX:
+            return _INFIX[n.op](*a)
+        op = OPS[n.op]
+        if not elementary and op.module is None:
+            keep = len(a)
+            while keep > op.arity and n.args[keep - 1].is_const and \
+                    n.args[keep - 1].value == op.scalars[keep - 1 - op.arity].default:
+                keep -= 1
+            return sympy_function(n.op)(*a[:keep], evaluate=False)
+        with sp.evaluate(False):
+            return _node(n, a, params, elementary)
+    except (*SYMPY_ERRORS, RecursionError) as err:
+        raise GrafsError(f"sympy cannot represent {n}: {err}") from None
 
 
 def _node(n: E.Expr, a: list, params: dict, elementary: bool):
