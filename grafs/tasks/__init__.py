@@ -52,7 +52,9 @@ def get_task(name: str, seed: int = 0, **overrides: Any) -> Task:
     data_seed, channels; digits: test_fraction, split_seed, width, blocks_per_stage;
     text: block_size, max_chars, test_fraction, dropout; textures: classes, scales, stride,
     test_fraction, train_per_class, test_per_class, noise, split_seed, width; inr: image,
-    size, test_fraction, split_seed, frequencies, hidden, depth); any :class:`TrainConfig` /
+    size, test_fraction, split_seed, frequencies, hidden, depth; teacher: teacher (a
+    formula), in_dim, width, num_train, num_test, preact_std, noise, data_seed); any
+    :class:`TrainConfig` /
     :class:`SearchConfig` field (``epochs=3``, ``lr=...``, ``arch_lr=...``) — applied to
     both the search and the evaluation config where the field exists; or
     ``search_<field>`` / ``eval_<field>`` to change only one of them.
