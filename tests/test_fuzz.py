@@ -219,6 +219,17 @@ def test_incomparable_max_is_built_unevaluated_without_recursion():
     assert "log(-1.919)" in str(F._with_inits(e).to_sympy())
 
 
+@pytest.mark.parametrize("text", ["cosh(-8.037e+40)", "x/mish(exp(cosh(4.537e+33)))",
+                                  "relu(-1.987^silu(-2.825))*x"])
+def test_sympy_round_trip_of_overflowing_and_complex_constants(text):
+    """sympy's cosh(-8.037e40) is a finite Float beyond float64 ('constants must be finite
+    numbers, got inf' on the way back); a negative base to a fractional power became complex
+    when from_sympy rebuilt 1/b^-e. Both round trips keep the call now."""
+    e = grafs.parse(text)
+    back = grafs.Expr.from_sympy(e.to_sympy())
+    F._same_function(back, e, f"round trip of {text}")
+
+
 def test_sympy_evaluates_activations_with_grafs_numerics():
     """sympy evaluated ELU(-2.409e-31) as exp(-2.409e-31) - 1 = 0 in 53-bit Floats, so the
     round trip of x/elu(-2.409e-31) became x/0."""

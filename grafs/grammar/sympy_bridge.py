@@ -94,7 +94,7 @@ def to_sympy(root: E.Expr, elementary: bool = False):
             inherited = any(id(c) in odd for c in n.args)
             try:
                 v = _node(n, a, params, elementary)
-                if n.args and not inherited and v.has(*NOT_FINITE_REAL):
+                if n.args and not inherited and (v.has(*NOT_FINITE_REAL) or _overflows(v)):
                     raise ValueError("keep unevaluated")
             except SYMPY_ERRORS:
                 # e.g. max(x, softplus(1/0)): sympy cannot compare softplus(zoo)
@@ -104,6 +104,14 @@ def to_sympy(root: E.Expr, elementary: bool = False):
             memo[id(n)] = v
     return memo[id(root)]
 
+
+def _overflows(v) -> bool:
+    """A number beyond float64 (sympy's cosh(3.85e19) is finite, grafs' is inf): kept as the
+    call, since no grafs constant can hold it."""
+    return bool(v.is_Number and abs(v) > _FLOAT_MAX)
+
+
+_FLOAT_MAX = sp.Float(1.7976931348623157e308)
 
 _INFIX = {"add": lambda a, b: sp.Add(a, b, evaluate=False),
           "sub": lambda a, b: sp.Add(a, sp.Mul(-1, b, evaluate=False), evaluate=False),
@@ -213,7 +221,7 @@ def _from(s) -> E.Expr:
         num, den = [], []
         for f in _sorted_args(s, numbers_first=True):
             if f.is_Pow and f.exp.is_Number and f.exp < 0:
-                den.append(f.base ** (-f.exp))
+                den.append(_inverse_power(f.base, f.exp))
             else:
                 num.append(f)
         out = _from(num[0]) if num else E.const(1.0)
@@ -229,7 +237,7 @@ def _from(s) -> E.Expr:
         if b == sp.E:
             return E.call("exp", _from(ex))
         if ex.is_Number and ex < 0:
-            return E.call("div", E.const(1.0), _from(b ** (-ex)))
+            return E.call("div", E.const(1.0), _from(_inverse_power(b, ex)))
         return E.call("pow", _from(b), _from(ex))
     if isinstance(s, (sp.Max, sp.Min)):
         name = "max" if isinstance(s, sp.Max) else "min"
@@ -247,6 +255,11 @@ def _from(s) -> E.Expr:
     if name is not None:
         return E.call(name, *[_from(a) for a in s.args])
     raise GrafsError(f"cannot map sympy {f.__name__} back to a grafs op: {_text(s)}")
+
+
+def _inverse_power(base, ex):
+    """base^(-ex) for a negative number ex, unevaluated: (-2)^0.5 must not become complex."""
+    return base if ex == -1 else sp.Pow(base, -ex, evaluate=False)
 
 
 def _sorted_args(s, numbers_first: bool = False):
