@@ -13,7 +13,8 @@ Columns, each as a ratio to native GELU measured in the same run:
     python bench/formula_overhead.py --device cuda          # sizes 2^14 ... 2^26 by default
 
 Timing: medians of ``--repeats`` calls per method, the methods interleaved for ``--rounds``
-rounds, the best round kept (on a shared machine, other processes only ever add time).
+rounds (rotated: each round starts with another method), the best round kept (on a shared
+machine, other processes only ever add time).
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ def _args():
     ap.add_argument("--sizes", type=int, nargs="*", default=None, help="log2 of the element counts")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--repeats", type=int, default=None, help="calls per measurement")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--threads", type=int, default=1, help="torch threads on the CPU")
     return ap.parse_args()
 
@@ -93,9 +94,10 @@ def main() -> int:
             for _ in range(3):
                 fn(x).backward(g)
         best = {k: float("inf") for k in methods}
-        for _ in range(a.rounds):
-            for k, fn in methods.items():
-                best[k] = min(best[k], fwd_bwd_seconds(fn, x, g, repeats))
+        names = list(methods)
+        for r in range(a.rounds):     # each round in another order: no method always follows another
+            for k in names[r % len(names):] + names[:r % len(names)]:
+                best[k] = min(best[k], fwd_bwd_seconds(methods[k], x, g, repeats))
         nat = best["native"]
         ratio = lambda k: f"{best[k] / nat:.2f}" if k in best else "-"   # noqa: E731
         rows.append([f"2^{e}", f"{nat * 1e6:.1f}", ratio("inductor"), ratio("via torch.compile"),

@@ -118,6 +118,8 @@ class Activation(nn.Module):
         if self.backend == "triton" and len(self.terms):
             raise CompileError("the triton backend does not run trainable families "
                                f"({', '.join(self.terms)}); use backend='inductor'")
+        if self._fn is None:         # an Activation whose backend was switched after construction
+            self._build()
         if torch.compiler.is_compiling():
             # inside the user's torch.compile: the plain torch expression, which Dynamo traces
             # like any other ops and Inductor fuses with the neighbouring layers
