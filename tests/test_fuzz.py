@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 import grafs
 from grafs.errors import CompileError, GrafsError, GrafsWarning
+from grafs.grammar import sympy_bridge
 from grafs.testing import fuzz as F
 
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow,
@@ -220,14 +221,26 @@ def test_incomparable_max_is_built_unevaluated_without_recursion():
 
 
 @pytest.mark.parametrize("text", ["cosh(-8.037e+40)", "x/mish(exp(cosh(4.537e+33)))",
-                                  "relu(-1.987^silu(-2.825))*x"])
+                                  "relu(-1.987^silu(-2.825))*x",
+                                  "max(x + softplus(exp(1.008e+21)), x)"])
 def test_sympy_round_trip_of_overflowing_and_complex_constants(text):
     """sympy's cosh(-8.037e40) is a finite Float beyond float64 ('constants must be finite
     numbers, got inf' on the way back); a negative base to a fractional power became complex
-    when from_sympy rebuilt 1/b^-e. Both round trips keep the call now."""
+    when from_sympy rebuilt 1/b^-e; sorting the Max's arguments evaluated softplus(exp(1e21))
+    and mpmath raised OverflowError. The round trips keep the calls now."""
     e = grafs.parse(text)
     back = grafs.Expr.from_sympy(e.to_sympy())
     F._same_function(back, e, f"round trip of {text}")
+
+
+def test_constants_that_overflow_float64_are_opaque_to_sympy():
+    """sympy evaluated gelu(3)^sinh(2.979e41) in arbitrary precision (mpmath computing e to
+    ~10^41 bits: no end); such constant parts are opaque symbols that convert back."""
+    e = grafs.parse("tanh(hardswish(gelu(3)^sinh(2.979e+41)))*x")
+    s = e.to_sympy()
+    assert s.has(sympy_bridge.Opaque("hardswish(gelu(3)^sinh(2.979e+41))"))
+    assert grafs.Expr.from_sympy(s) is grafs.parse("x*tanh(hardswish(gelu(3)^sinh(2.979e+41)))")
+    assert e.latex() and e.simplify()
 
 
 def test_sympy_evaluates_activations_with_grafs_numerics():

@@ -8,6 +8,7 @@ LeakyReLU, …) whose derivatives come from the registry's elementary counterpar
 from __future__ import annotations
 
 import contextlib
+import math
 import functools
 import sys
 
@@ -55,8 +56,11 @@ def sympy_function(name: str):
             v = eval_const(name, [float(a) for a in args])
             if v is not None:
                 return sp.Float(v, precision=prec)
-        wide = [a.evalf(mlib.prec_to_dps(2 * prec + 64)) for a in args]   # guard digits
-        return op.sympy(*wide)._eval_evalf(prec)
+        try:
+            wide = [a.evalf(mlib.prec_to_dps(2 * prec + 64)) for a in args]   # guard digits
+            return op.sympy(*wide)._eval_evalf(prec)
+        except SYMPY_ERRORS:   # mpmath's exp(1e21): None tells sympy "no numeric value"
+            return None
 
     def _eval_is_real(self):
         return all(a.is_real for a in self.args) or None
@@ -81,20 +85,27 @@ NOT_FINITE_REAL = (sp.I, sp.zoo, sp.nan, sp.oo, -sp.oo)
 def to_sympy(root: E.Expr, elementary: bool = False):
     """``root`` as a sympy expression in the symbol x (parameters are real symbols).
 
-    A node that sympy cannot build, or that sympy would turn into a non-real or infinite value
-    (``log(0)`` is zoo, ``log(-2)`` complex), is kept unevaluated, so the expression still
-    prints, converts back and compiles as grafs computes it (``tanh(log(0))`` is -1 in floats,
-    nan in sympy)."""
+    A constant sub-expression whose float64 value is not finite (``cosh(3e41)``, ``log(0)``,
+    ``log(-2)``) becomes an opaque symbol named by its text (``from_sympy`` turns it back into
+    the sub-expression): sympy would evaluate it in arbitrary precision, which can take hours
+    (``gelu(3)^sinh(2.979e41)``), or make it zoo or complex. A node that sympy cannot build, or
+    that it would turn into a non-real or infinite value (``x/(x - x)``), is kept unevaluated,
+    so the expression still prints and converts back as grafs computes it."""
     memo: dict[int, object] = {}
+    value: dict[int, float | None] = {}   # float64 value of constant nodes, None otherwise
     odd: set[int] = set()       # nodes whose value already holds a non-finite part
     params = {}
     with _deep_recursion():
         for n in E.topological(root):
             a = [memo[id(c)] for c in n.args]
+            value[id(n)] = v64 = _float64(n, [value[id(c)] for c in n.args])
+            if n.args and v64 is not None and not math.isfinite(v64):
+                memo[id(n)] = opaque(n)
+                continue
             inherited = any(id(c) in odd for c in n.args)
             try:
                 v = _node(n, a, params, elementary)
-                if n.args and not inherited and (v.has(*NOT_FINITE_REAL) or _overflows(v)):
+                if n.args and not inherited and v.has(*NOT_FINITE_REAL):
                     raise ValueError("keep unevaluated")
             except SYMPY_ERRORS:
                 # e.g. max(x, softplus(1/0)): sympy cannot compare softplus(zoo)
@@ -105,13 +116,31 @@ def to_sympy(root: E.Expr, elementary: bool = False):
     return memo[id(root)]
 
 
-def _overflows(v) -> bool:
-    """A number beyond float64 (sympy's cosh(3.85e19) is finite, grafs' is inf): kept as the
-    call, since no grafs constant can hold it."""
-    return bool(v.is_Number and abs(v) > _FLOAT_MAX)
+def _float64(n: E.Expr, args: list) -> float | None:
+    """The float64 value of a node without x or parameters (inf and nan included), else None."""
+    if n.op == E.CONST:
+        return n.value
+    if not n.args or any(v is None for v in args) or n.op not in OPS or OPS[n.op].module:
+        return None
+    import torch
+    op = OPS[n.op]
+    t = [torch.tensor(v, dtype=torch.float64) for v in args[: op.arity]]
+    with torch.no_grad():
+        return float(op.torch(*t, *args[op.arity:]))
 
 
-_FLOAT_MAX = sp.Float(1.7976931348623157e308)
+class Opaque(sp.Symbol):
+    """A constant grafs sub-expression that sympy must not evaluate (see :func:`to_sympy`)."""
+
+
+_OPAQUE: dict[str, E.Expr] = {}
+
+
+def opaque(n: E.Expr) -> Opaque:
+    text = str(n)
+    _OPAQUE[text] = n
+    return Opaque(text)
+
 
 _INFIX = {"add": lambda a, b: sp.Add(a, b, evaluate=False),
           "sub": lambda a, b: sp.Add(a, sp.Mul(-1, b, evaluate=False), evaluate=False),
@@ -199,6 +228,8 @@ def _from(s) -> E.Expr:
     if s.is_Symbol:
         if s.name == "x":
             return E.var()
+        if isinstance(s, Opaque):
+            return _OPAQUE[s.name]
         raise GrafsError(f"cannot convert free symbol {s} (only x; learnable parameters need "
                          f"their initial values: use Expr.to_sympy on a parsed expression)")
     if s.is_Number or s in (sp.pi, sp.E):
