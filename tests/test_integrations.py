@@ -39,7 +39,7 @@ FAKE_CREATE_ACT = '''
 """Stand-in for timm.layers.create_act (timm >= 0.9): the same registries and lookup."""
 from torch import nn
 
-_ACT_LAYER_DEFAULT = dict(relu=nn.ReLU, gelu=nn.GELU, identity=nn.Identity)
+_ACT_LAYER_DEFAULT = dict(relu=nn.ReLU, gelu=nn.GELU, identity=nn.Identity, timm_only=nn.Identity)
 _ACT_LAYER_ME = dict(hard_swish=nn.Hardswish)
 
 
@@ -106,12 +106,13 @@ def test_timm_builtin_names_are_refused(fake_timm):
 
 
 def test_a_clash_found_at_import_time_warns_and_leaves_timm_alone(fake_timm):
-    grafs.register("relu", "0.5*x", backend="eager")      # free until timm is imported
+    # a name only timm has (transformers may already be imported by other tests)
+    grafs.register("timm_only", "0.5*x", backend="eager")  # free until timm is imported
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
         timm = fake_timm()
-    assert timm.get_act_layer("relu") is nn.ReLU
-    assert any("'relu' not added" in str(m.message) for m in w)
+    assert timm.get_act_layer("timm_only") is nn.Identity
+    assert any("'timm_only' not added" in str(m.message) for m in w)
 
 
 def test_registered_params_have_stable_state_dict_names_and_load():
