@@ -43,6 +43,12 @@ KINKS = {"relu": (0.0,), "abs": (0.0,), "leaky_relu": (0.0,), "elu": (0.0,), "se
          "step": (0.0,), "sign": (0.0,), "softsign": (0.0,), "hardsigmoid": (-3.0, 3.0),
          "hardswish": (-3.0, 3.0), "hardtanh": (-1.0, 1.0), "relu6": (0.0, 6.0)}
 
+#: ops that are 0 only if these arguments are: a 0 from nonzero ones is an underflow
+NEVER_ZERO = {"exp": (), "sigmoid": (), "softplus": (), "mul": (0, 1), "div": (0,), "pow": (0,),
+              "gelu": (0,), "silu": (0,), "mish": (0,), "selu": (0,), "elu": (0,),
+              "leaky_relu": (0,), "erf": (0,), "sinh": (0,), "tanh": (0,), "atan": (0,),
+              "asinh": (0,), "softsign": (0,), "logsigmoid": ()}
+
 X64 = torch.cat([torch.linspace(-6.0, 6.0, 97, dtype=torch.float64),
                  torch.tensor([-1e3, -40.0, -12.0, 12.0, 40.0, 1e3, 1e-6, -1e-6],
                               dtype=torch.float64)])
@@ -179,13 +185,15 @@ def has_families(e: E.Expr) -> bool:
 @dataclass
 class Values:
     """Node-by-node evaluation: the value, the largest finite intermediate magnitude per point,
-    the points next to a jump (``step``/``sign`` argument within tolerance of 0) and the points
-    where an intermediate is NaN (the function is undefined there even if ``step``/``sign``
-    turned the NaN into a finite output: ``step(x/x)`` at 0)."""
+    the points next to a jump (``step``/``sign`` argument within tolerance of 0) and the
+    points where the computed value is unreliable: an intermediate is NaN (the function is
+    undefined there even if ``step``/``sign`` turned the NaN into a finite output: ``step(x/x)``
+    at 0), overflowed or underflowed (``exp(x)^9e-18`` at x = -1000 is 0^9e-18 = 0 in floats,
+    ≈ 1 in fact: an error of 100 %, which an equivalent form need not repeat)."""
     value: torch.Tensor
     scale: torch.Tensor
     shaky: torch.Tensor
-    undefined: torch.Tensor | None = None
+    unreliable: torch.Tensor | None = None
 
 
 def reference(e: E.Expr, x: torch.Tensor, params: dict | None = None) -> Values:
@@ -196,7 +204,8 @@ def reference(e: E.Expr, x: torch.Tensor, params: dict | None = None) -> Values:
     vals: dict[int, object] = {}
     scale = torch.ones_like(x)
     shaky = torch.zeros_like(x, dtype=torch.bool)
-    undefined = torch.zeros_like(x, dtype=torch.bool)
+    unreliable = torch.zeros_like(x, dtype=torch.bool)
+    tiny = torch.finfo(dt).tiny
     for n in E.topological(e):
         if n.op == E.VAR:
             v = x
@@ -217,12 +226,18 @@ def reference(e: E.Expr, x: torch.Tensor, params: dict | None = None) -> Values:
             if n.op in JUMPS:
                 a = torch.broadcast_to(tensors[0], x.shape)
                 shaky |= a.abs() <= rtol * scale
+            if n.op in NEVER_ZERO:   # 0 from nonzero arguments: underflow
+                lost = torch.broadcast_to(v, x.shape) == 0
+                for i in NEVER_ZERO[n.op]:
+                    lost &= torch.broadcast_to(tensors[i], x.shape) != 0
+                unreliable |= lost
         vv = torch.broadcast_to(v, x.shape).detach()
         scale = torch.maximum(scale, torch.nan_to_num(vv.abs(), nan=0.0, posinf=0.0))
-        undefined |= torch.isnan(vv)
+        # NaN, overflowed (sigmoid(exp(x)^1e-17) at x = 1000 is 1, in fact 0.5) or subnormal
+        unreliable |= ~torch.isfinite(vv) | ((vv != 0) & (vv.abs() < tiny))
         vals[id(n)] = v
     out = torch.broadcast_to(vals[id(e)], x.shape)
-    return Values(out, scale, shaky, undefined)
+    return Values(out, scale, shaky, unreliable)
 
 
 def comparable(a: Values, want: Values, dtype) -> torch.Tensor:
@@ -230,7 +245,7 @@ def comparable(a: Values, want: Values, dtype) -> torch.Tensor:
     and the reference ``want`` is defined."""
     m = (torch.isfinite(a.value) & torch.isfinite(want.value) & ~a.shaky & ~want.shaky
          & (a.scale <= MAX_MAGNITUDE[dtype]) & (want.scale <= MAX_MAGNITUDE[dtype]))
-    return m if want.undefined is None else m & ~want.undefined
+    return m if want.unreliable is None else m & ~want.unreliable
 
 
 def assert_close(got: torch.Tensor, want: torch.Tensor, scale: torch.Tensor, mask: torch.Tensor,
@@ -363,7 +378,7 @@ def check_backend(e: E.Expr, backend: str, x: torch.Tensor | None = None) -> int
     (got, gg), (want, gw) = _value_and_grad(act, x), _value_and_grad(ref, x)
     r = reference(e, x.double())   # magnitudes, jumps and NaN intermediates, from float64
     a = Values(got, r.scale, r.shaky)
-    b = Values(want, r.scale, r.shaky, r.undefined)
+    b = Values(want, r.scale, r.shaky, r.unreliable)
     m = comparable(a, b, torch.float32)
     n = assert_close(got, want, r.scale, m, f"{backend} backend on {e}", RTOL[torch.float32])
     m &= torch.isfinite(gg) & torch.isfinite(gw) & (_kink_distance(e, x.double()) > 1e-3)
