@@ -165,6 +165,8 @@ def _unevaluated(n: E.Expr, a: list, params: dict, elementary: bool):
             return sympy_function(n.op)(*a[:keep], evaluate=False)
         with sp.evaluate(False):
             return _node(n, a, params, elementary)
+    except GrafsError:        # a ValueError too: grafs' own message (e.g. no closed form) stands
+        raise
     except (*SYMPY_ERRORS, RecursionError) as err:
         raise GrafsError(f"sympy cannot represent {n}: {err}") from None
 
@@ -277,6 +279,10 @@ def _from(s) -> E.Expr:
         for a in args[1:]:
             out = E.call(name, out, _from(a)) if not a.is_Number else E.call(name, _from(a), out)
         return out
+    if isinstance(s, (sp.re, sp.conjugate)):   # sympy's Abs((-0.9)^f) = 0.9^re(f)·…: a grafs
+        return _from(s.args[0])                 # value is real or NaN, so re(v) is v
+    if isinstance(s, sp.im):
+        return E.const(0.0)
     if isinstance(s, sp.Heaviside):
         return E.call("step", _from(s.args[0]))
     f = s.func
