@@ -125,7 +125,8 @@ class Campaign:
 
     def report(self, done: int, elapsed: float) -> int:
         a = self.args
-        names = self.stages + (["inductor"] if a.inductor else []) + (["triton"] if a.triton else [])
+        names = (self.stages + (["inductor"] if a.inductor else [])
+                 + (["triton"] if a.triton else []))
         print(f"\n{done} expressions (seed {a.seed}, depth ≤ {a.depth}) in {elapsed:.0f} s "
               f"= {done / max(elapsed, 1e-9):.2f} expressions/s")
         print(f"{'stage':<11}{'tried':>8}{'passed':>8}{'rejected':>9}{'failed':>7}"
@@ -178,7 +179,7 @@ def main(argv=None) -> int:
     warnings.simplefilter("ignore")
     import torch
     torch.set_num_threads(1)
-    import grafs  # noqa: F401  (registers the trainable families)
+    import grafs.activations.terms  # noqa: F401  (registers the trainable families)
 
     c = Campaign(args)
     old = signal.signal(signal.SIGTERM, signal.default_int_handler)  # kill: stop and report

@@ -297,7 +297,7 @@ def test_family_of_an_expression_without_x():
 
 
 def test_python_export_clamp_with_one_learnable_bound():
-    """torch.minimum(…, 1.0) got a float: the tensor form of clamp needs both bounds as tensors."""
+    """torch.minimum(…, 1.0) got a float: clamp's tensor form needs both bounds as tensors."""
     assert F.check_backend(grafs.parse("clamp(x, {a=-0.5}, 1.0)"), "python") > 50
 
 
@@ -345,7 +345,7 @@ def test_evaluate_checks_baseline_names_before_training():
         evaluate(object(), ["x"], baselines=["gelu", "nope"], progress=False)
 
 
-# -- found formulas: exact, displayed, and with x ------------------------------------------------------
+# -- found formulas: exact, displayed, and with x ---------------------------------------------------
 def test_display_folds_and_rounds():
     from grafs.grammar.display import display
     assert display("sigmoid(asinh(0))*erf(x)") == "0.5*erf(x)"

@@ -108,7 +108,8 @@ def fold_constants(root: E.Expr, strict: bool = True) -> E.Expr:
     memo: dict[int, E.Expr] = {}
     for n in E.topological(root):
         if strict and n.op in (E.CONST, E.PARAM):
-            _check_range(n.value, lambda: f"the {'number' if n.op == E.CONST else 'initial value'} {n}")
+            what = "number" if n.op == E.CONST else "initial value"
+            _check_range(n.value, lambda: f"the {what} {n}")
         args = [memo[id(a)] for a in n.args]
         is_module = n.op in OPS and OPS[n.op].module is not None
         new = E.Expr(n.op, args, n.value, n.name) if args else n

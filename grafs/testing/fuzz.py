@@ -250,7 +250,8 @@ def comparable(a: Values, want: Values, dtype) -> torch.Tensor:
 
 def assert_close(got: torch.Tensor, want: torch.Tensor, scale: torch.Tensor, mask: torch.Tensor,
                  what: str, rtol: float) -> int:
-    """|got − want| ≤ rtol·(1 + scale) at the ``mask`` points; returns how many were compared."""
+    """|got − want| ≤ rtol·(1 + scale) at the ``mask`` points; returns how many were
+    compared."""
     g, w, s = got.detach()[mask].double(), want.detach()[mask].double(), scale[mask].double()
     err = (g - w).abs()
     bad = ~(err <= rtol * (1.0 + s))
@@ -355,7 +356,8 @@ def check_eager(e: E.Expr, x: torch.Tensor = X64) -> int:
     if has_families(e):
         act.double()(x)
         return 0
-    got = Values(act.double()(x).detach(), torch.ones_like(x), torch.zeros_like(x, dtype=torch.bool))
+    got = Values(act.double()(x).detach(), torch.ones_like(x),
+                 torch.zeros_like(x, dtype=torch.bool))
     # the module's parameters were created in float32: the reference uses the same values
     want = reference(e, x, {n: p.detach() for n, p in act.params.items()})
     m = comparable(got, want, x.dtype)
