@@ -43,6 +43,11 @@ KINKS = {"relu": (0.0,), "abs": (0.0,), "leaky_relu": (0.0,), "elu": (0.0,), "se
          "step": (0.0,), "sign": (0.0,), "softsign": (0.0,), "hardsigmoid": (-3.0, 3.0),
          "hardswish": (-3.0, 3.0), "hardtanh": (-1.0, 1.0), "relu6": (0.0, 6.0)}
 
+#: sin and cos of u carry an absolute error ε·|u| (one ulp of u, e.g. from c/x computed as
+#: c·(1/x)), which a factor up to the largest intermediate can amplify: compared only while
+#: ε·|u| ≤ rtol (seen: cos(2.2e26/x)·2.2e26/x² with two roundings of the same u)
+PERIODIC = ("sin", "cos")
+PERIODIC_LIMIT = {torch.float64: 1e8, torch.float32: 1e3}
 #: ops that are 0 only if these arguments are: a 0 from nonzero ones is an underflow
 NEVER_ZERO = {"exp": (), "sigmoid": (), "softplus": (), "mul": (0, 1), "div": (0,), "pow": (0,),
               "gelu": (0,), "silu": (0,), "mish": (0,), "selu": (0,), "elu": (0,),
@@ -226,6 +231,8 @@ def reference(e: E.Expr, x: torch.Tensor, params: dict | None = None) -> Values:
             if n.op in JUMPS:
                 a = torch.broadcast_to(tensors[0], x.shape)
                 shaky |= a.abs() <= rtol * scale
+            if n.op in PERIODIC:   # sin(u) carries an absolute error ε·|u|
+                shaky |= torch.broadcast_to(tensors[0], x.shape).abs() > PERIODIC_LIMIT[dt]
             if n.op in NEVER_ZERO:   # 0 from nonzero arguments: underflow
                 lost = torch.broadcast_to(v, x.shape) == 0
                 for i in NEVER_ZERO[n.op]:
