@@ -58,8 +58,9 @@ def parse_args(argv):
     return args
 
 
-class StageTimeout(Exception):
-    """A stage ran longer than --stage-timeout seconds."""
+class StageTimeout(BaseException):
+    """A stage ran longer than --stage-timeout seconds (a BaseException, so that code which
+    falls back on any Exception, as simplify does when sympy fails, does not swallow it)."""
 
 
 def _alarm(signum, frame):
@@ -90,7 +91,7 @@ class Campaign:
             self.ok[stage] += 1
         except GrafsError as err:
             self.rejected[stage][kind_of(str(err))] += 1
-        except Exception as err:  # noqa: BLE001 - a fuzzer reports every escape
+        except (Exception, StageTimeout) as err:  # noqa: BLE001 - a fuzzer reports any escape
             kind = "mismatch" if isinstance(err, self.F.Mismatch) else type(err).__name__
             self.failures.append({"stage": stage, "index": i, "expr": what, "kind": kind,
                                   "error": str(err)[:2000],

@@ -282,6 +282,12 @@ def test_sympy_evaluates_activations_with_grafs_numerics():
     assert float(sp.N(grafs.parse("elu(-2.409e-31)").to_sympy())) == -2.409e-31
 
 
+def test_sympy_internal_errors_do_not_escape_simplify():
+    """sympy.simplify raised KeyError('pop from an empty set') from Piecewise's rewriting."""
+    e = grafs.parse("step(elu(dyn(relu6(3.141592653589793))))")
+    assert str(e.simplify()) == "step(elu(dyn(3.141592653589793)))"
+
+
 def test_simplify_does_not_hand_sympy_overflowing_constants():
     """cosh(-2.7e13) is inf in float64; sympy's simplify spent minutes and 16 GB on it."""
     e = grafs.parse("selu(-tanh(x)*relu(cosh(-27040000000000)))")

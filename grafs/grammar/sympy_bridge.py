@@ -73,10 +73,12 @@ def sympy_function(name: str):
     return cls
 
 
-# what sympy raises when it cannot evaluate or compare a node (Max of a non-real value,
-# mpmath overflow on sinh(1e28), and a MemoryError when mpmath's exp of ~1e17 asks for a
-# mantissa of 2^(10^17) bits: the allocation fails at once and nothing else is affected)
-SYMPY_ERRORS = (ValueError, TypeError, ArithmeticError, NotImplementedError, MemoryError)
+# What sympy raises when it cannot evaluate, compare or rewrite a node: ValueError (Max of a
+# non-real value), TypeError, mpmath's OverflowError (sinh(1e28)), a MemoryError when mpmath's
+# exp of ~1e17 asks for a mantissa of 2^(10^17) bits (the allocation fails at once), and
+# internal errors such as a KeyError from Piecewise's rewriting: any Exception, since every
+# caller has a correct answer without sympy (keep the node unevaluated, skip simplification).
+SYMPY_ERRORS = (Exception,)
 
 
 NOT_FINITE_REAL = (sp.I, sp.zoo, sp.nan, sp.oo, -sp.oo)
@@ -167,7 +169,7 @@ def _unevaluated(n: E.Expr, a: list, params: dict, elementary: bool):
             return _node(n, a, params, elementary)
     except GrafsError:        # a ValueError too: grafs' own message (e.g. no closed form) stands
         raise
-    except (*SYMPY_ERRORS, RecursionError) as err:
+    except SYMPY_ERRORS as err:
         raise GrafsError(f"sympy cannot represent {n}: {err}") from None
 
 
