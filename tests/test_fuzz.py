@@ -259,6 +259,9 @@ def test_backend_checks_judge_float32_limits():
     ulp of the argument (found by the backends campaign); float32 sin/cos beyond 1e3 are not
     compared. Trainable families have no op-by-op reference: values against eager only."""
     assert F.check_backend(grafs.parse("sin(exp(elu(leaky_relu(x))))"), "python") > 50
+    # gelu(x)/x: the float32 backward cancels two 5e5 terms at x = ±1e-6 (triton and eager
+    # gave 0.4375 and 0.375); the derivative's intermediates scale the tolerance
+    assert F.check_backend(grafs.parse("gelu(clamp(x))/x"), "python") > 50
     r = F.reference(grafs.parse("sin(exp(x))"), F.X64, judged_in=torch.float32)
     assert bool(r.shaky[F.X64 > 7.0].all()) and not bool(r.shaky[F.X64 < 6.0].any())
 
