@@ -293,6 +293,8 @@ def test_fuzz_parse_never_crashes(text):
 @given(st.text(max_size=30))
 def test_fuzz_arbitrary_unicode(text):
     try:
-        grafs.parse(text)
-    except grafs.ParseError:
-        pass
+        e = grafs.parse(text)
+    except grafs.ParseError as err:
+        assert str(err)                                   # a message, not an empty error
+        return
+    assert grafs.parse(str(e)) is e                       # what parses prints back to itself

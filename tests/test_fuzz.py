@@ -208,7 +208,7 @@ def test_sympy_traps_are_avoided(text):
     """Each took sympy over 2 minutes (the campaign's stage timeout): integer coefficients
     reach sympy.simplify as Floats, a power of two numbers is evaluated in floats."""
     e = grafs.parse(text)
-    F.check_sympy(e)
+    F.check_sympy(e)       # raises on a changed value; overflowing constants leave few points
     F.check_simplify(e)
 
 
@@ -233,7 +233,7 @@ def test_sympy_round_trip_of_overflowing_and_complex_constants(text):
     no grafs form. The round trips work now."""
     e = grafs.parse(text)
     back = grafs.Expr.from_sympy(e.to_sympy())
-    F._same_function(back, e, f"round trip of {text}")
+    F._same_function(back, e, f"round trip of {text}")   # raises on a changed finite value
 
 
 def test_underflow_in_the_original_is_not_a_mismatch():
@@ -332,7 +332,7 @@ def test_python_export_clamp_with_one_learnable_bound():
 def test_step_of_undefined_values_is_not_compared():
     """step(x/x) is 0 at x = 0 (step(NaN)) and 1 elsewhere; sympy's x/x = 1 extends the
     domain, which is not a changed finite value."""
-    F.check_simplify(grafs.parse("leaky_relu(step(x/x)) + (x + log(sigmoid(x)))"))
+    assert F.check_simplify(grafs.parse("leaky_relu(step(x/x)) + (x + log(sigmoid(x)))")) > 0
 
 
 # -- sqrt: what grafs prints is what it evaluates ------------------------------------------------
