@@ -90,7 +90,7 @@ def _cache_read(path: Path, spec: RunSpec) -> RunResult | None:
 
 
 def _cache_write(path: Path, r: RunResult) -> None:
-    from grafs.search import _atomic_write_text
+    from grafs.search_result import _atomic_write_text
     path.parent.mkdir(parents=True, exist_ok=True)
     _atomic_write_text(path, json.dumps({**asdict(r.spec), "score": r.score, "seconds": r.seconds,
                                          "train_loss": r.train_loss}, indent=1))

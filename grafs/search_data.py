@@ -1,0 +1,106 @@
+"""Search data: datasets, seeded resumable batching, the train/validation split, the device."""
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import torch
+
+from grafs.errors import GrafsError
+
+
+def _as_dataset(data, name: str):
+    from torch.utils.data import Dataset, TensorDataset
+    if isinstance(data, Dataset):
+        return data
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+        if len(data[0]) != len(data[1]):
+            raise GrafsError(f"{name}: inputs and targets differ in length ({len(data[0])} vs {len(data[1])})")
+        return TensorDataset(*data)
+    raise GrafsError(f"{name} must be a (inputs, targets) pair of tensors, a Dataset or a DataLoader, "
+                     f"got {type(data).__name__}")
+
+
+class _Batches:
+    """Seeded, resumable batching: epoch e uses permutation seeded by (seed, e, stream)."""
+
+    # tensor data up to this size is moved to the accelerator once, not batch by batch
+    max_device_bytes = 2 << 30
+
+    def __init__(self, data, batch_size: int, seed: int, stream: int, name: str,
+                 device: torch.device | None = None, shard: tuple[int, int] | None = None):
+        from torch.utils.data import DataLoader
+        self.loader = data if isinstance(data, DataLoader) else None
+        self.data = None if self.loader is not None else _as_dataset(data, name)
+        self.batch_size = batch_size
+        self.seed, self.stream = seed, stream
+        # distributed search: (rank, world size); this rank reads every world-th sample of the
+        # shared permutation, so step i of all ranks together is step i of a single process
+        # with batch_size × world size
+        self.rank, self.world = shard or (0, 1)
+        if self.loader is not None and self.world > 1:
+            from torch.utils.data import DistributedSampler
+            if not isinstance(self.loader.sampler, DistributedSampler):
+                raise GrafsError(f"{name}: a distributed search shards tensors and Datasets itself; "
+                                 f"a DataLoader must use a torch.utils.data.DistributedSampler")
+        if self.data is not None and len(self.data) == 0:
+            raise GrafsError(f"{name} is empty")
+        self.tensors = getattr(self.data, "tensors", None)
+        if (self.tensors is not None and device is not None and device.type != "cpu"
+                and sum(t.numel() * t.element_size() for t in self.tensors) <= self.max_device_bytes):
+            self.tensors = tuple(t.to(device) for t in self.tensors)
+
+    def __len__(self):
+        if self.loader is not None:
+            return len(self.loader)
+        return math.ceil(math.ceil(len(self.data) / self.world) / self.batch_size)
+
+    def epoch(self, e: int) -> Iterable:
+        if self.loader is not None:
+            if self.world > 1:
+                self.loader.sampler.set_epoch(e)
+            yield from self.loader
+            return
+        g = torch.Generator().manual_seed(self.seed * 100_003 + e * 7 + self.stream)
+        perm = torch.randperm(len(self.data), generator=g)
+        if self.world > 1:  # padded by wrapping around (as DistributedSampler): equal shards
+            perm = torch.cat([perm, perm[:(-len(perm)) % self.world]])[self.rank::self.world]
+        tensors = self.tensors
+        if tensors is not None:
+            perm = perm.to(tensors[0].device)
+        for i in range(0, len(perm), self.batch_size):
+            idx = perm[i:i + self.batch_size]
+            if tensors is not None:
+                yield tuple(t[idx] for t in tensors)
+            else:
+                items = [self.data[int(j)] for j in idx]
+                yield tuple(torch.stack([torch.as_tensor(it[k]) for it in items]) for k in range(len(items[0])))
+
+
+def resolve_device(device=None) -> torch.device:
+    """``None`` or "auto": CUDA when available, else the CPU; otherwise ``torch.device(device)``,
+    checked to exist."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise GrafsError(f"unknown device {device!r}: {err}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise GrafsError(f"device {device!r} requested but CUDA is not available here; use 'cpu'")
+    return dev
+
+
+def split_dataset(data, fraction: float = 0.75, seed: int = 0):
+    """Split tensors or a Dataset into (train, val) = (fraction, 1 - fraction), seeded."""
+    ds = _as_dataset(data, "train_data")
+    n = len(ds)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    k = int(math.floor(fraction * n))
+    if k == 0 or k == n:
+        raise GrafsError(f"cannot split {n} samples {fraction:.0%}/{1 - fraction:.0%}")
+    tensors = getattr(ds, "tensors", None)
+    if tensors is not None:
+        return tuple(t[perm[:k]] for t in tensors), tuple(t[perm[k:]] for t in tensors)
+    from torch.utils.data import Subset
+    return Subset(ds, perm[:k].tolist()), Subset(ds, perm[k:].tolist())

@@ -1,0 +1,177 @@
+"""One GRAFS search step (arch step, then weight step) and the on-device loss meter."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from grafs.errors import SearchError
+
+
+def _accuracy(out: torch.Tensor, y: torch.Tensor) -> float | None:
+    if y.dtype in (torch.int64, torch.int32) and out.dim() >= 1 and out.shape[:-1] == y.shape:
+        return float((out.argmax(-1) == y).float().mean())
+    return None
+
+
+def _default_loss(out, y):
+    if out.dim() == 3 and y.dim() == 2:  # sequence models: (B, T, V) vs (B, T)
+        return nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
+    return nn.functional.cross_entropy(out, y)
+
+
+_AMP = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class _Stepper:
+    """One GRAFS training step (seeds/001 Algorithm 1): the arch step on a validation batch,
+    then the weight step. Shared by :func:`search` and bench/search_step.py, so what the bench
+    times is what a search runs. Nothing here reads a value back to the host (except the fp16
+    GradScaler's inf check). With the weights frozen during the arch step, gradients the
+    weight step accumulates over ``grad_accumulation`` steps are kept intact."""
+
+    def __init__(self, model, cell, state, weights, arch_params, w_opt, a_opt, w_sched, loss_fn,
+                 dev: torch.device, amp: str | None = None, grad_accumulation: int = 1,
+                 n_sites: int | None = None, dist=None):
+        self.model, self.cell, self.state = model, cell, state
+        self.dist = dist  # grafs.distributed.Dist: gradients averaged over the ranks
+        self.weights, self.arch_params = weights, arch_params
+        self.w_opt, self.a_opt, self.w_sched = w_opt, a_opt, w_sched
+        self.loss_fn, self.dev = loss_fn, dev
+        self.amp = _AMP[amp]
+        self.grad_accumulation = grad_accumulation
+        # the cell draws one batch of samples per pass, one per site (see refresh_samples)
+        self.n_sites = n_sites if n_sites and hasattr(cell, "refresh_samples") else None
+        fp16 = self.amp is torch.float16
+        # fp16 needs loss scaling; one scaler per optimizer (their steps are independent)
+        self.w_scaler = torch.amp.GradScaler(dev.type, enabled=fp16)
+        self.a_scaler = torch.amp.GradScaler(dev.type, enabled=fp16)
+
+    def _autocast(self):
+        import contextlib
+        if self.amp is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.dev.type, dtype=self.amp)
+
+    def _to(self, t):
+        return t if t.device == self.dev else t.to(self.dev, non_blocking=True)
+
+    def step(self, xb, yb, xv, yv, warm: bool, update: bool = True):
+        """Returns the weight step's (output, loss), both still on the device."""
+        model, state = self.model, self.state
+        xb, yb, xv, yv = self._to(xb), self._to(yb), self._to(xv), self._to(yv)
+        # 1. arch step on a validation batch (fresh Dirichlet samples at every call)
+        state["use_cell"] = True
+        self.a_opt.zero_grad(set_to_none=True)
+        if self.n_sites:
+            self.cell.refresh_samples(self.n_sites)
+        # the network's weights are frozen for the arch step: backward then computes no weight
+        # gradients at all (the reference computes and discards them), and none can leak into
+        # the weight update (the reference forgets to zero them in two of its three copies)
+        frozen = [p for p in self.weights if p.requires_grad]
+        for p in frozen:
+            p.requires_grad_(False)
+        try:
+            with self._autocast():
+                vloss = self.loss_fn(model(xv), yv)
+            # a discrete cell without γ ops has nothing left to learn (its samples are constant)
+            learns = vloss.requires_grad
+            if learns:
+                self.a_scaler.scale(vloss).backward()
+        finally:
+            for p in frozen:
+                p.requires_grad_(True)
+        if learns:
+            if self.dist is not None:
+                self.dist.average_grads(self.arch_params)
+            self.a_scaler.step(self.a_opt)
+            self.a_scaler.update()
+            self.a_opt.zero_grad(set_to_none=True)
+        # 2. weight step (original activation while warm-starting); α and γ are frozen so
+        # backward does not differentiate through the Dirichlet sample for nothing
+        state["use_cell"] = not warm
+        for p in self.arch_params:
+            p.requires_grad_(False)
+        try:
+            if self.n_sites:
+                self.cell.clear_samples()
+                if not warm:
+                    self.cell.refresh_samples(self.n_sites)
+            with self._autocast():
+                out = model(xb)
+                loss = self.loss_fn(out, yb)
+            self.w_scaler.scale(loss / self.grad_accumulation).backward()
+        finally:
+            for p in self.arch_params:
+                p.requires_grad_(True)
+            if self.n_sites:
+                self.cell.clear_samples()
+        if update:
+            if self.dist is not None:
+                self.dist.average_grads(self.weights)
+            self.w_scaler.step(self.w_opt)
+            self.w_scaler.update()
+            self.w_opt.zero_grad(set_to_none=True)
+            if self.w_sched is not None:
+                self.w_sched.step()
+        self.last_vloss = vloss.detach()
+        return out.detach(), loss.detach()
+
+
+class _Meter:
+    """Per-epoch loss and accuracy sums kept on the device; :meth:`check` syncs once per
+    window of steps to detect a non-finite loss (and report the first bad step)."""
+
+    def __init__(self, dev):
+        self.dev = dev
+        self.loss = torch.zeros((), dtype=torch.float64, device=dev)
+        self.acc = torch.zeros((), dtype=torch.float64, device=dev)
+        self.n = self.nacc = 0
+        self.window: list = []      # (step, kind, loss) since the last check
+        self.step = 0
+        self.last = float("nan")
+
+    def add(self, loss, out, y, vloss=None):
+        n = len(y)
+        self.loss += loss.double() * n
+        self.n += n
+        if y.dtype in (torch.int64, torch.int32) and out.dim() >= 1 and out.shape[:-1] == y.shape:
+            self.acc += (out.argmax(-1) == y).double().mean() * n
+            self.nacc += n
+        self.window.append((self.step, "training", loss))
+        if vloss is not None:
+            self.window.append((self.step, "validation", vloss))
+        self.step += 1
+
+    def check(self, epoch, cell, ckpt_path, dist=None) -> None:
+        if not self.window:
+            return
+        vals = torch.stack([v.float().reshape(()) for _, _, v in self.window]).cpu()
+        bad = (~torch.isfinite(vals)).nonzero()
+        if dist is not None:  # a non-finite loss on any rank stops every rank
+            dist.stop_if_peer_failed(len(bad) > 0, epoch, ckpt_path)
+        if len(bad):
+            step, kind, _ = self.window[int(bad[0])]
+            _raise_non_finite(float(vals[int(bad[0])]), kind, epoch, step, cell, ckpt_path)
+        self.last = float(vals[-1] if self.window[-1][1] == "training" else vals[-2])
+        self.window.clear()
+
+    def totals(self) -> dict:
+        return {"loss": float(self.loss), "acc": float(self.acc), "n": self.n, "nacc": self.nacc}
+
+
+def _leading(cell) -> str:
+    try:
+        return str(cell.discretize())
+    except Exception:  # pragma: no cover - only for error messages
+        return "?"
+
+
+def _check_finite(loss, kind, epoch, step, cell, ckpt_path) -> None:
+    if not torch.isfinite(loss):
+        _raise_non_finite(float(loss), kind, epoch, step, cell, ckpt_path)
+
+
+def _raise_non_finite(value, kind, epoch, step, cell, ckpt_path) -> None:
+    where = f"; the last good checkpoint is {ckpt_path}" if ckpt_path is not None and ckpt_path.exists() else ""
+    raise SearchError(f"non-finite {kind} loss ({value}) at epoch {epoch + 1}, step {step + 1}; "
+                      f"leading formula: {_leading(cell)}{where}. Try a lower learning rate or arch_lr.")
