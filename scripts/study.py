@@ -18,6 +18,7 @@ JSON file as they finish, and a re-run skips what is there.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -27,23 +28,35 @@ from pathlib import Path
 
 #: search variants: task overrides on top of the task's defaults
 VARIANTS = {
+    "default": {},                                      # the task's own defaults
     "paper": {"arch_lr": 3e-3, "normalize": False},     # the paper's method, the task's budget
     "lr": {"arch_lr": 3e-2, "normalize": False},        # a 10x larger arch learning rate only
     "grafs": {"arch_lr": 3e-2, "normalize": True},      # + op-output normalisation
+    "long": {"arch_lr": 3e-2, "normalize": True,        # + twice the epochs, drops from 8
+             "epochs": 60, "shrink_start_epoch": 8},
+    "wait": {"arch_lr": 3e-2, "normalize": True,        # grafs, first drop at epoch 10, not 4
+             "shrink_start_epoch": 10},
+    "lr-high": {"arch_lr": 1e-1, "normalize": True},    # grafs with arch_lr 0.1
+    "mean": {"arch_lr": 3e-2, "normalize": True},       # grafs, Dirichlet draws -> their mean
 }
+#: variants whose cell mixes with the Dirichlet mean instead of a sample (DARTS-like)
+MEAN_VARIANTS = {"mean"}
 
 
-def _search_one(task_name: str, teacher: str | None, seed: int, variant: str) -> dict:
+def _search_one(task_name: str, teacher: str | None, seed: int, variant: str,
+                extra: dict | None = None) -> dict:
     import torch
     torch.set_num_threads(1)
     from grafs.search import search_task
     from grafs.tasks import get_task
+    from grafs.testing.sampling import mean_samples
     opts = {"teacher": teacher} if teacher else {}
-    task = get_task(task_name, **opts, **VARIANTS[variant])
+    task = get_task(task_name, **opts, **{**VARIANTS[variant], **(extra or {})})
     t0 = time.perf_counter()
-    r = search_task(task, seed=seed, progress=False)
+    with mean_samples() if variant in MEAN_VARIANTS else contextlib.nullcontext():
+        r = search_task(task, seed=seed, progress=False)
     row = {"kind": "search", "task": task_name, "teacher": teacher, "seed": seed,
-           "variant": variant, "formula": r.formula, "seconds": time.perf_counter() - t0,
+           "variant": variant, "overrides": extra or {}, "formula": r.formula, "seconds": time.perf_counter() - t0,
            "first_drop_entropy": _first_drop_entropy(r.history)}
     if teacher:
         from grafs.tasks.teacher import shape_error
@@ -78,7 +91,7 @@ def run(args) -> None:
     done = {(r.get("teacher"), r["seed"]) for r in rows if r["kind"] == "search"}
     todo = [(t, s) for t in cases for s in args.seeds if (t, s) not in done]
     with ProcessPoolExecutor(args.jobs) as ex:
-        futs = [ex.submit(_search_one, args.task, t, s, args.variant) for t, s in todo]
+        futs = [ex.submit(_search_one, args.task, t, s, args.variant, args.set) for t, s in todo]
         for f in futs:
             r = f.result()
             rows.append(r)
@@ -107,9 +120,10 @@ def run(args) -> None:
         print(table.markdown(), flush=True)
 
 
-def report(paths: list[str]) -> str:
+def report(paths: list[str], plots: str | None = None) -> str:
     """Markdown tables of one or more study files (formulas in their rounded display form;
-    the exact ones are in the JSON files)."""
+    the exact ones are in the JSON files). ``plots``: a folder for one figure per evaluation
+    (the found formulas, the baselines dashed, each with its derivative)."""
     lines: list[str] = []
     for p in paths:
         rows = _load(Path(p))
@@ -118,11 +132,12 @@ def report(paths: list[str]) -> str:
             continue
         variant = searches[0]["variant"]
         teacher = "shape_error" in searches[0]
-        lines += [f"#### Variant `{variant}` ({VARIANTS[variant]}), `{p}`", ""]
+        settings = {**VARIANTS[variant], **searches[0].get("overrides", {})}
+        lines += [f"#### Variant `{variant}` ({settings}), `{p}`", ""]
         lines += ["| " + ("teacher | " if teacher else "") + "seed | "
                   + ("shape error | with input scale | " if teacher else "")
                   + "entropy before 1st drop | search s | found |",
-                  "|" + "---|" * (6 if teacher else 4)]
+                  "|" + "---|" * (7 if teacher else 4)]
         for r in sorted(searches, key=lambda r: (r.get("teacher") or "", r["seed"])):
             ent = r.get("first_drop_entropy")
             lines.append("| " + (f"`{r['teacher']}` | " if teacher else "") + f"{r['seed']} | "
@@ -139,7 +154,24 @@ def report(paths: list[str]) -> str:
         for r in rows:
             if r["kind"] == "eval":
                 lines += _eval_table(r)
+                if plots:
+                    lines += [f"![found activations and baselines]({_plot(r, plots)})", ""]
     return "\n".join(lines)
+
+
+def _plot(r: dict, folder: str) -> str:
+    """Plot the found formulas of one evaluation with the baselines; returns the file's path."""
+    from grafs.plot import plot_activations
+    rows = r["table"]["rows"]
+    found = [x for x in rows if x["name"].startswith("found")]
+    name = f"{r['task']}-{r['variant']}" + (f"-{r['teacher']}" if r.get("teacher") else "")
+    name = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+    path = str(Path(folder) / f"{name}.png")
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    baselines = ["relu(x)", "gelu(x)", "silu(x)", "elu(x)", "leaky_relu(x)"]
+    return plot_activations([x["formula"] for x in found], path,
+                            labels=[x["name"] for x in found], baselines=baselines,
+                            title=f"{r['task']}: found activations (solid), baselines (dashed)")
 
 
 def display(formula: str) -> str:
@@ -179,6 +211,19 @@ def _eval_table(r: dict) -> list[str]:
     return out + [""]
 
 
+def _overrides(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--task", default="teacher")
@@ -186,13 +231,19 @@ def main(argv=None) -> int:
     ap.add_argument("--teachers", nargs="*", help="--task teacher: formulas "
                     "(default: grafs.tasks.teacher.TEACHERS)")
     ap.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="further task overrides on top of the variant's, e.g. epochs=30 "
+                    "(values parse as JSON, else as strings)")
     ap.add_argument("--eval-seeds", type=int, default=0)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--out", default="runs/study.json")
     ap.add_argument("--report", nargs="*", help="print markdown tables of these study files")
+    ap.add_argument("--plots", help="with --report: write a figure per evaluation into this "
+                    "folder and link it")
     args = ap.parse_args(argv)
+    args.set = _overrides(args.set)
     if args.report:
-        print(report(args.report))
+        print(report(args.report, args.plots))
         return 0
     run(args)
     return 0

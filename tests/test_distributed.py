@@ -16,7 +16,6 @@ batches of a step are the 1-process batch of that step):
   sampling noise; but warm-start weight steps use the original activation and never read α,
   so the first epoch's training loss agrees to float tolerance.
 """
-import contextlib
 import json
 import os
 import re
@@ -32,9 +31,9 @@ from torch import nn
 import grafs
 import grafs.distributed
 from grafs.errors import GrafsError, SearchError
-from grafs.runtime.cell import RelaxedCell
 from grafs.runtime.space import SearchSpace
 from grafs.search import _Interrupted, search
+from grafs.testing.sampling import mean_samples
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available()
                                 or not torch.distributed.is_gloo_available(),
@@ -78,24 +77,6 @@ def summary(r):
     return {k: r.history[k] for k in KEYS} | {"result": r.formula, "settings": r.settings}
 
 
-@contextlib.contextmanager
-def mean_samples():
-    """The cell's Dirichlet draws replaced by their mean α̃/Σα̃ (differentiable in α): a
-    deterministic search."""
-    orig = RelaxedCell.sample_weights
-
-    def mean(self, n=None):
-        idx = self._active_index()
-        conc = F.elu(torch.cat(list(self.alpha)).index_select(0, idx.slots)) + 1.0
-        sums = torch.zeros(self.num_holes).index_add(0, idx.seg, conc)
-        w = torch.zeros(len(self.slot_of)).index_put((idx.slots,), conc / sums[idx.seg])
-        return w if n is None else w.expand(n, -1)
-
-    RelaxedCell.sample_weights = mean
-    try:
-        yield
-    finally:
-        RelaxedCell.sample_weights = orig
 
 
 def nan_on_rank(bad_rank, after_calls):
