@@ -158,12 +158,13 @@ def load_inr(image: str = "camera", size: int = 64, test_fraction: float = 0.2,
 
 # 19 steps per epoch; 100 arch steps in the warm start and 190 before the first drop, with a
 # larger arch_lr than the image tasks: with 10 epochs at 3e-3, α was still uniform at the
-# first drop (the search's GrafsWarning), with this it was not
+# first drop (the search's GrafsWarning), with 1e-2 it was not. Every built-in task uses the
+# same recipe, arch_lr 3e-2 with op normalisation (docs/results-teacher.md)
 SEARCH_DEFAULTS = SearchConfig(
     epochs=30, batch_size=128, optimizer="adam", lr=2e-3, weight_decay=0.0,
     schedule="cosine", min_lr=1e-4,
-    arch_lr=1e-2, arch_weight_decay=1e-3, warmstart_epochs=5, shrink_start_epoch=10,
-    train_fraction=0.75)
+    arch_lr=3e-2, arch_weight_decay=1e-3, warmstart_epochs=5, shrink_start_epoch=10,
+    train_fraction=0.75, normalize=True)
 
 EVAL_DEFAULTS = TrainConfig(
     epochs=100, batch_size=256, optimizer="adam", lr=2e-3, weight_decay=0.0,

@@ -176,11 +176,12 @@ def load_textures(**options: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
 # larger arch_lr than the paper's; still too few: α is about uniform at the first drop (the
 # search's GrafsWarning; lowest hole entropy 0.9976, 0.9998 with warm start 1, drops from
 # epoch 2 and arch_lr 3e-3). A search where α learns needs more steps than 3 CPU minutes give.
+# Like every built-in task: arch_lr 3e-2 with op normalisation (docs/results-teacher.md).
 SEARCH_DEFAULTS = SearchConfig(
     epochs=10, batch_size=32, optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=5e-4,
     schedule="cosine", min_lr=0.0, max_steps_per_epoch=12,
-    arch_lr=1e-2, arch_weight_decay=1e-3, warmstart_epochs=2, shrink_start_epoch=4,
-    train_fraction=0.75)
+    arch_lr=3e-2, arch_weight_decay=1e-3, warmstart_epochs=2, shrink_start_epoch=4,
+    train_fraction=0.75, normalize=True)
 
 EVAL_DEFAULTS = TrainConfig(
     epochs=10, batch_size=64, optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=5e-4,
