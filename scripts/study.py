@@ -171,7 +171,9 @@ def _plot(r: dict, folder: str) -> str:
     baselines = ["relu(x)", "gelu(x)", "silu(x)", "elu(x)", "leaky_relu(x)"]
     return plot_activations([x["formula"] for x in found], path,
                             labels=[x["name"] for x in found], baselines=baselines,
-                            title=f"{r['task']}: found activations (solid), baselines (dashed)")
+                            title=f"{r['task']}" + (f" (teacher {r['teacher']})" if r.get("teacher")
+                                                    else "")
+                            + ": found activations (solid), baselines (dashed)")
 
 
 def display(formula: str) -> str:
