@@ -1,0 +1,56 @@
+"""scripts/study.py: the override parser and the markdown report (the tables of docs/results-*.md)."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def study():
+    spec = importlib.util.spec_from_file_location("study", ROOT / "scripts" / "study.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_overrides_parse_json_values_and_keep_strings(study):
+    assert study._overrides(["epochs=30", "arch_lr=3e-2", "normalize=true", "image=camera"]) == \
+        {"epochs": 30, "arch_lr": 0.03, "normalize": True, "image": "camera"}
+    with pytest.raises(SystemExit, match="KEY=VALUE"):
+        study._overrides(["epochs"])
+
+
+def _table(names_scores):
+    rows = [{"name": n, "mean": sum(s) / len(s), "sem": 0.01, "scores": s,
+             "formula": f if n.startswith("found") else n} for n, s, f in names_scores]
+    return {"metric": "mse", "higher_is_better": False, "rows": rows,
+            "search_seconds": 30.0, "eval_seconds": 10.0}
+
+
+def test_report_tables_verdicts_settings_and_plot(study, tmp_path):
+    rows = [
+        {"kind": "search", "task": "teacher", "teacher": "tanh(x)", "seed": 0, "variant": "grafs",
+         "overrides": {"epochs": 30}, "formula": "erf(x)", "seconds": 12.0,
+         "first_drop_entropy": 0.95, "shape_error": 0.03},
+        {"kind": "eval", "task": "teacher", "teacher": "tanh(x)", "variant": "grafs",
+         "table": _table([("found s0", [0.10, 0.10], "erf(x)"), ("found s1", [0.50, 0.50], "x"),
+                          ("GELU", [0.20, 0.20], None), ("ReLU", [0.30, 0.30], None)])},
+    ]
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(rows))
+    md = study.report([str(path)], plots=str(tmp_path / "img"))
+    lines = md.splitlines()
+    # the variant's settings include the recorded overrides
+    assert "{'arch_lr': 0.03, 'normalize': True, 'epochs': 30}" in lines[0]
+    header = next(l for l in lines if l.startswith("| teacher |"))
+    sep = lines[lines.index(header) + 1]
+    assert header.count("|") == sep.count("|")          # a table markdown renders
+    assert "1 of 1 searches within shape error 0.1" in md
+    assert "search/evaluation wall time 3.00" in md
+    verdict = {l.split("|")[1].strip(): l.split("|")[3].strip() for l in lines
+               if l.startswith("| found")}
+    assert verdict == {"found s0": "better by > 1 SEM", "found s1": "worse"}
+    assert (tmp_path / "img" / "teacher-grafs-tanh_x_.png").stat().st_size > 1000
