@@ -132,7 +132,8 @@ def report(paths: list[str], plots: str | None = None) -> str:
             continue
         variant = searches[0]["variant"]
         teacher = "shape_error" in searches[0]
-        settings = {**VARIANTS[variant], **searches[0].get("overrides", {})}
+        overrides = searches[0].get("overrides", {})
+        settings = {**VARIANTS[variant], **overrides}
         lines += [f"#### Variant `{variant}` ({settings}), `{p}`", ""]
         lines += ["| " + ("teacher | " if teacher else "") + "seed | "
                   + ("shape error | with input scale | " if teacher else "")
@@ -155,16 +156,20 @@ def report(paths: list[str], plots: str | None = None) -> str:
             if r["kind"] == "eval":
                 lines += _eval_table(r)
                 if plots:
-                    lines += [f"![found activations and baselines]({_plot(r, plots)})", ""]
+                    lines += [f"![found activations and baselines]({_plot(r, plots, overrides)})",
+                              ""]
     return "\n".join(lines)
 
 
-def _plot(r: dict, folder: str) -> str:
-    """Plot the found formulas of one evaluation with the baselines; returns the file's path."""
+def _plot(r: dict, folder: str, overrides: dict) -> str:
+    """Plot the found formulas of one evaluation with the baselines; returns the file's path
+    (named after the task, variant, overrides and teacher, so studies do not overwrite each
+    other's figures)."""
     from grafs.plot import plot_activations
     rows = r["table"]["rows"]
     found = [x for x in rows if x["name"].startswith("found")]
-    name = f"{r['task']}-{r['variant']}" + (f"-{r['teacher']}" if r.get("teacher") else "")
+    name = f"{r['task']}-{r['variant']}" + "".join(f"-{k}{v}" for k, v in overrides.items()) \
+        + (f"-{r['teacher']}" if r.get("teacher") else "")
     name = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
     path = str(Path(folder) / f"{name}.png")
     Path(folder).mkdir(parents=True, exist_ok=True)

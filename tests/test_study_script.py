@@ -53,4 +53,4 @@ def test_report_tables_verdicts_settings_and_plot(study, tmp_path):
     verdict = {l.split("|")[1].strip(): l.split("|")[3].strip() for l in lines
                if l.startswith("| found")}
     assert verdict == {"found s0": "better by > 1 SEM", "found s1": "worse"}
-    assert (tmp_path / "img" / "teacher-grafs-tanh_x_.png").stat().st_size > 1000
+    assert (tmp_path / "img" / "teacher-grafs-epochs30-tanh_x_.png").stat().st_size > 1000
