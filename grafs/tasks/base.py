@@ -446,7 +446,7 @@ class Task:
                 xb, yb = xb.to(device), yb.to(device)
                 loss = self.loss_fn(model(xb), yb)
                 if not torch.isfinite(loss):
-                    raise GrafsError(f"non-finite training loss {float(loss)} at epoch "
+                    raise GrafsError(f"non-finite training loss {float(loss.detach())} at epoch "
                                      f"{epoch}, step {step} of task {self.name!r}")
                 (loss / cfg.grad_accum_steps).backward()
                 total += loss.detach().item()
