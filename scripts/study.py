@@ -214,7 +214,15 @@ def _eval_table(r: dict) -> list[str]:
                 x["mean"] <= best["mean"] + best["sem"]
             verdict = "better by > 1 SEM" if better else ("within 1 SEM" if tie else "worse")
         formula = f"`{display(x['formula'])}`" if x["name"].startswith("found") else ""
-        out.append(f"| {x['name']} | {x['mean']:.4f} ± {x['sem']:.4f} | {verdict} | {formula} |")
+        failed = [f for f in tab.get("failures", []) if f["name"] == x["name"]]
+        if not x["scores"]:   # every run failed (e.g. diverged at the first step)
+            why = failed[0]["error"] if failed else "no run finished"
+            out.append(f"| {x['name']} | failed in {len(failed)} of {len(failed)} runs | "
+                       f"worse | {formula} {why} |")
+            continue
+        note = f" ({len(failed)} runs failed)" if failed else ""
+        out.append(f"| {x['name']} | {x['mean']:.4f} ± {x['sem']:.4f}{note} | {verdict} | "
+                   f"{formula} |")
     return out + [""]
 
 

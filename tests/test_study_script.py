@@ -54,3 +54,23 @@ def test_report_tables_verdicts_settings_and_plot(study, tmp_path):
                if l.startswith("| found")}
     assert verdict == {"found s0": "better by > 1 SEM", "found s1": "worse"}
     assert (tmp_path / "img" / "teacher-grafs-epochs30-tanh_x_.png").stat().st_size > 1000
+
+
+def test_report_marks_a_formula_whose_every_run_failed(study, tmp_path):
+    table = _table([("found s0", [0.9, 0.9], "erf(x)"), ("GELU", [0.8, 0.8], None)])
+    table["higher_is_better"] = True
+    table["rows"].insert(1, {"name": "found s1", "mean": float("nan"), "sem": float("nan"),
+                             "scores": [], "formula": "sinh(sinh(x))"})
+    table["failures"] = [{"name": "found s1", "formula": "sinh(sinh(x))", "seed": s,
+                          "error": "GrafsError: non-finite training loss nan"} for s in (0, 1)]
+    rows = [{"kind": "search", "task": "digits", "seed": 0, "variant": "default",
+             "formula": "erf(x)", "seconds": 3.0, "first_drop_entropy": None},
+            {"kind": "eval", "task": "digits", "variant": "default", "table": table}]
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps(rows))
+    md = study.report([str(path)])
+    line = next(l for l in md.splitlines() if l.startswith("| found s1"))
+    assert "failed in 2 of 2 runs" in line and "worse" in line and "non-finite" in line
+    assert "nan" not in line.split("|")[2]
+    assert next(l for l in md.splitlines() if l.startswith("| found s0")).split("|")[3].strip() \
+        == "better by > 1 SEM"
