@@ -132,9 +132,10 @@ def bits_per_char(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return cross_entropy(logits, target) / math.log(2.0)
 
 
-# 90 arch steps before the first drop: at the paper's arch_lr 3e-3 α cannot move that far (on
-# the teacher task 96 steps left every hole's entropy at 0.997-0.999), so like every built-in
-# task: arch_lr 3e-2 with op normalisation (docs/results-teacher.md)
+# 20 arch steps before the first drop (10 per epoch, drops from epoch 2): at the paper's arch_lr
+# 3e-3 α cannot move in that (on the teacher task 96 steps left every hole's entropy at
+# 0.997-0.999); like every built-in task: arch_lr 3e-2 with op normalisation
+# (docs/results-teacher.md). Still too few steps for α to learn (docs/results-text.md)
 SEARCH_DEFAULTS = SearchConfig(
     epochs=10, batch_size=16, optimizer="adamw", lr=1e-3, betas=(0.9, 0.95),
     weight_decay=0.1, schedule="cosine", warmup_steps=10, min_lr=1e-4, grad_clip=1.0,
