@@ -97,6 +97,26 @@ def _factory(formula: str, backend: str) -> Callable[[], nn.Module]:
     return lambda: gcompile(formula, backend=backend)
 
 
+def from_scratch_problem(task, formula: str, *, seed: int = 0) -> str | None:
+    """What stops ``formula`` from training on ``task`` from scratch, or None: one forward and
+    backward pass of a freshly initialised model (the evaluation's, seeded ``seed``) on a
+    training batch, checked for a non-finite loss or gradient. A search trains through
+    clipped ops on warm-started weights, so a found formula can still overflow at
+    initialisation (e.g. ``sinh`` stacked over 19 ResNet sites: docs/results-textures.md)."""
+    model = task.make_model(_factory(formula, "eager"), seed=seed)
+    model.train()
+    xb, yb = next(iter(task.batches("train", task.eval_config.batch_size, seed=seed)))
+    loss = task.loss_fn(model(xb), yb)
+    if not torch.isfinite(loss.detach()):
+        return f"gives a non-finite loss ({float(loss.detach())}) at initialisation"
+    loss.backward()
+    bad = [n for n, p in model.named_parameters()
+           if p.grad is not None and not torch.isfinite(p.grad).all()]
+    if bad:
+        return f"gives non-finite gradients at initialisation (first: {bad[0]})"
+    return None
+
+
 def baseline_names(names: Sequence[str]) -> list[str]:
     """The :data:`BASELINES` keys for ``names`` spelled any way a formula may spell the
     function (case-insensitive, ``_`` ignored, aliases: ``gelu``, ``leaky_relu``, ``swish``),

@@ -342,4 +342,21 @@ def search_task(task, *, seed: int = 0, epochs: int | None = None, space=None, p
                     max_steps_per_epoch=spe, device=device, amp=amp, callbacks=callbacks,
                     distributed=distributed)
     result.settings["task"] = task.name
+    _warn_if_untrainable(task, result, seed)
     return result
+
+
+def _warn_if_untrainable(task, result: SearchResult, seed: int) -> None:
+    """Warn when the found formula cannot be trained from scratch on the task (one pass of a
+    fresh model; grafs.evaluate.from_scratch_problem)."""
+    import warnings
+
+    from grafs.errors import GrafsWarning
+    from grafs.evaluate import from_scratch_problem
+    problem = from_scratch_problem(task, result.formula, seed=seed)
+    if problem:
+        msg = (f"the found formula {problem} on task {task.name!r}: a model trained from "
+               f"scratch with it (grafs evaluate) will fail. The search trained through "
+               f"clipped ops on warm-started weights; try another seed or a longer search")
+        result.history.setdefault("warnings", []).append(msg)
+        warnings.warn(msg, GrafsWarning, stacklevel=3)

@@ -1,0 +1,50 @@
+"""A found formula that cannot be trained from scratch is flagged (grafs.evaluate.from_scratch_problem)
+and a search on a built-in task warns about it."""
+import warnings
+
+import pytest
+
+from grafs.errors import GrafsWarning
+from grafs.evaluate import from_scratch_problem
+from grafs.tasks import get_task
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    return get_task("teacher", teacher="tanh(x)", num_train=256, num_test=32, width=16)
+
+
+def test_a_trainable_formula_passes(teacher):
+    assert from_scratch_problem(teacher, "tanh(x)") is None
+    assert from_scratch_problem(teacher, "0.5*gelu(x) + 0.5*relu(x)") is None
+
+
+def test_an_overflowing_formula_is_named(teacher):
+    msg = from_scratch_problem(teacher, "exp(exp(exp(exp(x))))")
+    assert msg is not None and "non-finite" in msg and "initialisation" in msg
+
+
+def test_the_textures_formula_that_diverged_in_evaluation():
+    """docs/results-textures.md: every evaluation run of this found formula failed at step 0."""
+    pytest.importorskip("skimage", reason="needs the 'tasks' extra (scikit-image)")
+    task = get_task("textures")
+    assert "non-finite" in from_scratch_problem(task, "max(0.9965*x, 0.5821*sinh(x))")
+    assert from_scratch_problem(task, "relu(x)") is None
+
+
+def test_search_task_warns_and_records(monkeypatch, teacher):
+    import grafs.evaluate
+    from grafs.runtime.space import SearchSpace
+    from grafs.search import search_task
+    space = SearchSpace("U(x)", unary=["relu", "tanh"], binary=["add"])
+    task = get_task("teacher", teacher="tanh(x)", num_train=256, num_test=32, width=16,
+                    epochs=3, warmstart_epochs=1, shrink_start_epoch=2)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        r = search_task(task, seed=0, space=space, progress=False)
+    assert not [x for x in w if "trained from scratch" in str(x.message)]
+    monkeypatch.setattr(grafs.evaluate, "from_scratch_problem",
+                        lambda task, formula, seed=0: "gives a non-finite loss (nan) at initialisation")
+    with pytest.warns(GrafsWarning, match="non-finite loss .* will fail"):
+        r = search_task(task, seed=0, space=space, progress=False)
+    assert any("will fail" in m for m in r.history["warnings"])
