@@ -81,11 +81,7 @@ class _Stepper:
             for p in frozen:
                 p.requires_grad_(True)
         if learns:
-            if self.dist is not None:
-                self.dist.average_grads(self.arch_params)
-            self.a_scaler.step(self.a_opt)
-            self.a_scaler.update()
-            self.a_opt.zero_grad(set_to_none=True)
+            self._apply(self.a_scaler, self.a_opt, self.arch_params)
         # 2. weight step (original activation while warm-starting); α and γ are frozen so
         # backward does not differentiate through the Dirichlet sample for nothing
         state["use_cell"] = not warm
@@ -106,15 +102,19 @@ class _Stepper:
             if self.n_sites:
                 self.cell.clear_samples()
         if update:
-            if self.dist is not None:
-                self.dist.average_grads(self.weights)
-            self.w_scaler.step(self.w_opt)
-            self.w_scaler.update()
-            self.w_opt.zero_grad(set_to_none=True)
+            self._apply(self.w_scaler, self.w_opt, self.weights)
             if self.w_sched is not None:
                 self.w_sched.step()
         self.last_vloss = vloss.detach()
         return out.detach(), loss.detach()
+
+    def _apply(self, scaler, opt, params) -> None:
+        """One optimizer step on gradients averaged over the ranks (data-parallel search)."""
+        if self.dist is not None:
+            self.dist.average_grads(params)
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
 
 
 class _Meter:
