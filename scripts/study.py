@@ -112,8 +112,11 @@ def run(args) -> None:
                  if r["kind"] == "search" and r.get("teacher") == t}
         task = get_task(args.task, **({"teacher": t} if t else {}))
         searches = [r["seconds"] for r in rows if r["kind"] == "search" and r.get("teacher") == t]
+        # every finished run is cached beside the study file, so an interrupted evaluation
+        # resumes where it stopped
         table = evaluate(task, found, seeds=args.eval_seeds, progress=False, jobs=args.jobs,
-                         search_seconds=sum(searches) / len(searches))
+                         search_seconds=sum(searches) / len(searches),
+                         out_dir=out.with_suffix("") if out.suffix else out.with_name(out.name + "-runs"))
         rows.append({"kind": "eval", "task": args.task, "teacher": t, "variant": args.variant,
                      "table": table.to_dict()})
         _save(out, rows)
