@@ -17,7 +17,7 @@ Numerics of the gradient:
   gradient on ties like ``torch.clamp``; two tensors split it in half like ``torch.maximum``);
 * ``exp(u) − 1`` becomes ``expm1(u)`` and ``1 − σ(u)`` becomes ``σ(−u)``.
 
-Used by the triton backend (grafs.compiler.triton_emit, grafs.compiler.triton_cell_emit).
+Used by the triton backend (grafs.compiler.triton_emit, grafs.compiler.cell_emit).
 """
 from __future__ import annotations
 
@@ -348,7 +348,7 @@ def program_expr(prog: Program) -> E.Expr:
         if k in ("w", "g"):
             raise CompileError("this program refers to the relaxed cell's weight/gamma vectors; "
                                "a formula program cannot; relaxed cells have their own plans "
-                               "(grafs.compiler.triton_cell_emit, grafs.compiler.lean_cell)")
+                               "(grafs.compiler.cell_emit, grafs.compiler.lean_cell)")
         raise CompileError(f"unknown program argument {a!r}")
 
     for ins in prog.instrs:

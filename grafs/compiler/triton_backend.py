@@ -6,7 +6,7 @@
 * grafs.compiler.reverse — symbolic reverse-mode differentiation over the Expr DAG (usable by
   any backend that emits code);
 * grafs.compiler.triton_emit — Triton source for formulas (the :class:`Emitter`, templates);
-* grafs.compiler.triton_cell_emit — Triton source for the relaxed cell;
+* grafs.compiler.cell_emit — Triton source for the relaxed cell;
 * grafs.compiler.triton_interp — kernel-file preludes, with the interpreter's shims;
 * grafs.compiler.triton_launch — loading, caching and launching the kernels;
 * grafs.compiler.triton_ops — custom ops (for torch.compile) and autograd Functions.
@@ -20,7 +20,7 @@ import torch
 
 from grafs.compiler.lower import Program
 from grafs.compiler.reverse import formula_gradients, program_expr
-from grafs.compiler.triton_cell_emit import cell_source
+from grafs.compiler.cell_emit import cell_source
 from grafs.compiler.triton_emit import triton_source
 from grafs.compiler.triton_launch import (CellKernels, FormulaKernels, interpreting,
                                           kernel_cache_size)

@@ -1,5 +1,4 @@
-"""Triton source emission: straight-line kernel statements from Expr DAGs, and the formula
-kernels.
+"""Triton source emission: the Triton dialect of grafs.compiler.emit, and the formula kernels.
 
 For a formula, :func:`formula_source` generates one forward and one backward kernel from the
 lowered :class:`~grafs.compiler.lower.Program`:
@@ -12,142 +11,69 @@ lowered :class:`~grafs.compiler.lower.Program`:
   ``sum`` (deterministic, no atomics); the sums mask the padding lanes of the last block.
 
 Templates use ``expm1``/``log1p`` and overflow-free softplus/logsigmoid. Generated sources
-contain only registry templates, generated names and ``repr`` of numbers. The relaxed cell's
-kernels are emitted by grafs.compiler.triton_cell_emit with the same :class:`Emitter`.
+contain only registry templates, generated names and ``repr`` of numbers. The statements come
+from grafs.compiler.emit's :class:`Emitter` in the :data:`TRITON` dialect; the relaxed cell's
+kernels are emitted by grafs.compiler.cell_emit.
 """
 from __future__ import annotations
 
+from grafs.compiler.emit import Dialect, Emitter
 from grafs.compiler.lower import DEFAULT_ELL, Program, lower
-from grafs.compiler.reverse import (EXPM1, LEAF, SELECT, S, is_zero, leaf, program_expr, reverse,
+from grafs.compiler.reverse import (EXPM1, SELECT, S, is_zero, leaf, program_expr, reverse,
                                     rewrite_for_grad)
 from grafs.compiler.triton_interp import prelude
-from grafs.errors import CompileError
 from grafs.grammar import expr as E
-from grafs.ops import OPS
 
-__all__ = ["Emitter", "HEAD", "check_templates", "module_source", "formula_source",
-           "triton_source"]
-
-# Triton templates of the reverse mode's internal ops
-_INTERNAL = {SELECT: "tl.where({0} > 0, {1}, {2})", EXPM1: "libdevice.expm1({0})"}
+__all__ = ["TRITON", "TritonDialect", "HEAD", "check_templates", "module_source",
+           "formula_source", "triton_source"]
 
 
-def _lit(v: float) -> str:
-    r = repr(float(v))
-    return f"({r})" if r.startswith("-") else r
+class TritonDialect(Dialect):
+    """Triton: blocks are ``tl`` tensors of BLOCK fp32 lanes, scalars broadcast."""
+    name = "Triton"
+    field = "triton"
+    internal = {SELECT: "tl.where({0} > 0, {1}, {2})", EXPM1: "libdevice.expm1({0})"}
+
+    def sqrt(self, r):
+        return f"tl.sqrt_rn({r})"
+
+    def full(self, lit):
+        return f"tl.full([BLOCK], {lit}, tl.float32)"
+
+    def computed_const(self, lit):
+        return f"tl.full([], {lit}, tl.float32)"
+
+    def to_block(self, ref):
+        return f"({ref} + tl.zeros([BLOCK], tl.float32))"
+
+    def zeros(self):
+        return "tl.zeros([BLOCK], tl.float32)"
+
+    def assign(self, name, expr, declare):
+        return f"{name} = {expr}"
+
+    def if_open(self, cond):
+        return f"if {cond}:"
+
+    def load(self, ptr, index):
+        return f"tl.load({ptr} + {index}).to(tl.float32)"
+
+    def is_active(self, k):
+        return f"tl.load(mask_ptr + {k}) != 0"
+
+    def any_active(self, ks):
+        return " + ".join(f"tl.load(mask_ptr + {k}).to(tl.int32)" for k in ks) + " != 0"
+
+    def store_partial(self, col, r):
+        return f"tl.store(part_ptr + pid * NC + {col}, tl.sum(tl.where(m, {r}, 0.0), axis=0))"
 
 
-class Emitter:
-    """Straight-line Triton statements from Expr DAGs, each node once per scope (CSE)."""
-
-    def __init__(self, indent: str = "    "):
-        self.lines: list[str] = []
-        self.ind = indent
-        self.scopes: list[dict[int, tuple[E.Expr, str, bool]]] = [{}]
-        self.count = 0
-
-    def line(self, s: str) -> None:
-        self.lines.append(self.ind + s)
-
-    def open(self, header: str) -> None:
-        self.line(header)
-        self.ind += "    "
-        self.scopes.append({})
-
-    def close(self) -> None:
-        self.ind = self.ind[:-4]
-        self.scopes.pop()
-
-    def bind(self, e: E.Expr, name: str, block: bool = True) -> None:
-        self.scopes[-1][id(e)] = (e, name, block)   # the Expr is kept alive with its id
-
-    def fresh(self, prefix: str = "t") -> str:
-        self.count += 1
-        return f"{prefix}{self.count}"
-
-    def _get(self, e: E.Expr):
-        for sc in reversed(self.scopes):
-            hit = sc.get(id(e))
-            if hit is not None:
-                return hit
-        return None
-
-    def ref(self, e: E.Expr) -> tuple[str, bool]:
-        """A name or literal for ``e`` (emitting what it needs); and whether it is a block."""
-        if e.is_const:
-            return _lit(e.value), False
-        hit = self._get(e)
-        if hit is None:
-            # nodes already emitted (or literals) are inputs here: list them, don't descend
-            def known(n):
-                return n.is_const or self._get(n) is not None
-            order = E.topological(e, stop=known)
-            bound = {id(n) for n in order if known(n)}
-            for node in order:
-                if id(node) in bound:
-                    continue
-                if not node.args:
-                    if node.op == LEAF and node.name == "F":     # a constant as a block
-                        name = self.fresh("f")
-                        self.line(f"{name} = tl.full([BLOCK], {_lit(node.value)}, tl.float32)")
-                        self.bind(node, name, True)
-                        continue
-                    raise CompileError(f"internal error: unbound leaf {node.op} {node.name or ''}")
-                refs = [self.ref(c) for c in node.args]
-                strs = [r for r, _ in refs]
-                if all(c.is_const for c in node.args):
-                    # constants that did not fold (a non-finite result such as 1/0): let Triton
-                    # compute it (IEEE inf/NaN) instead of Python arithmetic on literals
-                    strs[0] = f"tl.full([], {strs[0]}, tl.float32)"
-                name = self.fresh()
-                self.line(f"{name} = {_fill(node, strs)}")
-                self.bind(node, name, any(b for _, b in refs))
-            hit = self._get(e)
-        return hit[1], hit[2]
-
-    def block(self, e: E.Expr) -> str:
-        """``e`` as a [BLOCK] fp32 value."""
-        r, is_block = self.ref(e)
-        if is_block:
-            return r
-        if e.is_const:
-            return f"tl.full([BLOCK], {r}, tl.float32)"
-        return f"({r} + tl.zeros([BLOCK], tl.float32))"
-
-
-def _template(op: str) -> str:
-    if op in _INTERNAL:
-        return _INTERNAL[op]
-    spec = OPS.get(op)
-    t = getattr(spec, "triton", None) if spec is not None else None
-    if not t:
-        raise CompileError(f"op {op!r} has no Triton template (grafs.ops.Op.triton), so the triton "
-                           f"backend cannot compile formulas using it; use backend='inductor' or "
-                           f"'eager', or register the op with a triton=... template")
-    return t
-
-
-def _fill(n: E.Expr, refs: list[str]) -> str:
-    if n.op == "pow" and n.args[1].is_const:
-        v, r = n.args[1].value, refs[0]
-        if v == 2.0:
-            return f"({r} * {r})"
-        if v == 3.0:
-            return f"({r} * {r} * {r})"
-        if v == 0.5:
-            return f"tl.sqrt_rn({r})"
-        if v == -1.0:
-            return f"(1.0 / {r})"
-    return _template(n.op).format(*refs)
+TRITON = TritonDialect()
 
 
 def check_templates(*roots: E.Expr) -> None:
     """Raise the CompileError naming the first op without a Triton template."""
-    for r in roots:
-        for n in E.topological(r):
-            if n.args:
-                _template(n.op)
-
+    TRITON.check(*roots)
 
 
 HEAD = """\
@@ -180,7 +106,7 @@ def _formula_body(prog: Program) -> str:
 
     loads = [f"    p{i} = tl.load(p_ptr + {i}).to(tl.float32)  # {{{nm}}}\n"
              for i, nm in enumerate(names)]
-    fwd = Emitter()
+    fwd = Emitter(TRITON)
     fwd.bind(X, "x")
     for i, nm in enumerate(names):
         fwd.bind(E.param(nm, dict(prog.params)[nm]), f"p{i}", False)
@@ -190,7 +116,7 @@ def _formula_body(prog: Program) -> str:
            HEAD + "".join(loads) + "\n".join(fwd.lines) + ("\n" if fwd.lines else "")
            + f"    tl.store(y_ptr + offs, {y}.to(y_ptr.dtype.element_ty), mask=m)\n"]
 
-    bwd = Emitter()
+    bwd = Emitter(TRITON)
     bwd.bind(X, "x")
     bwd.bind(GY, "gy")
     for i, pl in enumerate(pleaves):

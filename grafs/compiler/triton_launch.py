@@ -20,7 +20,7 @@ import torch
 
 from grafs.compiler.codegen import load_source
 from grafs.compiler.lower import Program
-from grafs.compiler.triton_cell_emit import CellPlan
+from grafs.compiler.cell_emit import CellPlan
 from grafs.compiler.triton_emit import formula_source, module_source
 from grafs.errors import CompileError
 

@@ -1,5 +1,5 @@
-"""Triton source emission for the relaxed GRAFS cell: one forward and one backward kernel for
-an active set (or all slots).
+"""Kernel source for the relaxed GRAFS cell: one forward and one backward kernel for an active
+set (or all slots), in any dialect of grafs.compiler.emit (Triton for GPUs, C for CPUs).
 
 All active ops of all holes in one pass over ``x``; the mixture weights ``w``, the γ vector
 ``g`` and an active-op mask are tensors, so dropping an op (progressive shrinking) needs no new
@@ -17,7 +17,8 @@ import functools
 from grafs.compiler.lower import fold_constants
 from grafs.compiler.reverse import LEAF, S, is_zero, reverse, rewrite_for_grad
 from grafs.compiler.reverse import leaf as _leaf   # `leaf` names loop variables below
-from grafs.compiler.triton_emit import HEAD, Emitter, check_templates, module_source
+from grafs.compiler.emit import Dialect, Emitter
+from grafs.compiler.triton_emit import HEAD, TRITON, module_source
 from grafs.grammar import expr as E
 from grafs.ops import SEARCH_OPS
 
@@ -25,25 +26,27 @@ __all__ = ["CellPlan", "cell_term", "cell_source"]
 
 
 @functools.lru_cache(maxsize=None)
-def cell_term(op_name: str, ell: float | None):
+def cell_term(op_name: str, ell: float | None, dialect: Dialect = TRITON):
     """A search op on generic leaves: (term, input leaves, gamma leaves, partials, and the term
     in the form its partials are taken on, which the backward evaluates so they share nodes)."""
     spec = SEARCH_OPS[op_name]
     hin = [_leaf(f"in{a}") for a in range(1 if spec.kind == "unary" else 2)]
     gam = [_leaf(f"gam{i}") for i in range(len(spec.gammas))]
     term = fold_constants(E.as_expr(spec.build(hin, gam, ell)))
-    check_templates(term)
+    dialect.check(term)
     gterm = rewrite_for_grad(term)
     parts = reverse(gterm, hin + gam)
-    check_templates(gterm, *parts)
+    dialect.check(gterm, *parts)
     return term, hin, gam, parts, gterm
 
 
 class CellPlan:
     """The cell template with holes replaced by leaves, each hole's inputs, slots and gammas."""
 
-    def __init__(self, space, slot_of, gamma_of, clip: bool, active=None):
+    def __init__(self, space, slot_of, gamma_of, clip: bool, active=None,
+                 dialect: Dialect = TRITON):
         from grafs.compiler.cell import substitute_holes
+        self.d = dialect
         self.ell = space.ell if clip else None
         self.holes = list(space.holes)
         self.hout = {h.index: _leaf(f"h{h.index}") for h in self.holes}
@@ -82,8 +85,8 @@ class CellPlan:
         self.live = [h for h in self.holes if h.index in live]
         for h in self.live:
             for o, _, _ in self.slots[h.index]:
-                cell_term(o, self.ell)
-        check_templates(self.T, *[i for h in self.live for i in inputs[h.index]])
+                cell_term(o, self.ell, dialect)
+        dialect.check(self.T, *[i for h in self.live for i in inputs[h.index]])
 
     def hole_refs(self, em: Emitter, h) -> list[str]:
         refs = []
@@ -91,7 +94,7 @@ class CellPlan:
             r = em.block(e)
             if not r.isidentifier():
                 name = em.fresh("in")
-                em.line(f"{name} = {r}")
+                em.assign(name, r)
                 r = name
             refs.append(r)
         return refs
@@ -114,30 +117,32 @@ class CellPlan:
                 order.setdefault(o if not js else (o, h.index), (o, []))[1].append((h, k, js))
         return list(order.values())
 
-    @staticmethod
-    def _any_active(uses) -> str:
-        return " + ".join(f"tl.load(mask_ptr + {k}).to(tl.int32)" for _, k, _ in uses) + " != 0"
+    def _any_active(self, uses) -> str:
+        return self.d.any_active([k for _, k, _ in uses])
+
+    def _w(self, k: int) -> str:
+        return self.d.load("w_ptr", k)
 
     def emit_group_forward(self, em: Emitter, members, refs: list[str]) -> None:
         for h in members:
-            em.line(f"h{h.index} = tl.zeros([BLOCK], tl.float32)  # hole {h.name}")
+            em.assign(f"h{h.index}", self.d.zeros(), f"hole {h.name}")
         for o, uses in self.shared_ops(members):
-            term, hin, gam, _, _ = cell_term(o, self.ell)
+            term, hin, gam, _, _ = cell_term(o, self.ell, self.d)
             if len(uses) == 1:
                 h, k, js = uses[0]
-                em.open(f"if tl.load(mask_ptr + {k}) != 0:  # {h.name}: {o}")
+                em.open_if(self.d.is_active(k), f"{h.name}: {o}")
                 self._bind_slot(em, k, js, hin, gam, refs)
                 r, _ = em.ref(term)
-                em.line(f"h{h.index} = h{h.index} + w{k} * {r}")
+                em.assign(f"h{h.index}", f"h{h.index} + w{k} * {r}")
                 em.close()
                 continue
-            em.open(f"if {self._any_active(uses)}:  # {'/'.join(u[0].name for u in uses)}: {o}, once")
+            em.open_if(self._any_active(uses), f"{'/'.join(u[0].name for u in uses)}: {o}, once")
             for leaf, r in zip(hin, refs):
                 em.bind(leaf, r)
             r, _ = em.ref(term)
             for h, k, _ in uses:
-                em.open(f"if tl.load(mask_ptr + {k}) != 0:")
-                em.line(f"h{h.index} = h{h.index} + tl.load(w_ptr + {k}).to(tl.float32) * {r}")
+                em.open_if(self.d.is_active(k))
+                em.assign(f"h{h.index}", f"h{h.index} + {self._w(k)} * {r}")
                 em.close()
             em.close()
         for h in members:
@@ -146,48 +151,53 @@ class CellPlan:
     def _emit_slot_backward(self, em, o, use, hin, gam, parts, term, refs, ai) -> None:
         h, k, js = use
         j = h.index
-        em.open(f"if tl.load(mask_ptr + {k}) != 0:  # {h.name}: {o}")
+        em.open_if(self.d.is_active(k), f"{h.name}: {o}")
         self._bind_slot(em, k, js, hin, gam, refs)
-        em.open("if WG:  # partial sums for the w/γ gradients (not in weight steps)")
+        em.open_if("WG", "partial sums for the w/γ gradients (not in weight steps)")
         r = em.block(S("mul", _leaf(f"ah{j}"), term))
-        em.line(f"tl.store(part_ptr + pid * NC + {k}, tl.sum(tl.where(m, {r}, 0.0), axis=0))")
+        em.line(self.d.store_partial(k, r))
         em.close()
         AW = _leaf(f"aw{k}")
-        em.line(f"aw{k} = ah{j} * w{k}")
+        em.assign(f"aw{k}", f"ah{j} * w{k}")
         em.bind(AW, f"aw{k}")
         for a, p in enumerate(parts[: len(hin)]):
             if not is_zero(p):
-                em.line(f"{ai[a]} = {ai[a]} + {em.block(S('mul', AW, p))}")
+                em.assign(ai[a], f"{ai[a]} + {em.block(S('mul', AW, p))}")
         for i, p in enumerate(parts[len(hin):]):
             if not is_zero(p):
-                em.open("if WG:")
+                em.open_if("WG")
                 r = em.block(S("mul", AW, p))
-                em.line(f"tl.store(part_ptr + pid * NC + {self.gcol_of[(k, i)]}, "
-                        f"tl.sum(tl.where(m, {r}, 0.0), axis=0))  # d/dg[{js[i]}]")
+                em.line(self.d.store_partial(self.gcol_of[(k, i)], r) + f"  {self.d.comment} d/dg[{js[i]}]")
                 em.close()
         em.close()
 
-    @staticmethod
-    def _bind_slot(em, k, js, hin, gam, refs):
-        em.line(f"w{k} = tl.load(w_ptr + {k}).to(tl.float32)")
+    def _bind_slot(self, em, k, js, hin, gam, refs):
+        em.assign(f"w{k}", self._w(k))
         for leaf, r in zip(hin, refs):
             em.bind(leaf, r)
         for i, (leaf, j) in enumerate(zip(gam, js)):
-            em.line(f"g{k}_{i} = tl.load(g_ptr + {j}).to(tl.float32)")
+            em.assign(f"g{k}_{i}", self.d.load("g_ptr", j))
             em.bind(leaf, f"g{k}_{i}", False)
 
-    def forward_body(self) -> str:
-        em = Emitter()
+    def forward_statements(self, indent: str = "    ") -> tuple[list[str], str]:
+        """The forward's statements (reading ``x``) and the name of the output block."""
+        em = Emitter(self.d, indent)
         em.bind(E.var(), "x")
         for members in self.groups():
             self.emit_group_forward(em, members, self.hole_refs(em, members[0]))
         y = em.block(self.T)
+        return em.lines, y
+
+    def forward_body(self) -> str:
+        lines, y = self.forward_statements()
         return ("@triton.jit\n"
                 "def grafs_cell_fwd(x_ptr, w_ptr, g_ptr, mask_ptr, y_ptr, n, BLOCK: tl.constexpr):\n"
-                + HEAD + "\n".join(em.lines) + "\n"
+                + HEAD + "\n".join(lines) + "\n"
                 + f"    tl.store(y_ptr + offs, {y}.to(y_ptr.dtype.element_ty), mask=m)\n")
 
-    def backward_body(self) -> str:
+    def backward_statements(self, indent: str = "    ") -> tuple[list[str], str]:
+        """The backward's statements (reading ``x`` and ``gy``, writing partial sums under
+        ``WG``) and the name of the block holding the gradient for ``x``."""
         X, GY = E.var(), _leaf("gy")
         live_ids = [h.index for h in self.live]
         houts = [self.hout[j] for j in live_ids]
@@ -206,7 +216,7 @@ class CellPlan:
                     if j not in used:
                         used.add(j)
                         stack.extend(self.inputs[j])
-        em = Emitter()
+        em = Emitter(self.d, indent)
         em.bind(X, "x")
         em.bind(GY, "gy")
         refs: dict[int, list[str]] = {}
@@ -217,10 +227,10 @@ class CellPlan:
                 refs[h.index] = r
             if any(h.index in used for h in members):
                 self.emit_group_forward(em, members, r)
-        em.line("# backward")
+        em.line(f"{self.d.comment} backward")
         for j, d in zip(live_ids, dT[1:]):
-            em.line(f"ah{j} = {em.block(S('mul', GY, d))}")
-        em.line(f"ax = {em.block(S('mul', GY, dT[0]))}")
+            em.assign(f"ah{j}", em.block(S('mul', GY, d)))
+        em.assign("ax", em.block(S('mul', GY, dT[0])))
         # a group is processed where its first member falls in reverse order: every hole that
         # reads any member comes later in evaluation order, so all members' adjoints are final
         for members in reversed(groups):
@@ -230,32 +240,31 @@ class CellPlan:
             n_in = len(self.inputs[j])
             ai = [f"ai{j}_{a}" for a in range(n_in)]
             for name in ai:
-                em.line(f"{name} = tl.zeros([BLOCK], tl.float32)")
+                em.assign(name, self.d.zeros())
             for o, uses in self.shared_ops(members):
-                _, hin, gam, parts, term = cell_term(o, self.ell)
+                _, hin, gam, parts, term = cell_term(o, self.ell, self.d)
                 if len(uses) == 1:
                     self._emit_slot_backward(em, o, uses[0], hin, gam, parts, term, refs[j], ai)
                     continue
                 # the op once for all members that hold it: Σ_members ah·w times its partials
-                em.open(f"if {self._any_active(uses)}:  # {'/'.join(u[0].name for u in uses)}: {o}, once")
+                em.open_if(self._any_active(uses), f"{'/'.join(u[0].name for u in uses)}: {o}, once")
                 for leaf, r in zip(hin, refs[j]):
                     em.bind(leaf, r)
                 rt = em.block(term)
                 aws = em.fresh("aws")
-                em.line(f"{aws} = tl.zeros([BLOCK], tl.float32)")
+                em.assign(aws, self.d.zeros())
                 for h, k, _ in uses:
-                    em.open(f"if tl.load(mask_ptr + {k}) != 0:  # {h.name}")
-                    em.line(f"{aws} = {aws} + ah{h.index} * tl.load(w_ptr + {k}).to(tl.float32)")
-                    em.open("if WG:")
-                    em.line(f"tl.store(part_ptr + pid * NC + {k}, "
-                            f"tl.sum(tl.where(m, ah{h.index} * {rt}, 0.0), axis=0))")
+                    em.open_if(self.d.is_active(k), h.name)
+                    em.assign(aws, f"{aws} + ah{h.index} * {self._w(k)}")
+                    em.open_if("WG")
+                    em.line(self.d.store_partial(k, f"ah{h.index} * {rt}"))
                     em.close()
                     em.close()
                 AW = _leaf(aws)
                 em.bind(AW, aws)
                 for a, p in enumerate(parts[: len(hin)]):
                     if not is_zero(p):
-                        em.line(f"{ai[a]} = {ai[a]} + {em.block(S('mul', AW, p))}")
+                        em.assign(ai[a], f"{ai[a]} + {em.block(S('mul', AW, p))}")
                 em.close()
             for a in range(n_in):   # through the group's (shared) input expression
                 AI = _leaf(ai[a])
@@ -264,13 +273,17 @@ class CellPlan:
                     if is_zero(d):
                         continue
                     target = "ax" if leaf is X else f"a{leaf.name}"
-                    em.line(f"{target} = {target} + {em.block(S('mul', AI, d))}")
+                    em.assign(target, f"{target} + {em.block(S('mul', AI, d))}")
+        return em.lines, "ax"
+
+    def backward_body(self) -> str:
+        lines, ax = self.backward_statements()
         return ("@triton.jit\n"
                 "def grafs_cell_bwd(x_ptr, w_ptr, g_ptr, mask_ptr, gy_ptr, gx_ptr, part_ptr, n,\n"
                 "                   NC: tl.constexpr, WG: tl.constexpr, BLOCK: tl.constexpr):\n"
                 + HEAD + "    gy = tl.load(gy_ptr + offs, mask=m, other=0.0).to(tl.float32)\n"
-                + "\n".join(em.lines) + "\n"
-                + "    tl.store(gx_ptr + offs, ax.to(gx_ptr.dtype.element_ty), mask=m)\n")
+                + "\n".join(lines) + "\n"
+                + f"    tl.store(gx_ptr + offs, {ax}.to(gx_ptr.dtype.element_ty), mask=m)\n")
 
 
 def cell_source(space, slot_of, gamma_of, clip: bool, interp: bool = False) -> str:
