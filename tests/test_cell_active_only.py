@@ -105,5 +105,5 @@ def test_triton_cell_evaluates_only_active_ops(monkeypatch, tmp_path, recompile_
         monkeypatch.setenv("TRITON_INTERPRET", "1")      # read at call time by the backend
     monkeypatch.setenv("GRAFS_CACHE_DIR", str(tmp_path))
     cell = _check("triton", recompile_ratio)
-    n_code = sum(len(k) for k in cell._triton_key)
+    n_code = sum(len(k) for k in cell._generated_key["triton"])
     assert n_code == (cell.num_active() if exact else len(cell.slot_of))

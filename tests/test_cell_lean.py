@@ -541,7 +541,9 @@ def test_cell_call_backprops_into_alpha():
 
 
 # ------------------------------------------------------------------------------ 7. modes
-def test_auto_mode_is_lean_on_cpu(monkeypatch):
+def test_auto_mode_without_the_c_cell_is_lean_on_cpu(monkeypatch):
+    import grafs.runtime.cell as cell_mod
+    monkeypatch.setattr(cell_mod, "_has_c", lambda: False)   # no compiler or libmvec
     cell = SearchSpace.grafs().relax("auto", seed=0)
     cpu = torch.device("cpu")
     assert cell.mode_for(cpu) == "lean"
@@ -549,7 +551,6 @@ def test_auto_mode_is_lean_on_cpu(monkeypatch):
     assert cell.mode_for(cpu, lean_cell.RECOMPUTE_FROM + 1) == "lean"
     calls = []
     real = lean_cell.lean_apply
-    import grafs.runtime.cell as cell_mod
     monkeypatch.setattr(cell_mod, "lean_apply", lambda *a, **k: calls.append(1) or real(*a, **k))
     cell(torch.randn(500)).sum().backward()
     assert calls == [1]

@@ -601,7 +601,7 @@ def test_relaxed_cell_triton_kernels_follow_the_active_set():
         y.sum().backward()
         assert torch.isfinite(y).all() and torch.isfinite(xr.grad).all()
         torch.testing.assert_close(y, eager(x, weights=w), rtol=1e-5, atol=1e-5)
-        seen.append((tri.num_active(), tri._triton_key))
+        seen.append((tri.num_active(), tri._generated_key["triton"]))
     n_code = [sum(len(k) for k in key) for _, key in seen]
     assert n_code[0] == 13 and n_code[-1] == 3          # full code first, exact code at the end
     assert all(a >= b for a, b in zip(n_code, n_code[1:]))

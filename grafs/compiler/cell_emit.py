@@ -44,9 +44,12 @@ class CellPlan:
     """The cell template with holes replaced by leaves, each hole's inputs, slots and gammas."""
 
     def __init__(self, space, slot_of, gamma_of, clip: bool, active=None,
-                 dialect: Dialect = TRITON):
+                 dialect: Dialect = TRITON, masked: bool = True):
         from grafs.compiler.cell import substitute_holes
         self.d = dialect
+        # masked: every op of the plan sits in an ``if`` on its mask entry (the kernels serve
+        # every subset of ``active``); unmasked: straight-line code for exactly ``active``
+        self.masked = masked
         self.ell = space.ell if clip else None
         self.holes = list(space.holes)
         self.hout = {h.index: _leaf(f"h{h.index}") for h in self.holes}
@@ -123,36 +126,52 @@ class CellPlan:
     def _w(self, k: int) -> str:
         return self.d.load("w_ptr", k)
 
-    def emit_group_forward(self, em: Emitter, members, refs: list[str]) -> None:
+    def _open_slot(self, em: Emitter, cond: str, comment: str = "") -> None:
+        """A block run only when its op slots are active; unmasked plans (compiled for exactly
+        the active set) write straight-line code instead, so CSE reaches across ops."""
+        if self.masked:
+            em.open_if(cond, comment)
+        elif comment:
+            em.line(f"{self.d.comment} {comment}")
+
+    def _close_slot(self, em: Emitter) -> None:
+        if self.masked:
+            em.close()
+
+    def emit_group_forward(self, em: Emitter, members, refs: list[str],
+                           grad_form: bool = False) -> None:
+        """The group's hole outputs; ``grad_form``: each op in the form its partials are taken
+        on (the backward's recompute, so an unmasked backward reuses its nodes)."""
         for h in members:
             em.assign(f"h{h.index}", self.d.zeros(), f"hole {h.name}")
         for o, uses in self.shared_ops(members):
-            term, hin, gam, _, _ = cell_term(o, self.ell, self.d)
             if len(uses) == 1:
                 h, k, js = uses[0]
-                em.open_if(self.d.is_active(k), f"{h.name}: {o}")
-                self._bind_slot(em, k, js, hin, gam, refs)
+                self._open_slot(em, self.d.is_active(k), f"{h.name}: {o}")
+                em.assign(f"w{k}", self._w(k))
+                term, _ = self._slot_exprs(em, o, h, k, js, refs, grad_form)
                 r, _ = em.ref(term)
                 em.assign(f"h{h.index}", f"h{h.index} + w{k} * {r}")
-                em.close()
+                self._close_slot(em)
                 continue
-            em.open_if(self._any_active(uses), f"{'/'.join(u[0].name for u in uses)}: {o}, once")
-            for leaf, r in zip(hin, refs):
-                em.bind(leaf, r)
+            self._open_slot(em, self._any_active(uses), f"{'/'.join(u[0].name for u in uses)}: {o}, once")
+            term, _ = self._slot_exprs(em, o, uses[0][0], None, [], refs, grad_form)
             r, _ = em.ref(term)
             for h, k, _ in uses:
-                em.open_if(self.d.is_active(k))
+                self._open_slot(em, self.d.is_active(k))
                 em.assign(f"h{h.index}", f"h{h.index} + {self._w(k)} * {r}")
-                em.close()
-            em.close()
+                self._close_slot(em)
+            self._close_slot(em)
         for h in members:
             em.bind(self.hout[h.index], f"h{h.index}")
 
-    def _emit_slot_backward(self, em, o, use, hin, gam, parts, term, refs, ai) -> None:
+    def _emit_slot_backward(self, em, o, use, refs, ai) -> None:
         h, k, js = use
         j = h.index
-        em.open_if(self.d.is_active(k), f"{h.name}: {o}")
-        self._bind_slot(em, k, js, hin, gam, refs)
+        self._open_slot(em, self.d.is_active(k), f"{h.name}: {o}")
+        em.assign(f"w{k}", self._w(k))
+        term, parts = self._slot_exprs(em, o, h, k, js, refs, True)
+        n_in = len(refs)
         em.open_if("WG", "partial sums for the w/γ gradients (not in weight steps)")
         r = em.block(S("mul", _leaf(f"ah{j}"), term))
         em.line(self.d.store_partial(k, r))
@@ -160,24 +179,45 @@ class CellPlan:
         AW = _leaf(f"aw{k}")
         em.assign(f"aw{k}", f"ah{j} * w{k}")
         em.bind(AW, f"aw{k}")
-        for a, p in enumerate(parts[: len(hin)]):
+        for a, p in enumerate(parts[:n_in]):
             if not is_zero(p):
                 em.assign(ai[a], f"{ai[a]} + {em.block(S('mul', AW, p))}")
-        for i, p in enumerate(parts[len(hin):]):
+        for i, p in enumerate(parts[n_in:]):
             if not is_zero(p):
                 em.open_if("WG")
                 r = em.block(S("mul", AW, p))
                 em.line(self.d.store_partial(self.gcol_of[(k, i)], r) + f"  {self.d.comment} d/dg[{js[i]}]")
                 em.close()
-        em.close()
+        self._close_slot(em)
 
-    def _bind_slot(self, em, k, js, hin, gam, refs):
-        em.assign(f"w{k}", self._w(k))
-        for leaf, r in zip(hin, refs):
-            em.bind(leaf, r)
+    def _slot_exprs(self, em, o, h, k, js, refs, grad_form: bool):
+        """Op ``o`` at hole ``h`` (slot ``k``, γ indices ``js``): its term (as written, or in
+        the form its partials are taken on) and partials, ready to emit. Masked plans bind the
+        op's generic leaves to the hole's input names in the slot's scope; unmasked plans
+        substitute the hole's input expressions and per-slot γ leaves, so equal
+        sub-expressions of different ops are the same (interned) node and computed once."""
+        term, hin, gam, parts, gterm = cell_term(o, self.ell, self.d)
+        if grad_form:
+            term = gterm
+        if self.masked:
+            for leaf, r in zip(hin, refs):
+                em.bind(leaf, r)
+            for i, (leaf, j) in enumerate(zip(gam, js)):
+                em.assign(f"g{k}_{i}", self.d.load("g_ptr", j))
+                em.bind(leaf, f"g{k}_{i}", False)
+            return term, parts
+        mapping = dict(zip(map(id, hin), self.inputs[h.index]))
         for i, (leaf, j) in enumerate(zip(gam, js)):
-            em.assign(f"g{k}_{i}", self.d.load("g_ptr", j))
-            em.bind(leaf, f"g{k}_{i}", False)
+            g = _leaf(f"g{k}_{i}")
+            if em._get(g) is None:
+                em.assign(g.name, self.d.load("g_ptr", j))
+                em.bind(g, g.name, False)
+            mapping[id(leaf)] = g
+        memo: dict[int, E.Expr] = {}
+        for n in E.topological(E.Expr("grafs_tuple", [term, *parts])):
+            memo[id(n)] = mapping.get(id(n)) or (
+                E.Expr(n.op, [memo[id(a)] for a in n.args], n.value, n.name) if n.args else n)
+        return memo[id(term)], [memo[id(p)] for p in parts]
 
     def forward_statements(self, indent: str = "    ") -> tuple[list[str], str]:
         """The forward's statements (reading ``x``) and the name of the output block."""
@@ -226,7 +266,7 @@ class CellPlan:
             for h in members:
                 refs[h.index] = r
             if any(h.index in used for h in members):
-                self.emit_group_forward(em, members, r)
+                self.emit_group_forward(em, members, r, grad_form=not self.masked)
         em.line(f"{self.d.comment} backward")
         for j, d in zip(live_ids, dT[1:]):
             em.assign(f"ah{j}", em.block(S('mul', GY, d)))
@@ -242,30 +282,28 @@ class CellPlan:
             for name in ai:
                 em.assign(name, self.d.zeros())
             for o, uses in self.shared_ops(members):
-                _, hin, gam, parts, term = cell_term(o, self.ell, self.d)
                 if len(uses) == 1:
-                    self._emit_slot_backward(em, o, uses[0], hin, gam, parts, term, refs[j], ai)
+                    self._emit_slot_backward(em, o, uses[0], refs[j], ai)
                     continue
                 # the op once for all members that hold it: Σ_members ah·w times its partials
-                em.open_if(self._any_active(uses), f"{'/'.join(u[0].name for u in uses)}: {o}, once")
-                for leaf, r in zip(hin, refs[j]):
-                    em.bind(leaf, r)
+                self._open_slot(em, self._any_active(uses), f"{'/'.join(u[0].name for u in uses)}: {o}, once")
+                term, parts = self._slot_exprs(em, o, uses[0][0], None, [], refs[j], True)
                 rt = em.block(term)
                 aws = em.fresh("aws")
                 em.assign(aws, self.d.zeros())
                 for h, k, _ in uses:
-                    em.open_if(self.d.is_active(k), h.name)
+                    self._open_slot(em, self.d.is_active(k), h.name)
                     em.assign(aws, f"{aws} + ah{h.index} * {self._w(k)}")
                     em.open_if("WG")
                     em.line(self.d.store_partial(k, f"ah{h.index} * {rt}"))
                     em.close()
-                    em.close()
+                    self._close_slot(em)
                 AW = _leaf(aws)
                 em.bind(AW, aws)
-                for a, p in enumerate(parts[: len(hin)]):
+                for a, p in enumerate(parts[:n_in]):
                     if not is_zero(p):
                         em.assign(ai[a], f"{ai[a]} + {em.block(S('mul', AW, p))}")
-                em.close()
+                self._close_slot(em)
             for a in range(n_in):   # through the group's (shared) input expression
                 AI = _leaf(ai[a])
                 em.bind(AI, ai[a])

@@ -9,7 +9,11 @@ Modes (``"auto"``, the default, is what a search should use; bench/cell.py and
 bench/search_step.py measure the others side by side):
   ``"lean"``: the eager path of grafs.compiler.lean_cell: each distinct op evaluated once per
       call, affine ops folded into one mixing matmul per group of holes, no compile; saves only
-      x for backward on large activations (recompute). ``auto`` on the CPU.
+      x for backward on large activations (recompute). ``auto`` on CPUs without the C cell and
+      for spaces with trainable-family ops.
+  ``"c"``: grafs' generated C kernel pair for the active set (SIMD vectors, glibc's vector
+      math; grafs.compiler.c_cell): one call per forward and per backward, saves only x, builds
+      in about a second per active set. ``auto`` on x86-64 Linux CPUs with a C compiler.
   ``"triton"``: grafs' generated Triton kernel pair for the active set (dropped ops have no code
       once the set falls to 60% of the compiled one; until then a mask skips them). ``auto`` on
       CUDA. CPU only under TRITON_INTERPRET=1 (grafs.compiler.triton_backend.TritonCell).
@@ -40,7 +44,7 @@ from grafs.errors import GrafsError
 from grafs.ops import OPS, SEARCH_OPS
 from grafs.runtime.sampling import segmented_dirichlet
 
-MODES = ("auto", "lean", "eager", "triton", "fused", "compile")
+MODES = ("auto", "c", "lean", "eager", "triton", "fused", "compile")
 
 
 @dataclass
@@ -97,11 +101,11 @@ class RelaxedCell(nn.Module):
         # candidate ops from the trainable families carry modules (network weights, not arch params)
         full = self._program(self.active_ops(), self.clip)
         self.terms = nn.ModuleDict({i.key: OPS[i.op].module() for i in full.instrs if i.key is not None})
-        # Triton kernels per generated active set (see _code_key): a 110 -> 6 search generates
-        # about six, each a few seconds of Triton compile at most
-        self._tritons: dict[tuple, object] = {}
-        self._triton_key: tuple | None = None
-        self._triton_last: tuple | None = None
+        # Triton and C kernels per generated active set (see _code_key): a 110 -> 6 search
+        # generates about six, each a few seconds of Triton compile or ~1 s of C build at most
+        self._generated: dict[tuple, object] = {}
+        self._generated_key: dict[str, tuple | None] = {"triton": None, "c": None}
+        self._generated_last: dict[str, tuple | None] = {"triton": None, "c": None}
         if len(self.terms) and mode not in ("eager", "lean", "auto"):
             raise GrafsError(f"search spaces with trainable-family ops ({', '.join(self.terms)}) "
                              f"need mode 'auto', 'lean' or 'eager', not {mode!r}")
@@ -222,18 +226,24 @@ class RelaxedCell(nn.Module):
             self._kernels[key] = CellKernels(self._program(key, self.clip))
         return self._kernels[key]
 
-    def _triton_for(self, key):
-        last = self._triton_last
+    def _generated_for(self, kind: str, key):
+        """The Triton or C cell (``kind``) for active set ``key``."""
+        last = self._generated_last[kind]
         if last is not None and last[0] is key:   # the per-call path: the active set is cached
             return last[1]
-        from grafs.compiler.triton_backend import TritonCell
         asked = key
-        key = self._triton_key = self._code_key(key, self._triton_key)
-        if key not in self._tritons:
-            self._tritons[key] = TritonCell(self.space, self.slot_of, self.gamma_of, self.clip,
-                                            active=key)
-        self._triton_last = (asked, self._tritons[key])
-        return self._tritons[key]
+        if kind == "triton":   # C code is built for exactly the active set (unmasked)
+            key = self._code_key(key, self._generated_key[kind])
+        self._generated_key[kind] = key
+        if (kind, key) not in self._generated:
+            if kind == "c":
+                from grafs.compiler.c_cell import CCell as Cls
+            else:
+                from grafs.compiler.triton_backend import TritonCell as Cls
+            self._generated[(kind, key)] = Cls(self.space, self.slot_of, self.gamma_of, self.clip,
+                                               active=key)
+        self._generated_last[kind] = (asked, self._generated[(kind, key)])
+        return self._generated[(kind, key)]
 
     # auto on the CPU, from bench/search_step.py (mnist1d, one thread): lean is 1.6x faster than
     # eager at 110 ops, even at 24, and 1.2x slower at 6 (fewer, simpler ops: eager dispatches
@@ -249,6 +259,9 @@ class RelaxedCell(nn.Module):
             return self.mode
         if device.type == "cuda" and not len(self.terms) and _has_triton():
             return "triton"
+        if device.type == "cpu" and not len(self.terms) and not torch.compiler.is_compiling() \
+                and _has_c():
+            return "c"
         from grafs.compiler.lean_cell import RECOMPUTE_FROM
         few = self.num_active() <= self.eager_up_to_ops_per_hole * self.num_holes
         return "eager" if few and 0 < numel < RECOMPUTE_FROM else "lean"
@@ -283,8 +296,8 @@ class RelaxedCell(nn.Module):
         if mode == "eager":
             return run_program(self._program(key, self.clip), x, {}, {"w": w, "g": self.gamma},
                                self.terms)
-        if mode == "triton":
-            return self._triton_for(key)(x, w, self.gamma, self._active_index().mask_i8)
+        if mode in ("triton", "c"):
+            return self._generated_for(mode, key)(x, w, self.gamma, self._active_index().mask_i8)
         k = self._kernels_for(key)
         if mode == "compile":
             return k.fwd(x.reshape(-1), w, self.gamma).view(x.shape)
@@ -369,6 +382,11 @@ class RelaxedCell(nn.Module):
 
 
 _TRITON: list[bool] = []
+
+
+def _has_c() -> bool:
+    from grafs.compiler.c_cell import available
+    return available()
 
 
 def _has_triton() -> bool:

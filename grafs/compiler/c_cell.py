@@ -1,0 +1,268 @@
+"""The relaxed cell as generated C kernels on the CPU: build, cache, load, call.
+
+:class:`CCell` is the CPU counterpart of grafs.compiler.triton_backend.TritonCell: the same cell
+plan (grafs.compiler.cell_emit), written in C with SIMD vectors (grafs.compiler.c_emit), built
+with the system C compiler into a shared library and called through ctypes. One call per
+forward and one per backward, whatever the number of ops; autograd saves only x, w, γ and the
+mask (the backward recomputes); the work is split over torch's intra-op threads (ctypes
+releases the GIL).
+
+Needs x86-64 Linux, a C compiler (``$CC``, else ``cc``) and glibc's libmvec (glibc ≥ 2.35 for
+every function the ops use). :func:`available` says whether this machine has them (and why
+not); ``RelaxedCell(mode="auto")`` uses the lean eager path where it does not. Libraries are
+cached by source hash under ``$GRAFS_CACHE_DIR/c`` (default ``~/.cache/grafs/c``), so a search
+builds each active set once per machine.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+from grafs.compiler.c_emit import C, ISAS, cell_c_source
+from grafs.compiler.cell_emit import CellPlan
+from grafs.errors import CompileError
+
+__all__ = ["available", "unavailable_reason", "CCell", "CCellKernels", "cache_dir"]
+
+_LOCK = threading.Lock()
+_LIBS: dict[str, ctypes.CDLL] = {}
+_PTR, _LONG, _INT = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
+# below this many elements per thread a call runs on the calling thread only
+PARALLEL_FROM = 1 << 15
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("GRAFS_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "grafs")
+    return Path(base) / "c"
+
+
+def _compiler() -> str | None:
+    return shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+
+
+def _isa() -> str | None:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    words = set(flags.split())
+    if {"avx2", "fma"} <= words:
+        return "avx2"
+    return "sse4" if "sse4_1" in words else None
+
+
+@functools.lru_cache(maxsize=None)
+def unavailable_reason() -> str | None:
+    """None where the C cell can run here, else why not (one line)."""
+    if sys.platform != "linux" or platform.machine() not in ("x86_64", "AMD64"):
+        return f"the C cell needs x86-64 Linux (this is {sys.platform} {platform.machine()})"
+    if _compiler() is None:
+        return "no C compiler found (set $CC or install gcc)"
+    if not ctypes.util.find_library("mvec"):
+        return "glibc's libmvec (vector math) was not found"
+    if _isa() is None:
+        return "the CPU has neither AVX2+FMA nor SSE4.1"
+    try:    # the smallest kernel that uses libmvec, built and run once per process
+        lib = _build("#include <stddef.h>\n" + _probe_source(_isa()))
+        out = (ctypes.c_float * 1)()
+        lib.grafs_probe(out)
+        if abs(out[0] - 2.7182817) > 1e-5:
+            return f"the C probe kernel computed exp(1) = {out[0]}"
+    except CompileError as err:
+        return str(err).splitlines()[0]
+    return None
+
+
+def available() -> bool:
+    return unavailable_reason() is None
+
+
+def _probe_source(isa: str) -> str:
+    from grafs.compiler.c_emit import prelude
+    return prelude(isa) + "void grafs_probe(float *o) { V v = vexp(vasinh(vpow(K(1), K(2))) * K(0) + K(1)); o[0] = v[0]; }\n"
+
+
+def _flags(isa: str) -> list[str]:
+    return ["-O1", "-shared", "-fPIC", "-w", *ISAS[isa]["flags"]]
+
+
+def _build(source: str) -> ctypes.CDLL:
+    """Compile ``source`` (once per machine: cached by its hash) and load it."""
+    isa = _isa() or "sse4"
+    cc = _compiler()
+    if cc is None:
+        raise CompileError("the C cell needs a C compiler (set $CC or install gcc)")
+    key = hashlib.sha256("\0".join([source, cc, *_flags(isa)]).encode()).hexdigest()[:24]
+    with _LOCK:
+        lib = _LIBS.get(key)
+        if lib is not None:
+            return lib
+        d = cache_dir()
+        path = d / f"grafs_cell_{key}.so"
+        if not path.exists():
+            d.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(suffix=".so", dir=d)
+            os.close(fd)
+            src = Path(tmp).with_suffix(".c")
+            src.write_text(source)
+            try:
+                r = subprocess.run([cc, *_flags(isa), str(src), "-o", tmp, "-lmvec", "-lm"],
+                                   capture_output=True, text=True)
+                if r.returncode != 0:
+                    raise CompileError(f"building the C cell failed ({cc}): "
+                                       + (r.stderr.strip().splitlines() or ["no output"])[0])
+                os.replace(tmp, path)     # atomic: other processes see all or nothing
+            finally:
+                src.unlink(missing_ok=True)
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+        lib = ctypes.CDLL(str(path))
+        _LIBS[key] = lib
+        return lib
+
+
+_POOL: list = []
+
+
+def _pool(n: int) -> ThreadPoolExecutor:
+    if not _POOL or _POOL[0]._max_workers < n:
+        _POOL[:] = [ThreadPoolExecutor(max_workers=n, thread_name_prefix="grafs-c")]
+    return _POOL[0]
+
+
+def _spans(n: int) -> list[tuple[int, int]]:
+    t = max(1, min(torch.get_num_threads(), n // PARALLEL_FROM))
+    step = -(-n // t)
+    step += (-step) % 16          # whole vectors per thread
+    return [(a, min(a + step, n)) for a in range(0, n, step)]
+
+
+def _run(spans, fn) -> None:
+    if len(spans) == 1:
+        fn(*spans[0])
+        return
+    for f in [_pool(len(spans)).submit(fn, a, b) for a, b in spans]:
+        f.result()
+
+
+class CCellKernels:
+    """The compiled forward/backward pair of one cell plan (the active set it was built for;
+    the mask selects among those ops at run time)."""
+
+    def __init__(self, space, slot_of, gamma_of, clip: bool, active=None):
+        # unmasked: compiled for exactly the active set (a build is about a second), so the
+        # backward shares every value with its forward recompute
+        self.plan = plan = CellPlan(space, slot_of, gamma_of, clip, active, C, masked=False)
+        self.K = plan.K
+        self.NC = max(plan.K + len(plan.gcols), 1)
+        self.n_gamma = 1 + max((j for js in gamma_of.values() for j in js), default=-1)
+        self.gcols = torch.tensor(plan.gcols, dtype=torch.long)
+        n_code = sum(len(v) for v in plan.slots.values())
+        text = f"relaxed {space.template} with {plan.K} slots ({n_code} compiled), clip={clip}"
+        self.source = cell_c_source(plan, _isa() or "sse4", text)
+        self._lib: ctypes.CDLL | None = None
+
+    def lib(self) -> ctypes.CDLL:
+        if self._lib is None:
+            lib = _build(self.source)
+            lib.grafs_cell_fwd.argtypes = [_PTR] * 5 + [_LONG]
+            lib.grafs_cell_fwd.restype = None
+            lib.grafs_cell_bwd.argtypes = [_PTR] * 7 + [_LONG, _INT]
+            lib.grafs_cell_bwd.restype = None
+            self._lib = lib
+        return self._lib
+
+    def _check(self, x, w, g, mask):
+        if x.device.type != "cpu":
+            raise CompileError(f"the C cell runs on the CPU, got a tensor on {x.device}")
+        if w.numel() != self.K or mask.numel() != self.K:
+            raise CompileError(f"the relaxed cell has {self.K} op slots; got {w.numel()} weights and "
+                               f"a mask of {mask.numel()}")
+        if g.numel() < self.n_gamma:
+            raise CompileError(f"the relaxed cell uses {self.n_gamma} gammas; got {g.numel()}")
+
+    @staticmethod
+    def _args(w, g, mask):
+        w = w.detach().float().contiguous()
+        g = (g.detach().float().contiguous() if g.numel() else torch.zeros(1))
+        m = mask.to(torch.int8).contiguous()
+        return w, g, m
+
+    def forward(self, x, w, g, mask, block=None):
+        self._check(x, w, g, mask)
+        lib = self.lib()
+        xc = x.detach().float().contiguous().view(-1)
+        y = torch.empty_like(xc)
+        w, g, m = self._args(w, g, mask)
+        p = (w.data_ptr(), g.data_ptr(), m.data_ptr())
+        xp, yp = xc.data_ptr(), y.data_ptr()
+
+        def part(a, b):
+            lib.grafs_cell_fwd(xp + 4 * a, *p, yp + 4 * a, b - a)
+        _run(_spans(xc.numel()), part)
+        return y.view(x.shape).to(x.dtype)
+
+    def backward(self, x, w, g, mask, gy, block=None, need_wg: bool = True):
+        lib = self.lib()
+        xc = x.detach().float().contiguous().view(-1)
+        gyc = gy.detach().float().contiguous().view(-1)
+        gx = torch.empty_like(xc)
+        wf, gf, m = self._args(w, g, mask)
+        p = (wf.data_ptr(), gf.data_ptr(), m.data_ptr())
+        spans = _spans(xc.numel())
+        part = torch.zeros((len(spans), self.NC), dtype=torch.float64)
+        xp, gyp, gxp, pp = xc.data_ptr(), gyc.data_ptr(), gx.data_ptr(), part.data_ptr()
+
+        def run(i, a, b):
+            lib.grafs_cell_bwd(xp + 4 * a, *p, gyp + 4 * a, gxp + 4 * a, pp + 8 * self.NC * i,
+                               b - a, int(need_wg))
+        _run([(i, span) for i, span in enumerate(spans)], lambda i, s: run(i, *s))
+        gg = torch.zeros(g.shape, dtype=torch.float32)
+        if not need_wg:
+            return gx.view(x.shape).to(x.dtype), torch.zeros_like(w), gg.to(g.dtype)
+        sums = part.sum(0).float()
+        gw = sums[: self.K].to(w.dtype).view(w.shape)
+        if len(self.plan.gcols):
+            gg.view(-1).index_add_(0, self.gcols, sums[self.K:self.K + len(self.plan.gcols)])
+        return gx.view(x.shape).to(x.dtype), gw, gg.to(g.dtype)
+
+
+class CCell:
+    """``CCell(space, slot_of, gamma_of, clip, active=None)(x, w, g, mask) -> y``,
+    differentiable w.r.t. x, w and g (as :class:`grafs.compiler.triton_backend.TritonCell`)."""
+
+    def __init__(self, space, slot_of, gamma_of, clip: bool, active=None):
+        self.space = space
+        self.active = active
+        self._k = CCellKernels(space, dict(slot_of), {k: list(v) for k, v in gamma_of.items()},
+                               bool(clip), active)
+        self.num_slots = self._k.K
+        self.source = self._k.source
+
+    def build(self) -> "CCell":
+        self._k.lib()
+        return self
+
+    def __call__(self, x: torch.Tensor, w: torch.Tensor, g: torch.Tensor,
+                 mask: torch.Tensor) -> torch.Tensor:
+        from grafs.compiler.triton_ops import CellFn   # kernel-agnostic autograd Function
+        if g.numel() == 0:
+            g = torch.zeros(0, dtype=torch.float32)
+        with torch.autocast("cpu", enabled=False):
+            return CellFn.apply(x, w, g, mask, self._k, None)
+
+    def __repr__(self) -> str:
+        return f"CCell({self.space.template!r}, {self.num_slots} slots)"

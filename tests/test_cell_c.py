@@ -1,0 +1,164 @@
+"""The C cell (grafs.compiler.c_cell, mode "c", ``auto`` on x86-64 Linux CPUs) against the
+reference interpreter, with the tolerances of tests/test_cell_lean.py (anchored on a float64
+reference):
+
+* outputs and gradients (x, w, γ) agree through every drop stage, for sizes with a vector tail,
+  for a call split over threads, for the GRAFS cell with clipping-scale inputs, a custom
+  template with per-hole overrides, and the optional sin/cos ops;
+* a weight call (α, γ frozen: the kernel skips the reductions) gives the same ∂x;
+* a call saves only x (plus the small vectors) and dispatches no host sync, a constant handful
+  of ATen ops whatever the number of active ops;
+* libraries are cached by source hash; a failing compiler is a clear CompileError; where the C
+  cell cannot run, ``auto`` takes the lean path.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import grafs.compiler.c_cell as c_cell
+from grafs.errors import CompileError
+from grafs.runtime.space import SearchSpace
+from tests.test_cell_lean import (_CountOps, _assert_agree, _call, _drop_to, _inputs, _randomize,
+                                  _weights, saved_bytes)
+
+pytestmark = pytest.mark.skipif(not c_cell.available(),
+                                reason=f"the C cell cannot run here: {c_cell.unavailable_reason()}")
+
+
+def _cells(space, seed=0):
+    """C (fp32), eager (fp32) and eager (float64) cells with the same α, γ and mask."""
+    ref = space.relax("eager", seed=seed)
+    _randomize(ref, seed)
+    c = space.relax("c", seed=seed + 1)
+    c.load_state_dict(ref.state_dict())
+    ref64 = space.relax("eager", seed=seed + 2)
+    ref64.load_state_dict(ref.state_dict())
+    return c, ref, ref64.double()
+
+
+def _compare(cells, x, w, gout, what):
+    c, ref, ref64 = cells
+    got, y = _call(c, x, w, gout)
+    want, _ = _call(ref, x, w, gout)
+    exact, _ = _call(ref64, x, w, gout)
+    assert got["y"].dtype == x.dtype and got["x"].dtype == x.dtype
+    _assert_agree(got, want, exact, what)
+    return got
+
+
+@pytest.mark.parametrize("n,shape", [(37, (37,)), (1001, (7, 11, 13))])
+def test_c_matches_eager_across_drops(n, shape):
+    cells = _cells(SearchSpace.grafs(), seed=3)
+    for stage in (110, 80, 54, 24, 12, 6):
+        _drop_to(cells, stage)
+        x = _inputs(n, seed=stage, shape=shape)
+        w = _weights(cells[1], seed=stage)
+        gout = torch.randn(shape, generator=torch.Generator().manual_seed(stage))
+        got = _compare(cells, x, w, gout, f"{stage} ops, n={n}")
+        assert (got["w"][~cells[0].active] == 0).all()     # dropped slots: no gradient
+
+
+def test_c_split_over_threads_matches_one_thread(monkeypatch):
+    monkeypatch.setattr(c_cell, "PARALLEL_FROM", 256)
+    cells = _cells(SearchSpace.grafs(), seed=5)
+    _drop_to(cells, 54)
+    n = 4099                                     # 4 threads' spans and a vector tail
+    x, w, gout = _inputs(n, seed=1), _weights(cells[1], seed=1), torch.randn(n)
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(4)
+        assert len(c_cell._spans(n)) == 4
+        split = _compare(cells, x, w, gout, "4 threads")
+        torch.set_num_threads(1)
+        one = _compare(cells, x, w, gout, "1 thread")
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(split["y"], one["y"]) and torch.equal(split["x"], one["x"])
+    torch.testing.assert_close(split["w"], one["w"], rtol=1e-5, atol=1e-5)
+
+
+def test_c_matches_eager_custom_template_and_extra_ops():
+    space = SearchSpace("B(U(x), x) + 0.5*U(x)",
+                        unary=["identity", "gelu", "mul_gamma", "square", "exp", "gamma", "sin"],
+                        binary=["add", "mul", "mix", "sigmul", "right", "min"],
+                        ops={"U1": ["tanh", "add_gamma", "neg", "sinh", "sqrt", "cos"]})
+    cells = _cells(space, seed=11)
+    for stage in (19, 12, 8, 5, 3):
+        _drop_to(cells, stage)
+        for n in (300, 1001):
+            x = _inputs(n, seed=stage * n)
+            w = _weights(cells[1], seed=stage)
+            gout = torch.randn(n, generator=torch.Generator().manual_seed(stage))
+            _compare(cells, x, w, gout, f"custom, {stage} ops, n={n}")
+
+
+def test_weight_call_skips_reductions_with_the_same_x_gradient():
+    cell = SearchSpace.grafs().relax("c", seed=0)
+    _randomize(cell, 0)
+    x = _inputs(777, seed=2)
+    w = _weights(cell, seed=2)
+    xa = x.clone().requires_grad_()
+    cell(xa, weights=w.clone().requires_grad_()).sum().backward()     # arch call: WG on
+    assert cell.gamma.grad is not None and cell.gamma.grad.abs().sum() > 0
+    xb = x.clone().requires_grad_()
+    cell.requires_grad_(False)
+    try:
+        cell(xb, weights=w).sum().backward()                          # weight call: WG off
+    finally:
+        cell.requires_grad_(True)
+    assert torch.equal(xa.grad, xb.grad)
+
+
+def test_c_call_saves_x_only_and_never_syncs():
+    cell = SearchSpace.grafs().relax("c", seed=0)
+    _randomize(cell, 0)
+    x = _inputs(300_001, seed=0).requires_grad_()
+    in_bytes = x.numel() * 4
+    for stage in (110, 24, 6):
+        cell.drop(cell.num_active() - stage)
+        cell(x).sum().backward()                  # warm: builds the library for this set
+        sb = saved_bytes(cell, x)
+        assert in_bytes <= sb <= in_bytes + 65536, (stage, sb / in_bytes)
+        with _CountOps() as c:
+            y = cell(x)
+            y.backward(torch.ones_like(y))
+        assert c.syncs == 0, (stage, c.ops)
+        # sampling + one kernel call each way + the partial-sum bookkeeping: no per-op cost
+        assert c.total <= 90, (stage, c.total, c.ops)
+
+
+def test_libraries_are_cached_by_source(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRAFS_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(c_cell, "_LIBS", {})
+    space = SearchSpace("U(x)", unary=["gelu", "tanh"], binary=["add"])
+    cell = space.relax("c", seed=0)
+    cell(torch.randn(10))
+    libs = list((tmp_path / "c").glob("*.so"))
+    assert len(libs) == 1 and not list((tmp_path / "c").glob("*.c"))
+    stamp = libs[0].stat().st_mtime_ns
+    monkeypatch.setattr(c_cell, "_LIBS", {})
+    again = space.relax("c", seed=1)
+    again(torch.randn(10))
+    assert list((tmp_path / "c").glob("*.so")) == libs and libs[0].stat().st_mtime_ns == stamp
+
+
+def test_failing_compiler_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRAFS_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("CC", "false")
+    monkeypatch.setattr(c_cell, "_LIBS", {})
+    with pytest.raises(CompileError, match="building the C cell failed"):
+        c_cell._build("int grafs_unused_symbol_for_the_test(void) { return 1; }\n")
+    assert not list((tmp_path / "c").glob("*"))          # nothing half-written is left
+
+
+def test_auto_is_c_on_cpu_and_lean_where_c_cannot_run(monkeypatch):
+    import grafs.runtime.cell as cell_mod
+    cpu = torch.device("cpu")
+    cell = SearchSpace.grafs().relax("auto", seed=0)
+    assert cell.mode_for(cpu, 500) == "c" and cell.mode_for(cpu, 10**7) == "c"
+    # trainable-family ops have no C template: lean, whatever the machine
+    fam = SearchSpace.grafs(extra_unary=["pwlu"]).relax("auto", seed=0)
+    assert fam.mode_for(cpu, 500) == "lean"
+    monkeypatch.setattr(cell_mod, "_has_c", lambda: False)
+    assert cell.mode_for(cpu, 10**7) == "lean"
