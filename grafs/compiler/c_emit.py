@@ -14,6 +14,8 @@ from __future__ import annotations
 from grafs.compiler.cell_emit import CellPlan
 from grafs.compiler.emit import Dialect
 from grafs.compiler.reverse import EXPM1, SELECT
+from grafs.grammar import expr as E
+from grafs.ops import SQRT2
 
 __all__ = ["C", "CDialect", "ISAS", "cell_c_source"]
 
@@ -35,6 +37,21 @@ class CDialect(Dialect):
     field = "c"
     comment = "//"
     internal = {SELECT: "sel({0} > K(0), {1}, {2})", EXPM1: "vexpm1({0})"}
+
+    def expand(self, n):
+        # silu and gelu through their σ / erf nodes, which their partials (and a sigmoid or erf
+        # op on the same input) share; σ(−u) as 1 − σ(u), as torch's sigmoid backward computes
+        # it, saving an exp and a division per sigmoid partial
+        a = n.args
+        if n.op == "silu":
+            return E.Expr("mul", (a[0], E.Expr("sigmoid", (a[0],))))
+        if n.op == "gelu":
+            erf = E.Expr("erf", (E.Expr("mul", (a[0], E.const(1.0 / SQRT2))),))
+            return E.Expr("mul", (E.Expr("mul", (E.const(0.5), a[0])),
+                                  E.Expr("add", (E.const(1.0), erf))))
+        if n.op == "sigmoid" and a[0].op == "neg":
+            return E.Expr("sub", (E.const(1.0), E.Expr("sigmoid", (a[0].args[0],))))
+        return None
 
     def lit(self, v: float) -> str:
         r = repr(float(v))

@@ -172,16 +172,21 @@ class CellPlan:
         em.assign(f"w{k}", self._w(k))
         term, parts = self._slot_exprs(em, o, h, k, js, refs, True)
         n_in = len(refs)
-        em.open_if("WG", "partial sums for the w/γ gradients (not in weight steps)")
-        r = em.block(S("mul", _leaf(f"ah{j}"), term))
-        em.line(self.d.store_partial(k, r))
-        em.close()
+
+        def w_partial():
+            em.open_if("WG", "partial sums for the w/γ gradients (not in weight steps)")
+            em.line(self.d.store_partial(k, em.block(S("mul", _leaf(f"ah{j}"), term))))
+            em.close()
+        if self.masked:
+            w_partial()
         AW = _leaf(f"aw{k}")
         em.assign(f"aw{k}", f"ah{j} * w{k}")
         em.bind(AW, f"aw{k}")
         for a, p in enumerate(parts[:n_in]):
             if not is_zero(p):
                 em.assign(ai[a], f"{ai[a]} + {em.block(S('mul', AW, p))}")
+        if not self.masked:   # after the partials, so its scope reuses their values (CSE)
+            w_partial()
         for i, p in enumerate(parts[n_in:]):
             if not is_zero(p):
                 em.open_if("WG")

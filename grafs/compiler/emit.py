@@ -63,6 +63,11 @@ class Dialect:
                 if n.args:
                     self.template(n.op)
 
+    def expand(self, n: E.Expr) -> E.Expr | None:
+        """An equivalent Expr for node ``n`` built from other nodes, or None to use its
+        template: lets CSE share e.g. σ(x) between silu(x), sigmoid(x) and their partials."""
+        return None
+
     # -- spellings (overridden) -----------------------------------------------------------
     def sqrt(self, r: str) -> str:
         raise NotImplementedError
@@ -180,6 +185,10 @@ class Emitter:
                         self.bind(node, name, True)
                         continue
                     raise CompileError(f"internal error: unbound leaf {node.op} {node.name or ''}")
+                ex = self.d.expand(node)
+                if ex is not None:     # the dialect writes this op through other nodes (CSE)
+                    self.bind(node, *self.ref(ex))
+                    continue
                 refs = [self.ref(c) for c in node.args]
                 strs = [r for r, _ in refs]
                 if all(c.is_const for c in node.args):
