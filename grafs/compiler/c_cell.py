@@ -144,6 +144,8 @@ def _pool(n: int) -> ThreadPoolExecutor:
 
 
 def _spans(n: int) -> list[tuple[int, int]]:
+    if n == 0:
+        return [(0, 0)]
     t = max(1, min(torch.get_num_threads(), n // PARALLEL_FROM))
     step = -(-n // t)
     step += (-step) % 16          # whole vectors per thread
@@ -195,49 +197,61 @@ class CCellKernels:
             raise CompileError(f"the relaxed cell uses {self.n_gamma} gammas; got {g.numel()}")
 
     @staticmethod
-    def _args(w, g, mask):
-        w = w.detach().float().contiguous()
-        g = (g.detach().float().contiguous() if g.numel() else torch.zeros(1))
-        m = mask.to(torch.int8).contiguous()
-        return w, g, m
+    def _f32(t: torch.Tensor) -> torch.Tensor:
+        """``t`` as a contiguous fp32 CPU tensor (itself when it already is: the common case,
+        so the per-call path dispatches nothing)."""
+        if t.dtype != torch.float32:
+            t = t.float()
+        return t if t.is_contiguous() else t.contiguous()
+
+    def _ptrs(self, w, g, mask):
+        w, g = self._f32(w), self._f32(g) if g.numel() else self._no_gamma
+        m = mask if mask.dtype == torch.int8 else mask.to(torch.int8)
+        m = m if m.is_contiguous() else m.contiguous()
+        return (w, g, m), (w.data_ptr(), g.data_ptr(), m.data_ptr())
+
+    _no_gamma = torch.zeros(1)
 
     def forward(self, x, w, g, mask, block=None):
         self._check(x, w, g, mask)
         lib = self.lib()
-        xc = x.detach().float().contiguous().view(-1)
-        y = torch.empty_like(xc)
-        w, g, m = self._args(w, g, mask)
-        p = (w.data_ptr(), g.data_ptr(), m.data_ptr())
-        xp, yp = xc.data_ptr(), y.data_ptr()
-
-        def part(a, b):
-            lib.grafs_cell_fwd(xp + 4 * a, *p, yp + 4 * a, b - a)
-        _run(_spans(xc.numel()), part)
-        return y.view(x.shape).to(x.dtype)
+        xc = self._f32(x)
+        y = torch.empty(xc.shape)
+        keep, p = self._ptrs(w, g, mask)
+        xp, yp, n = xc.data_ptr(), y.data_ptr(), xc.numel()
+        spans = _spans(n)
+        if len(spans) == 1:
+            lib.grafs_cell_fwd(xp, *p, yp, n)
+        else:
+            _run(spans, lambda a, b: lib.grafs_cell_fwd(xp + 4 * a, *p, yp + 4 * a, b - a))
+        return y if x.dtype == torch.float32 else y.to(x.dtype)
 
     def backward(self, x, w, g, mask, gy, block=None, need_wg: bool = True):
         lib = self.lib()
-        xc = x.detach().float().contiguous().view(-1)
-        gyc = gy.detach().float().contiguous().view(-1)
-        gx = torch.empty_like(xc)
-        wf, gf, m = self._args(w, g, mask)
-        p = (wf.data_ptr(), gf.data_ptr(), m.data_ptr())
-        spans = _spans(xc.numel())
-        part = torch.zeros((len(spans), self.NC), dtype=torch.float64)
+        xc, gyc = self._f32(x), self._f32(gy)
+        gx = torch.empty(xc.shape)
+        keep, p = self._ptrs(w, g, mask)
+        n, NC, wg = xc.numel(), self.NC, int(bool(need_wg))
+        spans = _spans(n)
+        part = torch.zeros(len(spans) * NC if need_wg else 1, dtype=torch.float64)
         xp, gyp, gxp, pp = xc.data_ptr(), gyc.data_ptr(), gx.data_ptr(), part.data_ptr()
-
-        def run(i, a, b):
-            lib.grafs_cell_bwd(xp + 4 * a, *p, gyp + 4 * a, gxp + 4 * a, pp + 8 * self.NC * i,
-                               b - a, int(need_wg))
-        _run([(i, span) for i, span in enumerate(spans)], lambda i, s: run(i, *s))
-        gg = torch.zeros(g.shape, dtype=torch.float32)
+        if len(spans) == 1:
+            lib.grafs_cell_bwd(xp, *p, gyp, gxp, pp, n, wg)
+        else:
+            def run(a, b):
+                i = a // (spans[0][1] - spans[0][0])       # the span's row of partial sums
+                lib.grafs_cell_bwd(xp + 4 * a, *p, gyp + 4 * a, gxp + 4 * a, pp + 8 * NC * i,
+                                   b - a, wg)
+            _run(spans, run)
+        gx = gx if x.dtype == torch.float32 else gx.to(x.dtype)
         if not need_wg:
-            return gx.view(x.shape).to(x.dtype), torch.zeros_like(w), gg.to(g.dtype)
-        sums = part.sum(0).float()
-        gw = sums[: self.K].to(w.dtype).view(w.shape)
+            return gx, torch.zeros_like(w), torch.zeros_like(g)
+        sums = part.view(len(spans), NC).sum(0) if len(spans) > 1 else part
+        gw = sums[: self.K].to(w.dtype)
+        gg = torch.zeros(g.shape, dtype=torch.float64)
         if len(self.plan.gcols):
-            gg.view(-1).index_add_(0, self.gcols, sums[self.K:self.K + len(self.plan.gcols)])
-        return gx.view(x.shape).to(x.dtype), gw, gg.to(g.dtype)
+            gg.index_add_(0, self.gcols, sums[self.K:self.K + len(self.plan.gcols)])
+        return gx, gw, gg.to(g.dtype)
 
 
 class CCell:
@@ -259,10 +273,8 @@ class CCell:
     def __call__(self, x: torch.Tensor, w: torch.Tensor, g: torch.Tensor,
                  mask: torch.Tensor) -> torch.Tensor:
         from grafs.compiler.triton_ops import CellFn   # kernel-agnostic autograd Function
-        if g.numel() == 0:
-            g = torch.zeros(0, dtype=torch.float32)
-        with torch.autocast("cpu", enabled=False):
-            return CellFn.apply(x, w, g, mask, self._k, None)
+        # (autocast needs no switching off: the kernels compute in fp32 whatever x's dtype)
+        return CellFn.apply(x, w, g, mask, self._k, None)
 
     def __repr__(self) -> str:
         return f"CCell({self.space.template!r}, {self.num_slots} slots)"
