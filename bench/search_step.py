@@ -309,9 +309,12 @@ def bench_config(conf: Config, dev, modes, stages, repeats: int, inner: int, war
     ref = searches[modes[0]].cell
     for s in searches.values():
         s.cell.load_state_dict(ref.state_dict())
-    # auto on the CPU switches lean -> eager for small inputs late in a search (RelaxedCell.mode_for)
-    run_modes = {m: ("lean|eager" if m == "auto" and dev.type == "cpu" else s.cell.mode_for(dev))
-                 for m, s in searches.items()}
+    # what auto runs here (on a CPU without the C cell it switches lean -> eager for small
+    # inputs late in a search: RelaxedCell.mode_for)
+    def _runs(m, cell):
+        mode = cell.mode_for(dev, 1)
+        return "lean|eager" if m == "auto" and dev.type == "cpu" and mode in ("lean", "eager") else mode
+    run_modes = {m: _runs(m, s.cell) for m, s in searches.items()}
     shapes = searches[modes[0]].site_shapes(train[0][0])
     shape = sorted(shapes, key=lambda s: (torch.Size(s).numel(), s))[len(shapes) // 2]
     log(f"[{conf.name}] {searches[modes[0]].n_sites} activation sites {sorted(set(shapes))}; "

@@ -162,3 +162,34 @@ def test_auto_is_c_on_cpu_and_lean_where_c_cannot_run(monkeypatch):
     assert fam.mode_for(cpu, 500) == "lean"
     monkeypatch.setattr(cell_mod, "_has_c", lambda: False)
     assert cell.mode_for(cpu, 10**7) == "lean"
+
+
+@pytest.mark.parametrize("isa", ["avx2", "sse4"])
+def test_overflow_safe_exp_family_matches_float64(isa, monkeypatch):
+    """The prelude's exp/expm1/cosh/sinh keep lanes beyond ±80 off libmvec's slow scalar path;
+    values must still match float64 within libmvec's accuracy (4 ulp) from -300 to 300,
+    including inf, NaN, the overflow edges and underflow to 0."""
+    import ctypes
+    from grafs.compiler.c_emit import prelude
+    if isa == "avx2" and c_cell._isa() != "avx2":
+        pytest.skip("this CPU has no AVX2")
+    monkeypatch.setattr(c_cell, "_isa", lambda: isa)
+    lib = c_cell._build(prelude(isa) + """
+void t(const float *X, float *Y, long n, int w) {
+    for (long i = 0; i < n; i += L) {
+        V x = load(X + i, n - i);
+        store(Y + i, w == 0 ? vexp(x) : w == 1 ? vexpm1(x) : w == 2 ? vcosh(x) : vsinh(x), n - i);
+    }
+}
+""")
+    lib.t.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long, ctypes.c_int]
+    edges = [float("nan"), float("inf"), -float("inf"), 0.0, -0.0, 1e-30, 80.0, 80.01, -80.01,
+             88.72, 88.73, 89.41, 89.42, -87.3, -103.0, -104.0, 170.0, 171.0, -171.0]
+    x = torch.cat([torch.linspace(-300, 300, 30001), torch.tensor(edges)])
+    for w, f in enumerate([torch.exp, torch.expm1, torch.cosh, torch.sinh]):
+        y = torch.empty_like(x)
+        lib.t(x.data_ptr(), y.data_ptr(), x.numel(), w)
+        want = f(x.double()).float()
+        ok = ((y - want).abs() <= 5e-7 * want.abs() + 1e-44) | (y == want) \
+            | (torch.isnan(y) & torch.isnan(want))
+        assert ok.all(), (f.__name__, x[~ok][:5].tolist(), y[~ok][:5].tolist(), want[~ok][:5].tolist())

@@ -22,8 +22,10 @@ __all__ = ["C", "CDialect", "ISAS", "cell_c_source"]
 # libmvec name prefixes and the sqrt builtin per instruction set (x86-64 vector ABI)
 ISAS = {
     "avx2": {"lanes": 8, "prefix": "_ZGVdN8", "sqrt": "__builtin_ia32_sqrtps256",
+             "movemask": "__builtin_ia32_movmskps256",
              "flags": ["-mavx2", "-mfma"]},
     "sse4": {"lanes": 4, "prefix": "_ZGVbN4", "sqrt": "__builtin_ia32_sqrtps",
+             "movemask": "__builtin_ia32_movmskps",
              "flags": ["-msse4.1"]},
 }
 _UNARY = ["exp", "log", "sin", "cos", "sinh", "cosh", "tanh", "asinh", "atan", "erf", "expm1",
@@ -97,7 +99,11 @@ C = CDialect()
 def prelude(isa: str) -> str:
     spec = ISAS[isa]
     L, pre = spec["lanes"], spec["prefix"]
-    decls = "\n".join(f"V {pre}v_{f}f(V);\n#define v{f} {pre}v_{f}f" for f in _UNARY)
+    # libmvec's exp, sinh, cosh and expm1 take a per-lane scalar path for arguments beyond
+    # ±88 (overflow/underflow), ~10x slower: the wrappers below keep such lanes off it
+    wrapped = ("exp", "sinh", "cosh", "expm1")
+    decls = "\n".join(f"V {pre}v_{f}f(V);\n#define {'mv_' if f in wrapped else 'v'}{f} {pre}v_{f}f"
+                      for f in _UNARY)
     iota = ", ".join(str(i) for i in range(L))
     return f"""\
 #include <string.h>
@@ -113,6 +119,36 @@ static inline V sel(VI m, V a, V b) {{ return (V)((m & (VI)a) | (~m & (VI)b)); }
 static inline V vabs(V a) {{ return (V)((VI)a & ((VI){{0}} + 0x7fffffff)); }}
 static inline V vmax(V a, V b) {{ return sel((a > b) | (a != a), a, b); }}
 static inline V vmin(V a, V b) {{ return sel((a < b) | (a != a), a, b); }}
+static inline int any(VI m) {{ return {spec["movemask"]}((V)m); }}
+/* |x| > 80 somewhere: e^x as (e^(x/2))^2 there (same overflow to inf and underflow to 0) */
+static inline V vexp(V x) {{
+    VI big = vabs(x) > K(80);
+    if (!any(big)) return mv_exp(x);
+    V e = mv_exp(sel(big, vmin(vmax(x, K(-170)), K(170)) * K(0.5), x));
+    return sel(big, e * e, e);
+}}
+static inline V vexpm1(V x) {{
+    VI big = vabs(x) > K(80);
+    if (!any(big)) return mv_expm1(x);
+    return sel(x > K(80), vexp(x), sel(x < K(-80), K(-1), mv_expm1(sel(big, K(0), x))));
+}}
+/* |x| > 80: cosh(x) = (e^(|x|/2) / 2) e^(|x|/2), sinh(x) the same with x's sign */
+static inline V half_exp_abs(V x) {{
+    V e = mv_exp(vmin(vabs(x), K(170)) * K(0.5));
+    return (e * K(0.5)) * e;
+}}
+static inline V vcosh(V x) {{
+    VI big = vabs(x) > K(80);
+    if (!any(big)) return mv_cosh(x);
+    return sel(big, half_exp_abs(x), mv_cosh(sel(big, K(0), x)));
+}}
+static inline V vsinh(V x) {{
+    VI big = vabs(x) > K(80);
+    if (!any(big)) return mv_sinh(x);
+    V c = half_exp_abs(x);
+    c = (V)((VI)c | ((VI)x & ((VI){{0}} + (int)0x80000000)));
+    return sel(big, c, mv_sinh(sel(big, K(0), x)));
+}}
 static inline V vsigmoid(V a) {{ return K(1) / (K(1) + vexp(-a)); }}
 static inline V vsoftplus(V a) {{ return sel(a > K(20), a, vlog1p(vexp(a))); }}
 static const VI IOTA = {{{iota}}};
