@@ -134,13 +134,16 @@ def _build(source: str) -> ctypes.CDLL:
         return lib
 
 
-_POOL: list = []
+_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
 
 
 def _pool(n: int) -> ThreadPoolExecutor:
-    if not _POOL or _POOL[0]._max_workers < n:
-        _POOL[:] = [ThreadPoolExecutor(max_workers=n, thread_name_prefix="grafs-c")]
-    return _POOL[0]
+    """A pool of ``n`` threads for this process (a forked child gets its own: the parent's
+    threads do not exist there)."""
+    key = (os.getpid(), n)
+    if key not in _POOLS:
+        _POOLS[key] = ThreadPoolExecutor(max_workers=n, thread_name_prefix="grafs-c")
+    return _POOLS[key]
 
 
 def _spans(n: int) -> list[tuple[int, int]]:
@@ -161,8 +164,9 @@ def _run(spans, fn) -> None:
 
 
 class CCellKernels:
-    """The compiled forward/backward pair of one cell plan (the active set it was built for;
-    the mask selects among those ops at run time)."""
+    """The compiled forward/backward pair of one cell plan, straight-line code for exactly the
+    active set it was built for (the mask argument is accepted for the kernels' common
+    interface and not read)."""
 
     def __init__(self, space, slot_of, gamma_of, clip: bool, active=None):
         # unmasked: compiled for exactly the active set (a build is about a second), so the

@@ -9,6 +9,11 @@ Holes that read the same input (U0, U1 and U3 all read x) evaluate each γ-free 
 once per element. The backward recomputes from ``x``, produces the gradients for ``x``, ``w``
 and ``g`` (the latter two as per-program partial sums) and skips those reductions when the
 ``WG`` constexpr is false (weight steps: α and γ frozen).
+
+An *unmasked* plan (the C kernels, whose builds are cheap enough to redo at every drop) has no
+mask branches: straight-line code for exactly the active set, each op written on the hole's
+actual input expressions, so the emitter's CSE shares values across ops and between the
+backward's recompute and the partials.
 """
 from __future__ import annotations
 
