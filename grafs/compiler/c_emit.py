@@ -174,7 +174,9 @@ def cell_c_source(plan: CellPlan, isa: str, text: str) -> str:
     if plan.d is not C:
         raise ValueError("cell_c_source needs a CellPlan built with the C dialect")
     fwd, y = plan.forward_statements(indent="")
+    pro_fwd = plan.prologue_fwd or []
     bwd, ax = plan.backward_statements(indent="")
+    pro_bwd = plan.prologue_bwd or []
     NC = max(plan.K + len(plan.gcols), 1)
     safe = " ".join(text.split()).replace("*/", "* /")
     return f"""\
@@ -184,6 +186,7 @@ void grafs_cell_fwd(const float *restrict X, const float *restrict w_ptr,
                     const float *restrict g_ptr, const signed char *restrict mask_ptr,
                     float *restrict Y, long n) {{
     (void)g_ptr;
+{_indent(pro_fwd, 4)}
     for (long i = 0; i < n; i += L) {{
         V x = load(X + i, n - i);
 {_indent(fwd, 8)}
@@ -209,6 +212,7 @@ void grafs_cell_bwd(const float *restrict X, const float *restrict w_ptr,
     V part[NC];
     for (int c = 0; c < NC; c++) part[c] = K(0);
     int since = 0;
+{_indent(pro_bwd, 4)}
     for (long i = 0; i < n; i += L) {{
         V x = load(X + i, n - i);
         V gy = load(GY + i, n - i);

@@ -131,6 +131,12 @@ class CellPlan:
     def _w(self, k: int) -> str:
         return self.d.load("w_ptr", k)
 
+    def _load_w(self, em: Emitter, k: int) -> None:
+        if self.masked:
+            em.assign(f"w{k}", self._w(k))
+        else:
+            em.assign_invariant(f"w{k}", self._w(k))
+
     def _open_slot(self, em: Emitter, cond: str, comment: str = "") -> None:
         """A block run only when its op slots are active; unmasked plans (compiled for exactly
         the active set) write straight-line code instead, so CSE reaches across ops."""
@@ -153,7 +159,7 @@ class CellPlan:
             if len(uses) == 1:
                 h, k, js = uses[0]
                 self._open_slot(em, self.d.is_active(k), f"{h.name}: {o}")
-                em.assign(f"w{k}", self._w(k))
+                self._load_w(em, k)
                 term, _ = self._slot_exprs(em, o, h, k, js, refs, grad_form)
                 r, _ = em.ref(term)
                 em.assign(f"h{h.index}", f"h{h.index} + w{k} * {r}")
@@ -174,7 +180,7 @@ class CellPlan:
         h, k, js = use
         j = h.index
         self._open_slot(em, self.d.is_active(k), f"{h.name}: {o}")
-        em.assign(f"w{k}", self._w(k))
+        self._load_w(em, k)
         term, parts = self._slot_exprs(em, o, h, k, js, refs, True)
         n_in = len(refs)
 
@@ -220,7 +226,7 @@ class CellPlan:
         for i, (leaf, j) in enumerate(zip(gam, js)):
             g = _leaf(f"g{k}_{i}")
             if em._get(g) is None:
-                em.assign(g.name, self.d.load("g_ptr", j))
+                em.assign_invariant(g.name, self.d.load("g_ptr", j))
                 em.bind(g, g.name, False)
             mapping[id(leaf)] = g
         memo: dict[int, E.Expr] = {}
@@ -230,8 +236,10 @@ class CellPlan:
         return memo[id(term)], [memo[id(p)] for p in parts]
 
     def forward_statements(self, indent: str = "    ") -> tuple[list[str], str]:
-        """The forward's statements (reading ``x``) and the name of the output block."""
-        em = Emitter(self.d, indent)
+        """The forward's statements (reading ``x``) and the name of the output block; an
+        unmasked plan's loop-invariant statements are in ``self.prologue_fwd``."""
+        em = Emitter(self.d, indent, hoist=not self.masked)
+        self.prologue_fwd = em.prologue
         em.bind(E.var(), "x")
         for members in self.groups():
             self.emit_group_forward(em, members, self.hole_refs(em, members[0]))
@@ -266,7 +274,8 @@ class CellPlan:
                     if j not in used:
                         used.add(j)
                         stack.extend(self.inputs[j])
-        em = Emitter(self.d, indent)
+        em = Emitter(self.d, indent, hoist=not self.masked)
+        self.prologue_bwd = em.prologue
         em.bind(X, "x")
         em.bind(GY, "gy")
         refs: dict[int, list[str]] = {}

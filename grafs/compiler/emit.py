@@ -115,9 +115,12 @@ class Dialect:
 class Emitter:
     """Straight-line statements from Expr DAGs, each node once per scope (CSE)."""
 
-    def __init__(self, dialect: Dialect, indent: str = "    "):
+    def __init__(self, dialect: Dialect, indent: str = "    ", hoist: bool = False):
         self.d = dialect
         self.lines: list[str] = []
+        # hoist: values that do not depend on the element (γ, w and what is computed from them
+        # alone) go to ``prologue``, computed once per call before the element loop
+        self.prologue: list[str] | None = [] if hoist else None
         self.ind = indent
         self.scopes: list[dict[int, tuple[E.Expr, str, bool]]] = [{}]
         self.declared: list[set[str]] = [set()]
@@ -132,6 +135,15 @@ class Emitter:
         if declare:
             self.declared[-1].add(name)
         self.line(self.d.assign(name, expr, declare) + self._note(comment))
+
+    def assign_invariant(self, name: str, expr: str) -> None:
+        """``name = expr`` for a value the same for every element: into the prologue (once)
+        when hoisting, else where the code is."""
+        if self.prologue is None:
+            self.assign(name, expr)
+        elif name not in self.declared[0]:
+            self.declared[0].add(name)
+            self.prologue.append(self.d.assign(name, expr, True))
 
     def _note(self, comment: str) -> str:
         return f"  {self.d.comment} {comment}" if comment else ""
@@ -196,8 +208,12 @@ class Emitter:
                     # target compute it (IEEE inf/NaN) instead of Python arithmetic on literals
                     strs[0] = self.d.computed_const(strs[0])
                 name = self.fresh()
-                self.assign(name, self.d.fill(node, strs))
-                self.bind(node, name, any(b for _, b in refs))
+                is_block = any(b for _, b in refs)
+                if is_block or self.prologue is None:
+                    self.assign(name, self.d.fill(node, strs))
+                else:
+                    self.assign_invariant(name, self.d.fill(node, strs))
+                self.bind(node, name, is_block)
             hit = self._get(e)
         return hit[1], hit[2]
 
