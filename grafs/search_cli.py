@@ -118,8 +118,9 @@ def add_search_commands(sub) -> None:
     s.add_argument("--epochs", type=int, default=None, help="default: the task's search epochs")
     s.add_argument("--out", default=None, help="directory for checkpoint and result")
     s.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
-    s.add_argument("--cell-mode", default="auto", choices=("auto", "lean", "triton", "eager"),
-                   help="relaxed-cell implementation (auto: Triton on CUDA, lean elsewhere)")
+    s.add_argument("--cell-mode", default="auto", choices=("auto", "c", "lean", "triton", "eager"),
+                   help="relaxed-cell implementation (auto: Triton on CUDA, generated C on x86-64 "
+                        "Linux CPUs, lean elsewhere)")
     s.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, … (auto: CUDA when available)")
     s.add_argument("--amp", default=None, choices=("bf16", "fp16"),
                    help="mixed precision for the network (the cell computes in fp32)")

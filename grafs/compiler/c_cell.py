@@ -81,7 +81,7 @@ def unavailable_reason() -> str | None:
         lib.grafs_probe(out)
         if abs(out[0] - 2.7182817) > 1e-5:
             return f"the C probe kernel computed exp(1) = {out[0]}"
-    except CompileError as err:
+    except (CompileError, OSError) as err:   # OSError: cache dir not writable, dlopen failed
         return str(err).splitlines()[0]
     return None
 
@@ -96,7 +96,18 @@ def _probe_source(isa: str) -> str:
 
 
 def _flags(isa: str) -> list[str]:
-    return ["-O1", "-shared", "-fPIC", "-w", *ISAS[isa]["flags"]]
+    # --no-undefined: a libmvec without one of the functions (glibc < 2.35) fails the build,
+    # not the dlopen
+    return ["-O1", "-shared", "-fPIC", "-w", "-Wl,--no-undefined", *ISAS[isa]["flags"]]
+
+
+@functools.lru_cache(maxsize=None)
+def _compiler_version(cc: str) -> str:
+    try:
+        r = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30)
+        return (r.stdout.splitlines() or [""])[0]
+    except (OSError, subprocess.SubprocessError):
+        return ""
 
 
 def _build(source: str) -> ctypes.CDLL:
@@ -105,7 +116,8 @@ def _build(source: str) -> ctypes.CDLL:
     cc = _compiler()
     if cc is None:
         raise CompileError("the C cell needs a C compiler (set $CC or install gcc)")
-    key = hashlib.sha256("\0".join([source, cc, *_flags(isa)]).encode()).hexdigest()[:24]
+    key = hashlib.sha256("\0".join([source, cc, _compiler_version(cc), *_flags(isa)]).encode()
+                         ).hexdigest()[:24]
     with _LOCK:
         lib = _LIBS.get(key)
         if lib is not None:
@@ -119,8 +131,11 @@ def _build(source: str) -> ctypes.CDLL:
             src = Path(tmp).with_suffix(".c")
             src.write_text(source)
             try:
-                r = subprocess.run([cc, *_flags(isa), str(src), "-o", tmp, "-lmvec", "-lm"],
-                                   capture_output=True, text=True)
+                try:
+                    r = subprocess.run([cc, *_flags(isa), str(src), "-o", tmp, "-lmvec", "-lm"],
+                                       capture_output=True, text=True, timeout=300)
+                except subprocess.TimeoutExpired as err:
+                    raise CompileError(f"building the C cell took over 5 minutes ({cc})") from err
                 if r.returncode != 0:
                     raise CompileError(f"building the C cell failed ({cc}): "
                                        + (r.stderr.strip().splitlines() or ["no output"])[0])
@@ -134,16 +149,19 @@ def _build(source: str) -> ctypes.CDLL:
         return lib
 
 
-_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
+_POOL: dict[int, ThreadPoolExecutor] = {}
 
 
-def _pool(n: int) -> ThreadPoolExecutor:
-    """A pool of ``n`` threads for this process (a forked child gets its own: the parent's
-    threads do not exist there)."""
-    key = (os.getpid(), n)
-    if key not in _POOLS:
-        _POOLS[key] = ThreadPoolExecutor(max_workers=n, thread_name_prefix="grafs-c")
-    return _POOLS[key]
+def _pool() -> ThreadPoolExecutor:
+    """This process's pool (a forked child gets its own: the parent's threads do not exist
+    there), as large as torch's intra-op thread count (grown when that grows)."""
+    n = torch.get_num_threads()
+    with _LOCK:
+        pool = _POOL.get(os.getpid())
+        if pool is None or pool._max_workers < n:
+            pool = _POOL[os.getpid()] = ThreadPoolExecutor(max_workers=n,
+                                                            thread_name_prefix="grafs-c")
+        return pool
 
 
 def _spans(n: int) -> list[tuple[int, int]]:
@@ -156,10 +174,27 @@ def _spans(n: int) -> list[tuple[int, int]]:
 
 
 def _run(spans, fn) -> None:
+    """``fn(a, b)`` for every span, the first on this thread, the others on the pool; returns
+    only once all have finished, even when interrupted (Ctrl-C): the kernels write into
+    tensors this call's caller frees on the way out."""
     if len(spans) == 1:
         fn(*spans[0])
         return
-    for f in [_pool(len(spans)).submit(fn, a, b) for a, b in spans]:
+    futs = [_pool().submit(fn, a, b) for a, b in spans[1:]]
+    try:
+        fn(*spans[0])
+    finally:
+        interrupted = None
+        for f in futs:
+            while True:
+                try:
+                    f.exception()
+                    break
+                except KeyboardInterrupt as e:   # keep waiting: the threads are still writing
+                    interrupted = e
+        if interrupted is not None:
+            raise interrupted
+    for f in futs:
         f.result()
 
 
@@ -214,13 +249,13 @@ class CCellKernels:
         m = m if m.is_contiguous() else m.contiguous()
         return (w, g, m), (w.data_ptr(), g.data_ptr(), m.data_ptr())
 
-    _no_gamma = torch.zeros(1)
+    _no_gamma = torch.zeros(1, dtype=torch.float32)
 
     def forward(self, x, w, g, mask, block=None):
         self._check(x, w, g, mask)
         lib = self.lib()
         xc = self._f32(x)
-        y = torch.empty(xc.shape)
+        y = torch.empty(xc.shape, dtype=torch.float32)
         keep, p = self._ptrs(w, g, mask)
         xp, yp, n = xc.data_ptr(), y.data_ptr(), xc.numel()
         spans = _spans(n)
@@ -233,7 +268,7 @@ class CCellKernels:
     def backward(self, x, w, g, mask, gy, block=None, need_wg: bool = True):
         lib = self.lib()
         xc, gyc = self._f32(x), self._f32(gy)
-        gx = torch.empty(xc.shape)
+        gx = torch.empty(xc.shape, dtype=torch.float32)
         keep, p = self._ptrs(w, g, mask)
         n, NC, wg = xc.numel(), self.NC, int(bool(need_wg))
         spans = _spans(n)

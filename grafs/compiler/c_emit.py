@@ -42,8 +42,7 @@ class CDialect(Dialect):
 
     def expand(self, n):
         # silu and gelu through their σ / erf nodes, which their partials (and a sigmoid or erf
-        # op on the same input) share; σ(−u) as 1 − σ(u), as torch's sigmoid backward computes
-        # it, saving an exp and a division per sigmoid partial
+        # op on the same input) share
         a = n.args
         if n.op == "silu":
             return E.Expr("mul", (a[0], E.Expr("sigmoid", (a[0],))))
@@ -51,9 +50,19 @@ class CDialect(Dialect):
             erf = E.Expr("erf", (E.Expr("mul", (a[0], E.const(1.0 / SQRT2))),))
             return E.Expr("mul", (E.Expr("mul", (E.const(0.5), a[0])),
                                   E.Expr("add", (E.const(1.0), erf))))
-        if n.op == "sigmoid" and a[0].op == "neg":
-            return E.Expr("sub", (E.const(1.0), E.Expr("sigmoid", (a[0].args[0],))))
         return None
+
+    def partial_form(self, e):
+        # in partials, σ(−u) as 1 − σ(u) (what torch's sigmoid backward computes): an exp and a
+        # division fewer per sigmoid partial; values keep σ(−u), exact in the tail
+        memo: dict[int, E.Expr] = {}
+        for n in E.topological(e):
+            args = tuple(memo[id(c)] for c in n.args)
+            if n.op == "sigmoid" and args[0].op == "neg":
+                memo[id(n)] = E.Expr("sub", (E.const(1.0), E.Expr("sigmoid", (args[0].args[0],))))
+            else:
+                memo[id(n)] = E.Expr(n.op, args, n.value, n.name) if n.args else n
+        return memo[id(e)]
 
     def lit(self, v: float) -> str:
         r = repr(float(v))
@@ -110,7 +119,7 @@ def prelude(isa: str) -> str:
 #define L {L}
 typedef float V __attribute__((vector_size({4 * L})));
 typedef int VI __attribute__((vector_size({4 * L})));
-#define K(c) ((V){{0}} + (float)(c))
+#define K(c) ((float)(c) - (V){{0}})
 {decls}
 V {pre}vv_powf(V, V);
 #define vpow {pre}vv_powf

@@ -40,7 +40,7 @@ def cell_term(op_name: str, ell: float | None, dialect: Dialect = TRITON):
     term = fold_constants(E.as_expr(spec.build(hin, gam, ell)))
     dialect.check(term)
     gterm = rewrite_for_grad(term)
-    parts = reverse(gterm, hin + gam)
+    parts = [dialect.partial_form(p) for p in reverse(gterm, hin + gam)]
     dialect.check(gterm, *parts)
     return term, hin, gam, parts, gterm
 

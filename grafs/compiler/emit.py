@@ -68,6 +68,10 @@ class Dialect:
         template: lets CSE share e.g. σ(x) between silu(x), sigmoid(x) and their partials."""
         return None
 
+    def partial_form(self, e: E.Expr) -> E.Expr:
+        """How a partial derivative is written for this target (default: as derived)."""
+        return e
+
     # -- spellings (overridden) -----------------------------------------------------------
     def sqrt(self, r: str) -> str:
         raise NotImplementedError

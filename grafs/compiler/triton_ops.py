@@ -9,6 +9,7 @@ key :meth:`grafs.compiler.triton_launch.Compiled.register` gave them.
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from grafs.compiler.triton_launch import lookup
 
@@ -113,6 +114,8 @@ class FormulaFn(torch.autograd.Function):
 
 
 class CellFn(torch.autograd.Function):
+    """The generated cell kernels (Triton or C) under autograd: first derivatives only."""
+
     @staticmethod
     def forward(ctx, x, w, g, mask, kernels, block):
         ctx.save_for_backward(x, w, g, mask)
@@ -120,6 +123,7 @@ class CellFn(torch.autograd.Function):
         return kernels.forward(x, w, g, mask, block)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, gy):
         x, w, g, mask = ctx.saved_tensors
         nw, ng = ctx.needs_input_grad[1], ctx.needs_input_grad[2]

@@ -237,7 +237,10 @@ class RelaxedCell(nn.Module):
         self._generated_key[kind] = key
         if (kind, key) not in self._generated:
             if kind == "c":
-                from grafs.compiler.c_cell import CCell as Cls
+                from grafs.compiler.c_cell import CCell as Cls, unavailable_reason
+                if unavailable_reason():
+                    raise GrafsError(f"cell mode 'c' cannot run here: {unavailable_reason()}; "
+                                     f"use mode 'auto' (the lean path on this machine)")
             else:
                 from grafs.compiler.triton_backend import TritonCell as Cls
             self._generated[(kind, key)] = Cls(self.space, self.slot_of, self.gamma_of, self.clip,
@@ -261,7 +264,7 @@ class RelaxedCell(nn.Module):
             return "triton"
         if device.type == "cpu" and not len(self.terms) and not torch.compiler.is_compiling() \
                 and _has_c():
-            return "c"
+            return "c"      # (forward() takes lean where x is a torch.func-transformed tensor)
         from grafs.compiler.lean_cell import RECOMPUTE_FROM
         few = self.num_active() <= self.eager_up_to_ops_per_hole * self.num_holes
         return "eager" if few and 0 < numel < RECOMPUTE_FROM else "lean"
@@ -276,6 +279,8 @@ class RelaxedCell(nn.Module):
     def forward(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         key = self.active_ops()
         mode = self.mode_for(x.device, x.numel())
+        if mode == "c" and self.mode == "auto" and _functorch_wrapped(x):
+            mode = "lean"   # vmap/jacrev/grad of torch.func need differentiable torch ops
         if weights is None and self.is_discrete():
             # one op per hole: every Dirichlet sample is exactly 1 (gradient 0), so nothing is
             # drawn and α gets no gradient; the reference path then skips the weights entirely
@@ -382,6 +387,13 @@ class RelaxedCell(nn.Module):
 
 
 _TRITON: list[bool] = []
+
+
+def _functorch_wrapped(x: torch.Tensor) -> bool:
+    try:
+        return torch._C._functorch.is_functorch_wrapped_tensor(x)
+    except AttributeError:   # pragma: no cover - older torch
+        return False
 
 
 def _has_c() -> bool:
