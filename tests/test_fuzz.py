@@ -435,3 +435,21 @@ def test_search_result_display_and_exact_formula():
     x = torch.linspace(-3, 3, 50, dtype=torch.float64)
     torch.testing.assert_close(grafs.parse(r.display).evaluate(x), r.expr.evaluate(x),
                                rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("ops,affine", [(["identity", "mul_gamma"], True),
+                                        (["identity", "relu"], False)])
+def test_affine_found_formula_is_returned_with_a_warning(ops, affine):
+    import warnings
+    from grafs.runtime.discretize import found_formula
+    from grafs.runtime.space import SearchSpace
+    cell = SearchSpace("U(x) + 0.5*U(x)", unary=ops, binary=["add"]).relax("eager", seed=0)
+    with torch.no_grad():          # every hole's highest α on its first op
+        for a in cell.alpha:
+            a.copy_(torch.tensor([1.0, 0.0]))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        e = found_formula(cell)
+    assert e is cell.discretize()
+    said = [str(w.message) for w in caught if issubclass(w.category, GrafsWarning)]
+    assert any("is affine in x" in m for m in said) == affine, said
