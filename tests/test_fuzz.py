@@ -438,7 +438,7 @@ def test_search_result_display_and_exact_formula():
 
 
 @pytest.mark.parametrize("ops,affine", [(["identity", "mul_gamma"], True),
-                                        (["identity", "relu"], False)])
+                                        (["relu", "identity"], False)])
 def test_affine_found_formula_is_returned_with_a_warning(ops, affine):
     import warnings
     from grafs.runtime.discretize import found_formula
