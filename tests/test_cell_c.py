@@ -165,10 +165,11 @@ def test_auto_is_c_on_cpu_and_lean_where_c_cannot_run(monkeypatch):
 
 
 @pytest.mark.parametrize("isa", ["avx2", "sse4"])
-def test_overflow_safe_exp_family_matches_float64(isa, monkeypatch):
-    """The prelude's exp/expm1/cosh/sinh keep lanes beyond ±80 off libmvec's slow scalar path;
-    values must still match float64 within libmvec's accuracy (4 ulp) from -300 to 300,
-    including inf, NaN, the overflow edges and underflow to 0."""
+def test_prelude_math_matches_float64(isa, monkeypatch):
+    """The prelude's own functions (inline exp, tanh and asinh; exp/expm1/cosh/sinh that keep
+    lanes beyond ±80 off libmvec's slow scalar path) match float64 within libmvec's accuracy
+    (4 ulp) from -300 to 300 and over 60 decades, including inf, NaN, the branch points, the
+    overflow edges, underflow to 0 and the sign of zero."""
     import ctypes
     from grafs.compiler.c_emit import prelude
     if isa == "avx2" and c_cell._isa() != "avx2":
@@ -178,7 +179,8 @@ def test_overflow_safe_exp_family_matches_float64(isa, monkeypatch):
 void t(const float *X, float *Y, long n, int w) {
     for (long i = 0; i < n; i += L) {
         V x = load(X + i, n - i);
-        store(Y + i, w == 0 ? vexp(x) : w == 1 ? vexpm1(x) : w == 2 ? vcosh(x) : vsinh(x), n - i);
+        store(Y + i, w == 0 ? vexp(x) : w == 1 ? vexpm1(x) : w == 2 ? vcosh(x) : w == 3 ? vsinh(x)
+                     : w == 4 ? vtanh(x) : vasinh(x), n - i);
     }
 }
 """)
@@ -186,13 +188,17 @@ void t(const float *X, float *Y, long n, int w) {
     edges = [float("nan"), float("inf"), -float("inf"), 0.0, -0.0, 1e-30, 80.0, 80.01, -80.01,
              88.72, 88.73, 89.41, 89.42, -87.3, -103.0, -104.0, 170.0, 171.0, -171.0]
     x = torch.cat([torch.linspace(-300, 300, 30001), torch.tensor(edges)])
-    for w, f in enumerate([torch.exp, torch.expm1, torch.cosh, torch.sinh]):
+    x = torch.cat([x, torch.logspace(-30, 30, 601), -torch.logspace(-30, 30, 601),
+                   torch.tensor([0.625, 0.62499, 0.5, 0.49999, 1500.0, 1500.1, 3e38, -3e38])])
+    for w, f in enumerate([torch.exp, torch.expm1, torch.cosh, torch.sinh, torch.tanh, torch.asinh]):
         y = torch.empty_like(x)
         lib.t(x.data_ptr(), y.data_ptr(), x.numel(), w)
         want = f(x.double()).float()
         close = (y - want).abs() <= 5e-7 * want.abs() + 1e-44
         ok = (torch.isfinite(want) & close) | (y == want) | (torch.isnan(y) & torch.isnan(want))
         assert ok.all(), (f.__name__, x[~ok][:5].tolist(), y[~ok][:5].tolist(), want[~ok][:5].tolist())
+        signed = ~torch.isnan(want)                           # tanh(-0) = -0, asinh(-1e-30) < 0
+        assert (torch.signbit(y[signed]) == torch.signbit(want[signed])).all(), f.__name__
 
 
 def test_sigmoid_of_a_negated_input_keeps_its_tail():

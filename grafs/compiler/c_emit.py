@@ -22,10 +22,10 @@ __all__ = ["C", "CDialect", "ISAS", "cell_c_source"]
 # libmvec name prefixes and the sqrt builtin per instruction set (x86-64 vector ABI)
 ISAS = {
     "avx2": {"lanes": 8, "prefix": "_ZGVdN8", "sqrt": "__builtin_ia32_sqrtps256",
-             "movemask": "__builtin_ia32_movmskps256",
+             "movemask": "__builtin_ia32_movmskps256", "round": "__builtin_ia32_roundps256",
              "flags": ["-mavx2", "-mfma"]},
     "sse4": {"lanes": 4, "prefix": "_ZGVbN4", "sqrt": "__builtin_ia32_sqrtps",
-             "movemask": "__builtin_ia32_movmskps",
+             "movemask": "__builtin_ia32_movmskps", "round": "__builtin_ia32_roundps",
              "flags": ["-msse4.1"]},
 }
 _UNARY = ["exp", "log", "sin", "cos", "sinh", "cosh", "tanh", "asinh", "atan", "erf", "expm1",
@@ -110,7 +110,7 @@ def prelude(isa: str) -> str:
     L, pre = spec["lanes"], spec["prefix"]
     # libmvec's exp, sinh, cosh and expm1 take a per-lane scalar path for arguments beyond
     # ±88 (overflow/underflow), ~10x slower: the wrappers below keep such lanes off it
-    wrapped = ("exp", "sinh", "cosh", "expm1")
+    wrapped = ("exp", "sinh", "cosh", "expm1", "tanh", "asinh")
     decls = "\n".join(f"V {pre}v_{f}f(V);\n#define {'mv_' if f in wrapped else 'v'}{f} {pre}v_{f}f"
                       for f in _UNARY)
     iota = ", ".join(str(i) for i in range(L))
@@ -129,11 +129,26 @@ static inline V vabs(V a) {{ return (V)((VI)a & ((VI){{0}} + 0x7fffffff)); }}
 static inline V vmax(V a, V b) {{ return sel((a > b) | (a != a), a, b); }}
 static inline V vmin(V a, V b) {{ return sel((a < b) | (a != a), a, b); }}
 static inline int any(VI m) {{ return {spec["movemask"]}((V)m); }}
+/* e^x for x in [-87, 88], inline (no call, so live values stay in registers; exp is the
+   commonest function of the cell): x = n ln2 + r with ln2 in two parts (Cody-Waite), e^r by
+   Cephes' degree-6 polynomial, 2^n through the exponent bits. Within 1 ulp of float64. */
+static inline V iexp(V x) {{
+    V n = {spec["round"]}(x * K(1.44269504088896341), 0x08);
+    V r = (x - n * K(0.693359375)) - n * K(-2.12194440e-4);
+    V p = K(1.9875691500E-4);
+    p = p * r + K(1.3981999507E-3);
+    p = p * r + K(8.3334519073E-3);
+    p = p * r + K(4.1665795894E-2);
+    p = p * r + K(1.6666665459E-1);
+    p = p * r + K(5.0000001201E-1);
+    p = p * r * r + r + K(1);
+    return p * (V)((__builtin_convertvector(n, VI) + 127) << 23);
+}}
 /* |x| > 80 somewhere: e^x as (e^(x/2))^2 there (same overflow to inf and underflow to 0) */
 static inline V vexp(V x) {{
     VI big = vabs(x) > K(80);
-    if (!any(big)) return mv_exp(x);
-    V e = mv_exp(sel(big, vmin(vmax(x, K(-170)), K(170)) * K(0.5), x));
+    if (!any(big)) return iexp(x);
+    V e = iexp(sel(big, vmin(vmax(x, K(-170)), K(170)) * K(0.5), x));
     return sel(big, e * e, e);
 }}
 static inline V vexpm1(V x) {{
@@ -141,9 +156,30 @@ static inline V vexpm1(V x) {{
     if (!any(big)) return mv_expm1(x);
     return sel(x > K(80), vexp(x), sel(x < K(-80), K(-1), mv_expm1(sel(big, K(0), x))));
 }}
+static inline V copysgn(V m, V x) {{
+    return (V)(((VI)m & ((VI){{0}} + 0x7fffffff)) | ((VI)x & ((VI){{0}} + (int)0x80000000)));
+}}
+/* tanh inline (Cephes tanhf): an odd polynomial below 0.625, 1 - 2/(e^(2|x|) + 1) above */
+static inline V vtanh(V x) {{
+    V a = vabs(x), z = x * x;
+    V p = ((((K(-5.70498872745E-3) * z + K(2.06390887954E-2)) * z - K(5.37397155531E-2)) * z
+            + K(1.33314422036E-1)) * z - K(3.33332819422E-1)) * z * x + x;
+    V big = copysgn(K(1) - K(2) / (vexp(a + a) + K(1)), x);
+    return sel(a < K(0.625), copysgn(p, x), big);   /* copysgn: tanh(-0) = -0 */
+}}
+/* asinh inline (Cephes asinhf): an odd polynomial below 0.5, log(|x| + sqrt(x^2 + 1)) above,
+   log(|x|) + ln 2 beyond 1500 (where x^2 + 1 is x^2) */
+static inline V vasinh(V x) {{
+    V a = vabs(x), z = x * x;
+    V p = (((K(2.0122003309E-2) * z - K(4.2699340972E-2)) * z + K(7.4847586088E-2)) * z
+           - K(1.6666288134E-1)) * z * x + x;
+    VI huge = a > K(1500);
+    V l = vlog(sel(huge, a, a + vsqrt(sel(huge, K(0), z) + K(1)))) + sel(huge, K(0.6931471805599453), K(0));
+    return copysgn(sel(a < K(0.5), p, l), x);
+}}
 /* |x| > 80: cosh(x) = (e^(|x|/2) / 2) e^(|x|/2), sinh(x) the same with x's sign */
 static inline V half_exp_abs(V x) {{
-    V e = mv_exp(vmin(vabs(x), K(170)) * K(0.5));
+    V e = iexp(vmin(vabs(x), K(170)) * K(0.5));
     return (e * K(0.5)) * e;
 }}
 static inline V vcosh(V x) {{
