@@ -97,12 +97,16 @@ def _factory(formula: str, backend: str) -> Callable[[], nn.Module]:
     return lambda: gcompile(formula, backend=backend)
 
 
-def from_scratch_problem(task, formula: str, *, seed: int = 0) -> str | None:
+def from_scratch_problem(task, formula: str, *, seed: int = 0, steps: int = 5) -> str | None:
     """What stops ``formula`` from training on ``task`` from scratch, or None: one forward and
     backward pass of a freshly initialised model (the evaluation's, seeded ``seed``) on a
-    training batch, checked for a non-finite loss or gradient. A search trains through
-    clipped ops on warm-started weights, so a found formula can still overflow at
-    initialisation (e.g. ``sinh`` stacked over 19 ResNet sites: docs/results-textures.md)."""
+    training batch, checked for a non-finite loss or gradient, then the first ``steps`` steps
+    of the evaluation's own training loop (its optimizer and schedule), checked for a
+    non-finite loss. A search trains through clipped ops on warm-started weights, so a found
+    formula can still overflow at initialisation (``sinh`` stacked over 19 ResNet sites:
+    docs/results-textures.md) or blow up within a few steps (an x²-growing formula on digits:
+    docs/results-digits.md)."""
+    from grafs.errors import GrafsError
     model = task.make_model(_factory(formula, "eager"), seed=seed)
     model.train()
     xb, yb = next(iter(task.batches("train", task.eval_config.batch_size, seed=seed)))
@@ -114,6 +118,12 @@ def from_scratch_problem(task, formula: str, *, seed: int = 0) -> str | None:
            if p.grad is not None and not torch.isfinite(p.grad).all()]
     if bad:
         return f"gives non-finite gradients at initialisation (first: {bad[0]})"
+    if steps:
+        model = task.make_model(_factory(formula, "eager"), seed=seed)
+        try:
+            task.fit(model, max_steps=steps, seed=seed)
+        except GrafsError as err:
+            return f"diverges within {steps} training steps from scratch ({err})"
     return None
 
 

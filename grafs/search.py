@@ -347,8 +347,8 @@ def search_task(task, *, seed: int = 0, epochs: int | None = None, space=None, p
 
 
 def _warn_if_untrainable(task, result: SearchResult, seed: int) -> None:
-    """Warn when the found formula cannot be trained from scratch on the task (one pass of a
-    fresh model; grafs.evaluate.from_scratch_problem)."""
+    """Warn when the found formula cannot be trained from scratch on the task (one pass and
+    five training steps of a fresh model; grafs.evaluate.from_scratch_problem)."""
     import warnings
 
     from grafs.errors import GrafsWarning

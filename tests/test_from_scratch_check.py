@@ -32,6 +32,17 @@ def test_the_textures_formula_that_diverged_in_evaluation():
     assert from_scratch_problem(task, "relu(x)") is None
 
 
+def test_a_formula_that_blows_up_in_its_first_steps_is_named():
+    """docs/results-digits.md: finite at initialisation, non-finite loss at step 1-2 in every
+    evaluation run; the check's training steps see it."""
+    task = get_task("digits")
+    formula = "max(0.9965*abs(0.4072*x^2 + 0.8734*elu(x)), 1.243*elu(x))"
+    assert from_scratch_problem(task, formula, steps=0) is None      # one pass: looks fine
+    msg = from_scratch_problem(task, formula)
+    assert msg is not None and "diverges within 5 training steps" in msg and "non-finite" in msg
+    assert from_scratch_problem(task, "1.242*elu(x)") is None
+
+
 def test_search_task_warns_and_records(monkeypatch, teacher):
     import grafs.evaluate
     from grafs.runtime.space import SearchSpace
