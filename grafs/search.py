@@ -44,7 +44,8 @@ def search(model: nn.Module, train_data, val_data=None, *, space=None, epochs: i
            optimizer: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer] | None = None,
            scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
            arch_lr: float = 1e-3, arch_weight_decay: float = 1e-3,
-           arch_betas: tuple[float, float] = (0.5, 0.999), grad_accumulation: int = 1,
+           arch_betas: tuple[float, float] = (0.5, 0.999), arch_steps: int = 1,
+           grad_accumulation: int = 1,
            activation_types: Sequence[type] = DEFAULT_TYPES, cell_mode: str = "auto",
            device: str | torch.device | None = None, checkpoint_dir: str | os.PathLike | None = None,
            resume: str | os.PathLike | None = None, progress: bool = True,
@@ -84,6 +85,9 @@ def search(model: nn.Module, train_data, val_data=None, *, space=None, epochs: i
         raise GrafsError(f"warmstart_epochs must be in [0, epochs), got {warmstart_epochs} with epochs={epochs}")
     if grad_accumulation < 1:
         raise GrafsError(f"grad_accumulation must be >= 1, got {grad_accumulation}")
+    if not isinstance(arch_steps, int) or arch_steps < 1:
+        raise GrafsError(f"arch_steps (arch steps per weight step) must be an int >= 1, "
+                         f"got {arch_steps!r}")
     if amp not in _AMP:
         raise GrafsError(f"amp must be None, 'bf16' or 'fp16', got {amp!r}")
     cbs = CallbackList(callbacks)
@@ -106,7 +110,8 @@ def search(model: nn.Module, train_data, val_data=None, *, space=None, epochs: i
                     arch_betas=list(arch_betas), grad_accumulation=grad_accumulation,
                     template=space.template, num_ops=space.num_ops, cell_mode=cell_mode,
                     max_steps_per_epoch=max_steps_per_epoch, amp=amp,
-                    **({"normalize": True} if getattr(space, "normalize", False) else {}))
+                    **({"normalize": True} if getattr(space, "normalize", False) else {}),
+                    **({"arch_steps": arch_steps} if arch_steps != 1 else {}))
     world = 1 if dist is None else dist.world_size
     if dist is not None:
         settings["world_size"] = world
@@ -192,14 +197,17 @@ def search(model: nn.Module, train_data, val_data=None, *, space=None, epochs: i
             for step, (xb, yb) in enumerate(train.epoch(epoch)):
                 if step >= steps_per_epoch:
                     break
-                try:
-                    xv, yv = next(val_iter)
-                except StopIteration:
-                    val_iter = iter(val.epoch(epoch + 10_000 * (step + 1)))
-                    xv, yv = next(val_iter)
+                vbs = []
+                for j in range(arch_steps):
+                    try:
+                        vbs.append(next(val_iter))
+                    except StopIteration:   # a fresh shuffle, seeded by where it happens
+                        val_iter = iter(val.epoch(epoch + 10_000 * (step + 1) + 1_000_000 * j))
+                        vbs.append(next(val_iter))
+                (xv, yv), more = vbs[0], vbs[1:]
                 out, loss = stepper.step(xb, yb, xv, yv, warm=warm,
                                          update=(step + 1) % grad_accumulation == 0
-                                         or step + 1 == steps_per_epoch)
+                                         or step + 1 == steps_per_epoch, more_val=more)
                 meter.add(loss, out, yb, stepper.last_vloss)
                 if cbs:
                     cbs.on_step_end(StepInfo(epoch, step, epoch * steps_per_epoch + step, loss,
@@ -336,7 +344,8 @@ def search_task(task, *, seed: int = 0, epochs: int | None = None, space=None, p
                     optimizer=cfg.make_optimizer,
                     scheduler=lambda opt: cfg.make_scheduler(opt, epochs * spe),
                     arch_lr=cfg.arch_lr, arch_weight_decay=cfg.arch_weight_decay,
-                    arch_betas=tuple(cfg.arch_betas), grad_accumulation=cfg.grad_accum_steps,
+                    arch_betas=tuple(cfg.arch_betas), arch_steps=cfg.arch_steps,
+                    grad_accumulation=cfg.grad_accum_steps,
                     activation_types=task.activation_types, cell_mode=cell_mode,
                     checkpoint_dir=checkpoint_dir, resume=resume, progress=progress,
                     max_steps_per_epoch=spe, device=device, amp=amp, callbacks=callbacks,

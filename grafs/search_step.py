@@ -55,33 +55,15 @@ class _Stepper:
     def _to(self, t):
         return t if t.device == self.dev else t.to(self.dev, non_blocking=True)
 
-    def step(self, xb, yb, xv, yv, warm: bool, update: bool = True):
-        """Returns the weight step's (output, loss), both still on the device."""
+    def step(self, xb, yb, xv, yv, warm: bool, update: bool = True, more_val=()):
+        """Returns the weight step's (output, loss), both still on the device. ``more_val``:
+        further (inputs, targets) validation batches, one more arch step each before the
+        weight step (``search(arch_steps=...)``)."""
         model, state = self.model, self.state
-        xb, yb, xv, yv = self._to(xb), self._to(yb), self._to(xv), self._to(yv)
-        # 1. arch step on a validation batch (fresh Dirichlet samples at every call)
-        state["use_cell"] = True
-        self.a_opt.zero_grad(set_to_none=True)
-        if self.n_sites:
-            self.cell.refresh_samples(self.n_sites)
-        # the network's weights are frozen for the arch step: backward then computes no weight
-        # gradients at all (the reference computes and discards them), and none can leak into
-        # the weight update (the reference forgets to zero them in two of its three copies)
-        frozen = [p for p in self.weights if p.requires_grad]
-        for p in frozen:
-            p.requires_grad_(False)
-        try:
-            with self._autocast():
-                vloss = self.loss_fn(model(xv), yv)
-            # a discrete cell without γ ops has nothing left to learn (its samples are constant)
-            learns = vloss.requires_grad
-            if learns:
-                self.a_scaler.scale(vloss).backward()
-        finally:
-            for p in frozen:
-                p.requires_grad_(True)
-        if learns:
-            self._apply(self.a_scaler, self.a_opt, self.arch_params)
+        xb, yb = self._to(xb), self._to(yb)
+        for xa, ya in [(xv, yv), *more_val]:
+            vloss = self._arch_step(self._to(xa), self._to(ya))
+        self.last_vloss = vloss.detach()
         # 2. weight step (original activation while warm-starting); α and γ are frozen so
         # backward does not differentiate through the Dirichlet sample for nothing
         state["use_cell"] = not warm
@@ -105,8 +87,34 @@ class _Stepper:
             self._apply(self.w_scaler, self.w_opt, self.weights)
             if self.w_sched is not None:
                 self.w_sched.step()
-        self.last_vloss = vloss.detach()
         return out.detach(), loss.detach()
+
+    def _arch_step(self, xv, yv):
+        """1. arch step on a validation batch (fresh Dirichlet samples at every call)."""
+        model, state = self.model, self.state
+        state["use_cell"] = True
+        self.a_opt.zero_grad(set_to_none=True)
+        if self.n_sites:
+            self.cell.refresh_samples(self.n_sites)
+        # the network's weights are frozen for the arch step: backward then computes no weight
+        # gradients at all (the reference computes and discards them), and none can leak into
+        # the weight update (the reference forgets to zero them in two of its three copies)
+        frozen = [p for p in self.weights if p.requires_grad]
+        for p in frozen:
+            p.requires_grad_(False)
+        try:
+            with self._autocast():
+                vloss = self.loss_fn(model(xv), yv)
+            # a discrete cell without γ ops has nothing left to learn (its samples are constant)
+            learns = vloss.requires_grad
+            if learns:
+                self.a_scaler.scale(vloss).backward()
+        finally:
+            for p in frozen:
+                p.requires_grad_(True)
+        if learns:
+            self._apply(self.a_scaler, self.a_opt, self.arch_params)
+        return vloss
 
     def _apply(self, scaler, opt, params) -> None:
         """One optimizer step on gradients averaged over the ranks (data-parallel search)."""

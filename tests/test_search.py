@@ -71,6 +71,25 @@ def test_resume_equals_uninterrupted(tmp_path):
         assert resumed.history[key] == full.history[key], key
 
 
+def test_more_arch_steps_per_weight_step(tmp_path):
+    """arch_steps=2: two arch steps (two validation batches) per weight step, deterministic,
+    resumable, recorded in the settings; α moves further than with one."""
+    one, two, again = run(), run(arch_steps=2), run(arch_steps=2)
+    assert two.settings["arch_steps"] == 2 and "arch_steps" not in one.settings
+    assert two.history["alpha"] == again.history["alpha"] and two.formula == again.formula
+    assert two.history["alpha"] != one.history["alpha"]
+    with pytest.raises(_Interrupted):
+        run(arch_steps=2, checkpoint_dir=tmp_path / "cut", _stop_after_epoch=2)
+    resumed = run(arch_steps=2, checkpoint_dir=tmp_path / "cut", resume=tmp_path / "cut")
+    assert resumed.history["alpha"] == two.history["alpha"]
+    for bad in (0, 1.5, "2"):
+        with pytest.raises(GrafsError, match="arch_steps"):
+            run(arch_steps=bad)
+    from grafs.tasks.base import SearchConfig
+    with pytest.raises(GrafsError, match="arch_steps"):
+        SearchConfig(arch_steps=0)
+
+
 def test_resume_with_other_settings_is_refused(tmp_path):
     with pytest.raises(_Interrupted):
         run(checkpoint_dir=tmp_path, _stop_after_epoch=1)

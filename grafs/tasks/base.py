@@ -204,6 +204,8 @@ class SearchConfig(TrainConfig):
             validation data of the architecture steps (the paper: 0.75).
         normalize: scale each candidate op's mixture weight by 1/RMS(op) on N(0, 1)
             (grafs.runtime.normalize; not in the paper, see docs/results-teacher.md).
+        arch_steps: architecture steps (each on its own validation batch) per weight step
+            (the paper: 1).
     """
 
     arch_lr: float = 1e-3
@@ -213,10 +215,14 @@ class SearchConfig(TrainConfig):
     shrink_start_epoch: int = 2
     train_fraction: float = 0.75
     normalize: bool = False
+    arch_steps: int = 1
 
     def __post_init__(self) -> None:
         super().__post_init__()
         owner = type(self).__name__
+        if not isinstance(self.arch_steps, int) or isinstance(self.arch_steps, bool) \
+                or self.arch_steps < 1:
+            raise GrafsError(f"{owner}.arch_steps must be an int >= 1, got {self.arch_steps!r}")
         if not isinstance(self.arch_lr, (int, float)) or not self.arch_lr > 0:
             raise GrafsError(f"{owner}.arch_lr must be > 0, got {self.arch_lr!r}")
         _check_nonneg(owner, "arch_weight_decay", self.arch_weight_decay)
