@@ -200,7 +200,7 @@ def _eval_table(r: dict) -> list[str]:
     hib = tab["higher_is_better"]
     base = [x for x in tab["rows"] if not x["name"].startswith("found")]
     best = (max if hib else min)(base, key=lambda x: x["mean"])
-    n = len(tab["rows"][0]["scores"])
+    n = max(len(x["scores"]) for x in tab["rows"])   # a row whose runs all failed has none
     what = f"teacher `{r['teacher']}`" if r.get("teacher") else f"task `{r['task']}`"
     ratio = ""
     if tab.get("search_seconds") and tab.get("eval_seconds"):
