@@ -13,7 +13,8 @@ bench/search_step.py measure the others side by side):
       for spaces with trainable-family ops.
   ``"c"``: grafs' generated C kernel pair for the active set (SIMD vectors, glibc's vector
       math; grafs.compiler.c_cell): one call per forward and per backward, saves only x, builds
-      in about a second per active set. ``auto`` on x86-64 Linux CPUs with a C compiler.
+      in about a second per active set. Like lean it computes in fp32 whatever x's dtype
+      (float64 inputs included; ``eager`` is the float64 reference). ``auto`` on x86-64 Linux CPUs with a C compiler.
   ``"triton"``: grafs' generated Triton kernel pair for the active set (dropped ops have no code
       once the set falls to 60% of the compiled one; until then a mask skips them). ``auto`` on
       CUDA. CPU only under TRITON_INTERPRET=1 (grafs.compiler.triton_backend.TritonCell).
