@@ -20,7 +20,7 @@ import grafs.compiler.c_cell as c_cell
 from grafs.errors import CompileError
 from grafs.runtime.space import SearchSpace
 from tests.test_cell_lean import (_CountOps, _assert_agree, _call, _drop_to, _inputs, _randomize,
-                                  _weights, saved_bytes)
+                                  _weights, saved_bytes, sweep_stages)
 
 pytestmark = pytest.mark.skipif(not c_cell.available(),
                                 reason=f"the C cell cannot run here: {c_cell.unavailable_reason()}")
@@ -83,14 +83,7 @@ def test_c_matches_eager_custom_template_and_extra_ops():
                         unary=["identity", "gelu", "mul_gamma", "square", "exp", "gamma", "sin"],
                         binary=["add", "mul", "mix", "sigmul", "right", "min"],
                         ops={"U1": ["tanh", "add_gamma", "neg", "sinh", "sqrt", "cos"]})
-    cells = _cells(space, seed=11)
-    for stage in (19, 12, 8, 5, 3):
-        _drop_to(cells, stage)
-        for n in (300, 1001):
-            x = _inputs(n, seed=stage * n)
-            w = _weights(cells[1], seed=stage)
-            gout = torch.randn(n, generator=torch.Generator().manual_seed(stage))
-            _compare(cells, x, w, gout, f"custom, {stage} ops, n={n}")
+    sweep_stages(_cells(space, seed=11), (19, 12, 8, 5, 3), _compare)
 
 
 def test_weight_call_skips_reductions_with_the_same_x_gradient():

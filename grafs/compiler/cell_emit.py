@@ -80,21 +80,26 @@ class CellPlan:
                     self.gcol_of[(k, i)] = self.K + len(self.gcols)
                     self.gcols.append(j)
         # holes the output depends on (directly or through later holes' inputs)
-        live: set[int] = set()
-        stack = [self.T]
-        while stack:
-            e = stack.pop()
-            for n in e.nodes():
-                if n.op == LEAF and n.name.startswith("h"):
-                    j = int(n.name[1:])
-                    if j not in live:
-                        live.add(j)
-                        stack.extend(inputs[j])
+        live = self._holes_read([self.T])
         self.live = [h for h in self.holes if h.index in live]
         for h in self.live:
             for o, _, _ in self.slots[h.index]:
                 cell_term(o, self.ell, dialect)
         dialect.check(self.T, *[i for h in self.live for i in inputs[h.index]])
+
+    def _holes_read(self, roots) -> set[int]:
+        """Indices of the holes whose outputs ``roots`` read, directly or through the inputs
+        of the holes they read."""
+        seen: set[int] = set()
+        stack = list(roots)
+        while stack:
+            for n in stack.pop().nodes():
+                if n.op == LEAF and n.name.startswith("h"):
+                    j = int(n.name[1:])
+                    if j not in seen:
+                        seen.add(j)
+                        stack.extend(self.inputs[j])
+        return seen
 
     def hole_refs(self, em: Emitter, h) -> list[str]:
         refs = []
@@ -229,10 +234,13 @@ class CellPlan:
                 em.assign_invariant(g.name, self.d.load("g_ptr", j))
                 em.bind(g, g.name, False)
             mapping[id(leaf)] = g
-        memo: dict[int, E.Expr] = {}
-        for n in E.topological(E.Expr("grafs_tuple", [term, *parts])):
-            memo[id(n)] = mapping.get(id(n)) or (
-                E.Expr(n.op, [memo[id(a)] for a in n.args], n.value, n.name) if n.args else n)
+        memo: dict[int, E.Expr] = {}   # shared by the term and its partials
+        for root in (term, *parts):
+            for n in E.topological(root):
+                if id(n) not in memo:
+                    memo[id(n)] = mapping.get(id(n)) or (
+                        E.Expr(n.op, [memo[id(a)] for a in n.args], n.value, n.name)
+                        if n.args else n)
         return memo[id(term)], [memo[id(p)] for p in parts]
 
     def forward_statements(self, indent: str = "    ") -> tuple[list[str], str]:
@@ -263,17 +271,8 @@ class CellPlan:
         dI = {j: [reverse(rewrite_for_grad(e), [X] + houts) for e in self.inputs[j]]
               for j in live_ids}
         # hole outputs the backward reads: inputs of live holes and the partials above
-        used: set[int] = set()
-        stack = [e for e in dT] + [e for j in live_ids for ds in dI[j] for e in ds] \
-            + [e for j in live_ids for e in self.inputs[j]]
-        while stack:
-            e = stack.pop()
-            for n in e.nodes():
-                if n.op == LEAF and n.name.startswith("h"):
-                    j = int(n.name[1:])
-                    if j not in used:
-                        used.add(j)
-                        stack.extend(self.inputs[j])
+        used = self._holes_read(list(dT) + [e for j in live_ids for ds in dI[j] for e in ds]
+                                + [e for j in live_ids for e in self.inputs[j]])
         em = Emitter(self.d, indent, hoist=not self.masked)
         self.prologue_bwd = em.prologue
         em.bind(X, "x")
