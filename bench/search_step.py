@@ -86,12 +86,13 @@ class Config:
         return ""
 
 
-class Mnist1dConfig(Config):
-    name = "mnist1d"
+class TaskConfig(Config):
+    """A built-in task's model, data split and optimizers (its search defaults)."""
 
-    def __init__(self):
+    def __init__(self, name: str):
         from grafs.tasks import get_task
-        self.task = get_task("mnist1d")
+        self.name = name
+        self.task = get_task(name)
         self.cfg = self.task.search_config
         self.batch_size = self.cfg.batch_size
         self.activation_types = tuple(self.task.activation_types)
@@ -159,7 +160,9 @@ class VitTinyConfig(_Image32Config):
                 f"weights Adam(lr=1e-3), arch Adam(lr=1e-3)")
 
 
-CONFIGS = {"mnist1d": Mnist1dConfig, "resnet20": Resnet20Config, "vit_tiny": VitTinyConfig}
+CONFIGS = {"mnist1d": lambda: TaskConfig("mnist1d"), "teacher": lambda: TaskConfig("teacher"),
+           "digits": lambda: TaskConfig("digits"), "resnet20": Resnet20Config,
+           "vit_tiny": VitTinyConfig}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -233,3 +233,61 @@ def test_second_derivatives_raise_and_torch_func_takes_lean():
     w = cell.sample_weights().detach()
     jac = torch.func.jacrev(lambda t: cell(t, weights=w))(x[:5].detach())
     assert jac.shape == (5, 5) and torch.isfinite(jac).all()
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().contiguous().view(torch.int32 if t.dtype == torch.float32 else torch.int64)
+
+
+def test_a_build_serves_subsets_of_its_active_set_bit_for_bit():
+    """The build for a large active set, called with a smaller mask, computes what the build
+    for exactly the smaller set computes, to the bit (forward, ∂x, ∂w, ∂γ), inf and NaN
+    inputs included: a search may switch between them whenever a background build is ready."""
+    space = SearchSpace.grafs()
+    cell = space.relax("c", seed=0)
+    _randomize(cell, 0)
+    big = cell._new_c_cell(cell.active_ops())
+    x = _inputs(3001, seed=1)
+    x[:6] = torch.tensor([0.0, -0.0, float("inf"), -float("inf"), float("nan"), 88.8])
+    gy = torch.randn(x.shape, generator=torch.Generator().manual_seed(2))
+    g = cell.gamma.detach()
+    for stage in (110, 91, 60, 31, 12, 6):
+        cell.drop(cell.num_active() - stage)
+        mask = cell._active_index().mask_i8
+        own = cell._new_c_cell(cell.active_ops())
+        w = _weights(cell, seed=stage)
+        outs = [(k._k.forward(x, w, g, mask), *k._k.backward(x, w, g, mask, gy)) for k in (big, own)]
+        for name, a, b in zip(("y", "x", "w", "g"), *outs):
+            assert torch.equal(_bits(a), _bits(b)), f"{stage} ops: {name} differs"
+        assert torch.isnan(outs[0][0][4]) and torch.isfinite(outs[0][0][6:]).all()
+
+
+@pytest.mark.filterwarnings("ignore::grafs.errors.GrafsWarning")    # a tiny search
+def test_background_builds_change_no_result(monkeypatch, tmp_path):
+    """A search whose cell compiles each new active set in the background (calling its older
+    build meanwhile) ends with the same α, γ and formula as one that compiles in the call,
+    and only its first build blocks."""
+    import grafs
+    import grafs.runtime.cell as cell_mod
+    monkeypatch.setenv("GRAFS_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(c_cell, "_LIBS", {})
+    torch.manual_seed(0)
+    x = torch.randn(96, 4)
+    y = (x[:, :1] * x[:, 1:2]).tanh()
+    sp = SearchSpace("B(U(x), U(x))", unary=["gelu", "tanh", "sin", "abs", "exp", "identity", "mul_gamma"],
+                     binary=["add", "mul", "max"])
+    blocking = []
+    build = c_cell.CCell.build
+    monkeypatch.setattr(c_cell.CCell, "build", lambda self: blocking.append(1) or build(self))
+    out = {}
+    for background in (True, False):
+        monkeypatch.setattr(cell_mod.RelaxedCell, "c_build_in_background", background)
+        blocking.clear()
+        torch.manual_seed(1)
+        net = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
+        r = grafs.search(net, (x, y), space=sp, epochs=6, seed=0, batch_size=16,
+                         loss_fn=torch.nn.functional.mse_loss, shrink_start=1,
+                         cell_mode="c", progress=False)
+        out[background] = (r.formula, len(blocking))
+    assert out[True][0] == out[False][0]
+    assert out[True][1] == 1 and out[False][1] > 1

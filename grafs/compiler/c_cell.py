@@ -98,7 +98,11 @@ def _probe_source(isa: str) -> str:
 def _flags(isa: str) -> list[str]:
     # --no-undefined: a libmvec without one of the functions (glibc < 2.35) fails the build,
     # not the dlopen
-    return ["-O1", "-shared", "-fPIC", "-w", "-Wl,--no-undefined", *ISAS[isa]["flags"]]
+    # -ffp-contract=off: no fused multiply-adds the source does not write, so a build computes
+    # every value as the build for a subset of its active set does (bit for bit; a search
+    # switches builds whenever the next one is ready)
+    return ["-O1", "-ffp-contract=off", "-shared", "-fPIC", "-w", "-Wl,--no-undefined",
+            *ISAS[isa]["flags"]]
 
 
 @functools.lru_cache(maxsize=None)
@@ -111,7 +115,8 @@ def _compiler_version(cc: str) -> str:
 
 
 def _build(source: str) -> ctypes.CDLL:
-    """Compile ``source`` (once per machine: cached by its hash) and load it."""
+    """Compile ``source`` (once per machine: cached by its hash) and load it. Thread-safe; the
+    compile holds only its own key's lock, so a build in the background never blocks calls."""
     isa = _isa() or "sse4"
     cc = _compiler()
     if cc is None:
@@ -120,6 +125,12 @@ def _build(source: str) -> ctypes.CDLL:
                          ).hexdigest()[:24]
     with _LOCK:
         lib = _LIBS.get(key)
+        if lib is not None:
+            return lib
+        key_lock = _KEY_LOCKS.setdefault(key, threading.Lock())
+    with key_lock:
+        with _LOCK:
+            lib = _LIBS.get(key)
         if lib is not None:
             return lib
         d = cache_dir()
@@ -145,8 +156,23 @@ def _build(source: str) -> ctypes.CDLL:
                 if os.path.exists(tmp):
                     os.unlink(tmp)
         lib = ctypes.CDLL(str(path))
-        _LIBS[key] = lib
+        with _LOCK:
+            _LIBS[key] = lib
         return lib
+
+
+_KEY_LOCKS: dict[str, threading.Lock] = {}
+_BUILDER: dict[int, ThreadPoolExecutor] = {}
+
+
+def _builder() -> ThreadPoolExecutor:
+    """This process's one background build thread (builds queue: one compile at a time)."""
+    with _LOCK:
+        ex = _BUILDER.get(os.getpid())
+        if ex is None:
+            ex = _BUILDER[os.getpid()] = ThreadPoolExecutor(max_workers=1,
+                                                             thread_name_prefix="grafs-c-build")
+        return ex
 
 
 _POOL: dict[int, ThreadPoolExecutor] = {}
@@ -199,14 +225,15 @@ def _run(spans, fn) -> None:
 
 
 class CCellKernels:
-    """The compiled forward/backward pair of one cell plan, straight-line code for exactly the
-    active set it was built for (the mask argument is accepted for the kernels' common
-    interface and not read)."""
+    """The compiled forward/backward pair of one cell plan: straight-line code for the active
+    set it was built for, each slot's contributions selected by the mask (so it serves every
+    subset of that set, bit for bit as that subset's own build)."""
 
     def __init__(self, space, slot_of, gamma_of, clip: bool, active=None):
         # unmasked: compiled for exactly the active set (a build is about a second), so the
         # backward shares every value with its forward recompute
-        self.plan = plan = CellPlan(space, slot_of, gamma_of, clip, active, C, masked=False)
+        self.plan = plan = CellPlan(space, slot_of, gamma_of, clip, active, C, masked=False,
+                                    select=True)
         self.K = plan.K
         self.NC = max(plan.K + len(plan.gcols), 1)
         self.n_gamma = 1 + max((j for js in gamma_of.values() for j in js), default=-1)
@@ -215,10 +242,21 @@ class CCellKernels:
         text = f"relaxed {space.template} with {plan.K} slots ({n_code} compiled), clip={clip}"
         self.source = cell_c_source(plan, _isa() or "sse4", text)
         self._lib: ctypes.CDLL | None = None
+        self._future = None
+
+    def start_build(self) -> None:
+        """Compile in the background thread (the next :meth:`lib` waits for it)."""
+        if self._lib is None and self._future is None:
+            self._future = _builder().submit(_build, self.source)
+
+    def ready(self) -> bool:
+        """Loaded, or a background build has finished (successfully or not)."""
+        return self._lib is not None or (self._future is not None and self._future.done())
 
     def lib(self) -> ctypes.CDLL:
         if self._lib is None:
-            lib = _build(self.source)
+            # a background build's error is raised here, on the thread that needs the library
+            lib = self._future.result() if self._future is not None else _build(self.source)
             lib.grafs_cell_fwd.argtypes = [_PTR] * 5 + [_LONG]
             lib.grafs_cell_fwd.restype = None
             lib.grafs_cell_bwd.argtypes = [_PTR] * 7 + [_LONG, _INT]
@@ -308,6 +346,12 @@ class CCell:
     def build(self) -> "CCell":
         self._k.lib()
         return self
+
+    def start_build(self) -> None:
+        self._k.start_build()
+
+    def ready(self) -> bool:
+        return self._k.ready()
 
     def __call__(self, x: torch.Tensor, w: torch.Tensor, g: torch.Tensor,
                  mask: torch.Tensor) -> torch.Tensor:

@@ -101,6 +101,15 @@ class CDialect(Dialect):
     def store_partial(self, col, r):
         return f"part[{col}] += sel(valid, {r}, K(0));"
 
+    def lane_mask(self, k):
+        return f"(V)((VI){{0}} - (mask_ptr[{k}] != 0))"
+
+    def on(self, masks, r):
+        m = masks[0]
+        for other in masks[1:]:
+            m = f"vor({m}, {other})"
+        return f"keep({m}, {r})"
+
 
 C = CDialect()
 
@@ -125,6 +134,9 @@ V {pre}vv_powf(V, V);
 #define vpow {pre}vv_powf
 #define vsqrt {spec["sqrt"]}
 static inline V sel(VI m, V a, V b) {{ return (V)((m & (VI)a) | (~m & (VI)b)); }}
+/* select plans: a slot's contribution where its mask lanes are set, else +0 */
+static inline V keep(V m, V a) {{ return (V)((VI)m & (VI)a); }}
+static inline V vor(V a, V b) {{ return (V)((VI)a | (VI)b); }}
 static inline V vabs(V a) {{ return (V)((VI)a & ((VI){{0}} + 0x7fffffff)); }}
 static inline V vmax(V a, V b) {{ return sel((a > b) | (a != a), a, b); }}
 static inline V vmin(V a, V b) {{ return sel((a < b) | (a != a), a, b); }}

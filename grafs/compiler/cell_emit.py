@@ -10,10 +10,13 @@ once per element. The backward recomputes from ``x``, produces the gradients for
 and ``g`` (the latter two as per-program partial sums) and skips those reductions when the
 ``WG`` constexpr is false (weight steps: α and γ frozen).
 
-An *unmasked* plan (the C kernels, whose builds are cheap enough to redo at every drop) has no
-mask branches: straight-line code for exactly the active set, each op written on the hole's
-actual input expressions, so the emitter's CSE shares values across ops and between the
-backward's recompute and the partials.
+An *unmasked* plan (the C kernels, whose builds take about a second) has no mask branches:
+straight-line code for its active set, each op written on the hole's actual input expressions,
+so the emitter's CSE shares values across ops and between the backward's recompute and the
+partials. With ``select`` every contribution of a slot (to its hole's output, to the input
+gradients, to the partial sums) is ANDed with the slot's lane mask, so a build also serves every
+subset of its active set, bit for bit as the build for exactly that subset (a dropped op adds
++0, and its inf or NaN never leaks): a search keeps using its build while the next one compiles.
 """
 from __future__ import annotations
 
@@ -49,12 +52,14 @@ class CellPlan:
     """The cell template with holes replaced by leaves, each hole's inputs, slots and gammas."""
 
     def __init__(self, space, slot_of, gamma_of, clip: bool, active=None,
-                 dialect: Dialect = TRITON, masked: bool = True):
+                 dialect: Dialect = TRITON, masked: bool = True, select: bool = False):
         from grafs.compiler.cell import substitute_holes
         self.d = dialect
         # masked: every op of the plan sits in an ``if`` on its mask entry (the kernels serve
-        # every subset of ``active``); unmasked: straight-line code for exactly ``active``
+        # every subset of ``active``); unmasked: straight-line code for ``active``, with
+        # ``select`` each slot's contributions ANDed with its mask (serving every subset too)
         self.masked = masked
+        self.select = select and not masked
         self.ell = space.ell if clip else None
         self.holes = list(space.holes)
         self.hout = {h.index: _leaf(f"h{h.index}") for h in self.holes}
@@ -124,11 +129,30 @@ class CellPlan:
     def shared_ops(self, members) -> list[tuple[str, list]]:
         """(op, [(hole, slot, gamma indices), …]) over a group: γ-free ops once with all the
         members that hold them, ops with γ once per member."""
+        def entry(o, h):
+            return o if not SEARCH_OPS[o].gammas else (o, h.index)
+        # in the order of the full space (not of the active ops): each hole then sums its ops
+        # in the same order whatever was dropped, so a select build and the build for a subset
+        # of its active set round alike
+        rank: dict = {}
+        for h in members:
+            for o in h.ops:
+                rank.setdefault(entry(o, h), len(rank))
         order: dict = {}
         for h in members:
             for o, k, js in self.slots[h.index]:
-                order.setdefault(o if not js else (o, h.index), (o, []))[1].append((h, k, js))
-        return list(order.values())
+                order.setdefault(entry(o, h), (o, []))[1].append((h, k, js))
+        return [order[e] for e in sorted(order, key=rank.__getitem__)]
+
+    def _on(self, em: Emitter, ks, r: str) -> str:
+        """``r`` where one of slots ``ks`` is active, else +0 (select plans only)."""
+        if not self.select:
+            return r
+        names = []
+        for k in ks:
+            em.assign_invariant(f"m{k}", self.d.lane_mask(k))
+            names.append(f"m{k}")
+        return self.d.on(names, r)
 
     def _any_active(self, uses) -> str:
         return self.d.any_active([k for _, k, _ in uses])
@@ -167,7 +191,7 @@ class CellPlan:
                 self._load_w(em, k)
                 term, _ = self._slot_exprs(em, o, h, k, js, refs, grad_form)
                 r, _ = em.ref(term)
-                em.assign(f"h{h.index}", f"h{h.index} + w{k} * {r}")
+                em.assign(f"h{h.index}", f"h{h.index} + {self._on(em, [k], f'w{k} * {r}')}")
                 self._close_slot(em)
                 continue
             self._open_slot(em, self._any_active(uses), f"{'/'.join(u[0].name for u in uses)}: {o}, once")
@@ -175,7 +199,7 @@ class CellPlan:
             r, _ = em.ref(term)
             for h, k, _ in uses:
                 self._open_slot(em, self.d.is_active(k))
-                em.assign(f"h{h.index}", f"h{h.index} + {self._w(k)} * {r}")
+                em.assign(f"h{h.index}", f"h{h.index} + {self._on(em, [k], f'{self._w(k)} * {r}')}")
                 self._close_slot(em)
             self._close_slot(em)
         for h in members:
@@ -191,7 +215,7 @@ class CellPlan:
 
         def w_partial():
             em.open_if("WG", "partial sums for the w/γ gradients (not in weight steps)")
-            em.line(self.d.store_partial(k, em.block(S("mul", _leaf(f"ah{j}"), term))))
+            em.line(self.d.store_partial(k, self._on(em, [k], em.block(S("mul", _leaf(f"ah{j}"), term)))))
             em.close()
         if self.masked:
             w_partial()
@@ -200,13 +224,13 @@ class CellPlan:
         em.bind(AW, f"aw{k}")
         for a, p in enumerate(parts[:n_in]):
             if not is_zero(p):
-                em.assign(ai[a], f"{ai[a]} + {em.block(S('mul', AW, p))}")
+                em.assign(ai[a], f"{ai[a]} + {self._on(em, [k], em.block(S('mul', AW, p)))}")
         if not self.masked:   # after the partials, so its scope reuses their values (CSE)
             w_partial()
         for i, p in enumerate(parts[n_in:]):
             if not is_zero(p):
                 em.open_if("WG")
-                r = em.block(S("mul", AW, p))
+                r = self._on(em, [k], em.block(S("mul", AW, p)))
                 em.line(self.d.store_partial(self.gcol_of[(k, i)], r) + f"  {self.d.comment} d/dg[{js[i]}]")
                 em.close()
         self._close_slot(em)
@@ -311,16 +335,17 @@ class CellPlan:
                 em.assign(aws, self.d.zeros())
                 for h, k, _ in uses:
                     self._open_slot(em, self.d.is_active(k), h.name)
-                    em.assign(aws, f"{aws} + ah{h.index} * {self._w(k)}")
+                    em.assign(aws, f"{aws} + {self._on(em, [k], f'ah{h.index} * {self._w(k)}')}")
                     em.open_if("WG")
-                    em.line(self.d.store_partial(k, f"ah{h.index} * {rt}"))
+                    em.line(self.d.store_partial(k, self._on(em, [k], f"ah{h.index} * {rt}")))
                     em.close()
                     self._close_slot(em)
                 AW = _leaf(aws)
                 em.bind(AW, aws)
+                ks = [k for _, k, _ in uses]
                 for a, p in enumerate(parts[:n_in]):
                     if not is_zero(p):
-                        em.assign(ai[a], f"{ai[a]} + {em.block(S('mul', AW, p))}")
+                        em.assign(ai[a], f"{ai[a]} + {self._on(em, ks, em.block(S('mul', AW, p)))}")
                 self._close_slot(em)
             for a in range(n_in):   # through the group's (shared) input expression
                 AI = _leaf(ai[a])

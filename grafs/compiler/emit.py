@@ -111,6 +111,14 @@ class Dialect:
     def any_active(self, ks) -> str:
         raise NotImplementedError
 
+    def lane_mask(self, k: int) -> str:
+        """A block of all-ones bits where slot ``k`` is active, else zeros (select plans)."""
+        raise NotImplementedError
+
+    def on(self, masks: list[str], r: str) -> str:
+        """``r`` where any of the lane masks ``masks`` is set, else +0 (select plans)."""
+        raise NotImplementedError
+
     def store_partial(self, col: int, r: str) -> str:
         """The statement adding the (valid lanes of the) block ``r`` to partial sum ``col``."""
         raise NotImplementedError

@@ -29,6 +29,10 @@ Code per active set: after a drop the compiled modes keep the code they have (dr
 weight 0 or a masked-out branch) until the active count falls to ``recompile_ratio`` (0.6) of
 the compiled count, or the cell becomes fully discrete; then they generate code for exactly the
 active ops. A 110→6 search therefore generates code about six times, each smaller than the last.
+The C cell instead compiles exactly the new active set after every drop, in a background thread
+(``c_build_in_background``), and calls its current build, which masks the dropped ops bit for
+bit as the new build computes, until the new one is loaded: a search waits only for its first
+build.
 """
 from __future__ import annotations
 
@@ -61,8 +65,16 @@ class _ActiveIndex:
     batched: dict = field(default_factory=dict)   # n -> index tensors for n samples at once
 
 
+def _contains(outer, inner) -> bool:
+    """Active set ``inner`` is a subset of ``outer`` (None: all ops)."""
+    return outer is None or all(set(a) <= set(b) for a, b in zip(inner, outer))
+
+
 class RelaxedCell(nn.Module):
     recompile_ratio = 0.6
+    # the C cell: after a drop, compile the new active set's code in a background thread and
+    # keep calling the current build (masked) until it is ready; False: compile in the call
+    c_build_in_background = True
 
     def __init__(self, space, mode: str = "auto", seed: int | None = None):
         super().__init__()
@@ -107,6 +119,7 @@ class RelaxedCell(nn.Module):
         self._generated: dict[tuple, object] = {}
         self._generated_key: dict[str, tuple | None] = {"triton": None, "c": None}
         self._generated_last: dict[str, tuple | None] = {"triton": None, "c": None}
+        self._c_pending = None      # the C cell compiling in the background
         if len(self.terms) and mode not in ("eager", "lean", "auto"):
             raise GrafsError(f"search spaces with trainable-family ops ({', '.join(self.terms)}) "
                              f"need mode 'auto', 'lean' or 'eager', not {mode!r}")
@@ -232,22 +245,50 @@ class RelaxedCell(nn.Module):
         last = self._generated_last[kind]
         if last is not None and last[0] is key:   # the per-call path: the active set is cached
             return last[1]
-        asked = key
-        if kind == "triton":   # C code is built for exactly the active set (unmasked)
-            key = self._code_key(key, self._generated_key[kind])
+        if kind == "c":
+            return self._c_cell_for(key, last[1] if last is not None else None)
+        asked, key = key, self._code_key(key, self._generated_key[kind])
         self._generated_key[kind] = key
         if (kind, key) not in self._generated:
-            if kind == "c":
-                from grafs.compiler.c_cell import CCell as Cls, unavailable_reason
-                if unavailable_reason():
-                    raise GrafsError(f"cell mode 'c' cannot run here: {unavailable_reason()}; "
-                                     f"use mode 'auto' (the lean path on this machine)")
-            else:
-                from grafs.compiler.triton_backend import TritonCell as Cls
-            self._generated[(kind, key)] = Cls(self.space, self.slot_of, self.gamma_of, self.clip,
-                                               active=key)
+            from grafs.compiler.triton_backend import TritonCell
+            self._generated[(kind, key)] = TritonCell(self.space, self.slot_of, self.gamma_of,
+                                                      self.clip, active=key)
         self._generated_last[kind] = (asked, self._generated[(kind, key)])
         return self._generated[(kind, key)]
+
+    def _new_c_cell(self, key):
+        from grafs.compiler.c_cell import CCell, unavailable_reason
+        if unavailable_reason():
+            raise GrafsError(f"cell mode 'c' cannot run here: {unavailable_reason()}; "
+                             f"use mode 'auto' (the lean path on this machine)")
+        cell = self._generated[("c", key)] = CCell(self.space, self.slot_of, self.gamma_of,
+                                                   self.clip, active=key)
+        return cell
+
+    def _c_cell_for(self, key, current):
+        """The C cell to call for active set ``key``. After a drop, the build for exactly
+        ``key`` compiles in the background (one build at a time: a drop during a build waits
+        for it, then the newest active set is built) while ``current``, whose active set
+        contains ``key``, serves: its mask drops the ops, bit for bit as the new build."""
+        cell = self._generated.get(("c", key))
+        if cell is not None and cell.ready():
+            self._generated_last["c"] = (key, cell)
+            return cell
+        if not self.c_build_in_background or current is None \
+                or not _contains(current.active, key):
+            cell = (cell or self._new_c_cell(key)).build()      # compile in this call
+            self._generated_last["c"] = (key, cell)
+            return cell
+        pending = self._c_pending
+        if pending is not None and pending.ready():
+            self._c_pending = None
+            if _contains(pending.active, key):   # a build for an earlier (larger) active set
+                current = pending
+        if self._c_pending is None:
+            self._c_pending = cell or self._new_c_cell(key)
+            self._c_pending.start_build()
+        self._generated_last["c"] = (None, current)    # not cached: look again next call
+        return current
 
     # auto on the CPU, from bench/search_step.py (mnist1d, one thread): lean is 1.6x faster than
     # eager at 110 ops, even at 24, and 1.2x slower at 6 (fewer, simpler ops: eager dispatches
