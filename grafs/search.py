@@ -29,7 +29,8 @@ from grafs.runtime.discretize import found_formula
 from grafs.runtime.schedule import shrink_schedule
 from grafs.search_data import _Batches, resolve_device, split_dataset
 from grafs.search_result import SearchResult, _atomic_torch_save, _json_default
-from grafs.search_step import _AMP, _accuracy, _check_finite, _default_loss, _Meter, _Stepper
+from grafs.search_step import (_AMP, _accuracy, _check_finite, _default_loss, _Meter, _Stepper,
+                               arch_optimizer)
 from grafs.sites import DEFAULT_TYPES, Act, SearchSite, replace_activations
 
 # The search is split by job: sites.py (model surgery), search_data.py (batching),
@@ -132,7 +133,7 @@ def search(model: nn.Module, train_data, val_data=None, *, space=None, epochs: i
     weights = [p for p in model.parameters() if id(p) not in arch_ids]
     w_opt = optimizer(weights) if optimizer is not None else torch.optim.Adam(weights, lr=1e-3)
     w_sched = scheduler(w_opt) if scheduler is not None else None
-    a_opt = torch.optim.Adam(arch_params, lr=arch_lr, betas=tuple(arch_betas), weight_decay=arch_weight_decay)
+    a_opt = arch_optimizer(arch_params, arch_lr, arch_betas, arch_weight_decay)
     loss_fn = loss_fn or _default_loss
     stepper = _Stepper(model, cell, state, weights, arch_params, w_opt, a_opt, w_sched, loss_fn,
                        dev, amp, grad_accumulation, n_sites, dist)

@@ -22,6 +22,16 @@ def _default_loss(out, y):
 _AMP = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def arch_optimizer(params, lr: float, betas, weight_decay: float) -> torch.optim.Optimizer:
+    """Adam over α and γ, the fused implementation where the tensors' device has it: one
+    kernel for all of them, where the default loops over them in Python (on the teacher task's
+    MLP, 0.4 ms of a 1 ms plain step)."""
+    params = list(params)
+    fused = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
+    return torch.optim.Adam(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay,
+                            fused=True if fused else None)
+
+
 class _Stepper:
     """One GRAFS training step (seeds/001 Algorithm 1): the arch step on a validation batch,
     then the weight step. Shared by :func:`search` and bench/search_step.py, so what the bench

@@ -248,9 +248,10 @@ class SearchConfig(TrainConfig):
             raise GrafsError(f"{owner}.normalize must be True or False, got {self.normalize!r}")
 
     def make_arch_optimizer(self, params: Iterable[torch.Tensor]) -> torch.optim.Optimizer:
-        """Adam(arch_lr, arch_betas, arch_weight_decay) over the activation parameters."""
-        return torch.optim.Adam(params, lr=self.arch_lr, betas=self.arch_betas,
-                                weight_decay=self.arch_weight_decay)
+        """Adam(arch_lr, arch_betas, arch_weight_decay) over the activation parameters (the
+        search's own, grafs.search_step.arch_optimizer)."""
+        from grafs.search_step import arch_optimizer
+        return arch_optimizer(params, self.arch_lr, self.arch_betas, self.arch_weight_decay)
 
 
 # -- losses and metrics -----------------------------------------------------------------------
