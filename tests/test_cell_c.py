@@ -60,7 +60,8 @@ def test_c_matches_eager_across_drops(n, shape):
 
 
 def test_c_split_over_threads_matches_one_thread(monkeypatch):
-    monkeypatch.setattr(c_cell, "PARALLEL_FROM", 256)
+    monkeypatch.setattr(c_cell, "PARALLEL_MIN", 256)
+    monkeypatch.setattr(c_cell, "PARALLEL_WORK", 256)
     cells = _cells(SearchSpace.grafs(), seed=5)
     _drop_to(cells, 54)
     n = 4099                                     # 4 threads' spans and a vector tail
@@ -68,7 +69,7 @@ def test_c_split_over_threads_matches_one_thread(monkeypatch):
     old = torch.get_num_threads()
     try:
         torch.set_num_threads(4)
-        assert len(c_cell._spans(n)) == 4
+        assert len(c_cell._spans(n, 54)) == 4
         split = _compare(cells, x, w, gout, "4 threads")
         torch.set_num_threads(1)
         one = _compare(cells, x, w, gout, "1 thread")

@@ -40,8 +40,11 @@ __all__ = ["available", "unavailable_reason", "CCell", "CCellKernels", "cache_di
 _LOCK = threading.Lock()
 _LIBS: dict[str, ctypes.CDLL] = {}
 _PTR, _LONG, _INT = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
-# below this many elements per thread a call runs on the calling thread only
-PARALLEL_FROM = 1 << 15
+# a thread gets at least PARALLEL_WORK / (compiled ops) elements, and at least PARALLEL_MIN
+# (a hand-off to the pool costs tens of µs): at 110 ops a (128, 64) activation is split in two,
+# at 6 ops only activations from about 2 × 44k elements are
+PARALLEL_WORK = 1 << 18
+PARALLEL_MIN = 1 << 11
 
 
 def cache_dir() -> Path:
@@ -190,10 +193,12 @@ def _pool() -> ThreadPoolExecutor:
         return pool
 
 
-def _spans(n: int) -> list[tuple[int, int]]:
-    if n == 0:
-        return [(0, 0)]
-    t = max(1, min(torch.get_num_threads(), n // PARALLEL_FROM))
+def _spans(n: int, n_ops: int) -> list[tuple[int, int]]:
+    """The element ranges of one call's threads."""
+    least = max(PARALLEL_MIN, PARALLEL_WORK // max(n_ops, 1))
+    if n < 2 * least:
+        return [(0, n)]
+    t = max(1, min(torch.get_num_threads(), n // least))
     step = -(-n // t)
     step += (-step) % 16          # whole vectors per thread
     return [(a, min(a + step, n)) for a in range(0, n, step)]
@@ -238,7 +243,7 @@ class CCellKernels:
         self.NC = max(plan.K + len(plan.gcols), 1)
         self.n_gamma = 1 + max((j for js in gamma_of.values() for j in js), default=-1)
         self.gcols = torch.tensor(plan.gcols, dtype=torch.long)
-        n_code = sum(len(v) for v in plan.slots.values())
+        self.n_code = n_code = sum(len(v) for v in plan.slots.values())
         text = f"relaxed {space.template} with {plan.K} slots ({n_code} compiled), clip={clip}"
         self.source = cell_c_source(plan, _isa() or "sse4", text)
         self._lib: ctypes.CDLL | None = None
@@ -288,6 +293,7 @@ class CCellKernels:
         return (w, g, m), (w.data_ptr(), g.data_ptr(), m.data_ptr())
 
     _no_gamma = torch.zeros(1, dtype=torch.float32)
+    _no_part = torch.zeros(1, dtype=torch.float64)
 
     def forward(self, x, w, g, mask, block=None):
         self._check(x, w, g, mask)
@@ -296,7 +302,7 @@ class CCellKernels:
         y = torch.empty(xc.shape, dtype=torch.float32)
         keep, p = self._ptrs(w, g, mask)
         xp, yp, n = xc.data_ptr(), y.data_ptr(), xc.numel()
-        spans = _spans(n)
+        spans = _spans(n, self.n_code)
         if len(spans) == 1:
             lib.grafs_cell_fwd(xp, *p, yp, n)
         else:
@@ -309,8 +315,9 @@ class CCellKernels:
         gx = torch.empty(xc.shape, dtype=torch.float32)
         keep, p = self._ptrs(w, g, mask)
         n, NC, wg = xc.numel(), self.NC, int(bool(need_wg))
-        spans = _spans(n)
-        part = torch.zeros(len(spans) * NC if need_wg else 1, dtype=torch.float64)
+        spans = _spans(n, self.n_code)
+        # (a weight call's kernel writes no partial sums)
+        part = torch.zeros(len(spans) * NC, dtype=torch.float64) if need_wg else self._no_part
         xp, gyp, gxp, pp = xc.data_ptr(), gyc.data_ptr(), gx.data_ptr(), part.data_ptr()
         if len(spans) == 1:
             lib.grafs_cell_bwd(xp, *p, gyp, gxp, pp, n, wg)
@@ -322,7 +329,7 @@ class CCellKernels:
             _run(spans, run)
         gx = gx if x.dtype == torch.float32 else gx.to(x.dtype)
         if not need_wg:
-            return gx, torch.zeros_like(w), torch.zeros_like(g)
+            return gx, None, None
         sums = part.view(len(spans), NC).sum(0) if len(spans) > 1 else part
         gw = sums[: self.K].to(w.dtype)
         gg = torch.zeros(g.shape, dtype=torch.float64)
