@@ -427,6 +427,28 @@ def test_keep_x_sees_cancellation():
     assert str(cell.discretize(keep_x=True)) == "relu(x) - tanh(x)"
 
 
+def test_keep_x_sees_a_formula_constant_by_its_values():
+    """min(abs(x), γ) with γ < 0 has x in it but is γ everywhere (an mnist1d search returned
+    such a formula): the found formula is the closest choice whose values vary with x."""
+    from grafs.runtime.discretize import found_formula, varies_with_x
+    from grafs.runtime.space import SearchSpace
+    cell = SearchSpace("B(U(x), U(x))", unary=["abs", "gamma", "tanh"],
+                       binary=["min", "add"]).relax(mode="eager")
+    with torch.no_grad():
+        cell.alpha[0].copy_(torch.tensor([1.0, 0.0, 0.5]))     # U0: abs, runner-up tanh
+        cell.alpha[1].copy_(torch.tensor([0.0, 1.0, 0.0]))     # U1: γ
+        cell.alpha[2].copy_(torch.tensor([1.0, 0.0]))          # B: min
+        cell.gamma.fill_(-0.05)
+    e = cell.discretize()
+    assert e.depends_on_x() and not varies_with_x(e)
+    with pytest.warns(GrafsWarning, match="does not depend on x"):
+        found = found_formula(cell)
+    assert varies_with_x(found)
+    x = torch.linspace(-3, 3, 61, dtype=torch.float64)
+    assert found.evaluate(x).std() > 0.1
+    assert varies_with_x(grafs.parse("min(abs(x), 0.5)")) and not varies_with_x(grafs.parse("x - x"))
+
+
 def test_search_result_display_and_exact_formula():
     r = grafs.SearchResult("sigmoid(0.12345678901234)*silu(x) + "
                            "(1 - sigmoid(0.12345678901234))*gelu(x)", {})

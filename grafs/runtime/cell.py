@@ -402,13 +402,14 @@ class RelaxedCell(nn.Module):
             a = a.detach().clone()
             a[~m] = -float("inf")
             out.append(h.ops[int(a.argmax())])
-        if keep_x and not self._discretized(out).depends_on_x():
+        from grafs.runtime.discretize import varies_with_x
+        if keep_x and not varies_with_x(self._discretized(out)):
             from grafs.runtime.discretize import choices_with_x
             act = self.active.tolist()
             alt = choices_with_x(self.space, out, [a.detach().tolist() for a in self.alpha],
                                  [[act[s] for s in self._slots(h)] for h in self.space.holes],
                                  self.gamma_values,
-                                 lambda c: self._discretized(c).depends_on_x())
+                                 lambda c: varies_with_x(self._discretized(c)))
             out = alt or out
         return out
 

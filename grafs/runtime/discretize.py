@@ -133,6 +133,28 @@ def _combine(table, kids, own: Cost, out_dep, extra: tuple) -> None:
             table[dep] = (cost, (extra, deps))
 
 
+def varies_with_x(e: E.Expr) -> bool:
+    """Whether ``e`` is a function of x that is not constant: x appears in it, and its values
+    on a grid over [-20, 20] (float64) are not all equal. The grid catches what structure does
+    not, such as ``min(abs(f(x)), -0.05)``, which is -0.05 everywhere. (A formula that is
+    constant only away from the grid's points is not told apart.)"""
+    if not e.depends_on_x():
+        return False
+    import torch
+    from grafs.compiler.eager import run_expr
+    from grafs.errors import GrafsError
+    xs = torch.linspace(-20.0, 20.0, 4001, dtype=torch.float64)
+    try:
+        with torch.no_grad():
+            v = run_expr(e, xs, {}).double().expand_as(xs)
+    except (GrafsError, RuntimeError):   # an op the interpreter cannot run: trust the structure
+        return True
+    v = v[torch.isfinite(v)]
+    if v.numel() < 2:
+        return False
+    return float(v.max() - v.min()) > 1e-9 * max(1.0, float(v.abs().max()))
+
+
 def _is_affine(e: E.Expr) -> bool:
     """Whether ``e`` is a·x + b: its derivative does not depend on x (formulas whose ops have
     no symbolic derivative, trainable families, count as not affine)."""
@@ -152,7 +174,7 @@ def found_formula(cell) -> E.Expr:
     e = cell.discretize()
     from grafs.errors import GrafsWarning
     from grafs.grammar.display import display_expr
-    if e.depends_on_x():
+    if varies_with_x(e):
         if _is_affine(e):
             warnings.warn(GrafsWarning(
                 f"the found formula {display_expr(e)} is affine in x: a network with it is linear "
@@ -162,7 +184,7 @@ def found_formula(cell) -> E.Expr:
                 f"search's entropy diagnostics)"), stacklevel=2)
         return e
     alt = cell.discretize(keep_x=True)
-    if not alt.depends_on_x():
+    if not varies_with_x(alt):
         warnings.warn(GrafsWarning(
             f"the found formula {display_expr(e)} does not depend on x (a constant activation), "
             f"and no choice of the search space's ops does"), stacklevel=2)
@@ -176,4 +198,4 @@ def found_formula(cell) -> E.Expr:
     return alt
 
 
-__all__ = ["choices_with_x", "found_formula", "uses_inputs"]
+__all__ = ["choices_with_x", "found_formula", "uses_inputs", "varies_with_x"]
