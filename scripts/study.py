@@ -106,11 +106,16 @@ def run(args) -> None:
     from grafs.evaluate import evaluate
     from grafs.tasks import get_task
     for t in cases:
-        if any(r["kind"] == "eval" and r.get("teacher") == t for r in rows):
+        task = get_task(args.task, **({"teacher": t} if t else {}))
+        extra = scaled_baselines(task) if args.scaled_baselines else {}
+        old = [r for r in rows if r["kind"] == "eval" and r.get("teacher") == t]
+        if old and all(n in {x["name"] for x in old[0]["table"]["rows"]} for n in extra):
             continue
+        # (an evaluation without the scaled baselines asked for is redone: its runs are cached)
+        rows = [r for r in rows if not any(r is o for o in old)]
         found = {f"found s{r['seed']}": r["formula"] for r in rows
                  if r["kind"] == "search" and r.get("teacher") == t}
-        task = get_task(args.task, **({"teacher": t} if t else {}))
+        found.update(extra)
         searches = [r["seconds"] for r in rows if r["kind"] == "search" and r.get("teacher") == t]
         # every finished run is cached beside the study file, so an interrupted evaluation
         # resumes where it stopped
@@ -121,6 +126,22 @@ def run(args) -> None:
                      "table": table.to_dict()})
         _save(out, rows)
         print(table.markdown(), flush=True)
+
+
+def scaled_baselines(task) -> dict[str, str]:
+    """The five baselines times their op-normalisation constant 1/RMS on N(0, 1)
+    (grafs.runtime.normalize.op_scale, what a normalised search's single-op formula carries:
+    1.412·ReLU, about the √2 of Kaiming's gain): the control that separates what a found
+    formula gains by its shape from what it gains by its scale."""
+    from grafs.runtime.normalize import op_scale
+    space = task.make_search_space()
+    ell = space.ell if space.clip else None
+    out = {}
+    for name, op in [("ReLU", "relu"), ("GELU", "gelu"), ("SiLU", "silu"), ("ELU", "elu"),
+                     ("LeakyReLU", "leaky_relu")]:
+        c = op_scale(op, ell)
+        out[f"{c:.3f}·{name}"] = f"{c!r}*{op}(x)"
+    return out
 
 
 def report(paths: list[str], plots: str | None = None) -> str:
@@ -254,6 +275,10 @@ def main(argv=None) -> int:
                     "(values parse as JSON, else as strings)")
     ap.add_argument("--eval-seeds", type=int, default=0)
     ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--scaled-baselines", action="store_true",
+                    help="also evaluate the five baselines times their op-normalisation "
+                         "constant (1.412·ReLU, ...): does a found formula win by its shape or "
+                         "by its scale?")
     ap.add_argument("--out", default="runs/study.json")
     ap.add_argument("--report", nargs="*", help="print markdown tables of these study files")
     ap.add_argument("--plots", help="with --report: write a figure per evaluation into this "

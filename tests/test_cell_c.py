@@ -292,3 +292,25 @@ def test_background_builds_change_no_result(monkeypatch, tmp_path):
         out[background] = (r.formula, len(blocking))
     assert out[True][0] == out[False][0]
     assert out[True][1] == 1 and out[False][1] > 1
+
+
+@pytest.mark.parametrize("mode", ["c", "lean", "eager"])
+def test_a_cell_in_use_deep_copies_and_pickles(mode):
+    """copy.deepcopy (an EMA of a model under search, say) and pickling drop the compiled code,
+    a pending background build included, and the copy computes the same values."""
+    import copy
+    import io
+    cell = SearchSpace.grafs().relax(mode, seed=0)
+    x = _inputs(300, seed=4)
+    cell(x)
+    cell.drop(40)
+    w = _weights(cell, seed=4)
+    y = cell(x, w)                     # (mode c: the next build may still be compiling)
+    twin = copy.deepcopy(cell)
+    buf = io.BytesIO()
+    torch.save(cell, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+    for other in (twin, loaded):
+        assert other.active_ops() == cell.active_ops()
+        assert torch.equal(other(x, w), y)

@@ -64,9 +64,14 @@ class Expr:
     def __setattr__(self, key, value):  # immutable: interning relies on it
         raise AttributeError("Expr is immutable")
 
-    def __reduce__(self):  # pickling (e.g. deepcopy of a module holding an Expr) goes through text
-        from grafs.grammar.parser import parse
-        return (parse, (str(self),))
+    def __reduce__(self):  # pickling: rebuilt node by node (interned again on loading); text
+        return (Expr, (self.op, self.args, self.value, self.name))  # cannot hold a hole or leaf
+
+    def __copy__(self):     # immutable and interned: a copy is the node itself
+        return self
+
+    def __deepcopy__(self, memo):
+        return self
 
     # -- structure ----------------------------------------------------------------------
     @property

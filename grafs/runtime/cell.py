@@ -125,6 +125,21 @@ class RelaxedCell(nn.Module):
                              f"need mode 'auto', 'lean' or 'eager', not {mode!r}")
         self.prepare()
 
+    _CACHES = {"_kernels": dict, "_compiled_key": lambda: None, "_programs": dict,
+               "_index_cache": lambda: None, "_lean_plans": dict, "_pool": list,
+               "_generated": dict, "_generated_key": lambda: {"triton": None, "c": None},
+               "_generated_last": lambda: {"triton": None, "c": None},
+               "_c_pending": lambda: None}
+
+    def __getstate__(self):
+        """Without the compiled code and other caches (loaded libraries, a pending build and
+        compiled functions cannot be copied; they are rebuilt on the next call): a model
+        under search can be deep-copied or pickled."""
+        state = dict(self.__dict__)
+        for name, fresh in self._CACHES.items():
+            state[name] = fresh()
+        return state
+
     # -- bookkeeping ---------------------------------------------------------------------
     def _slots(self, h) -> list[int]:
         return [self.slot_of[(h.index, o)] for o in h.ops]
