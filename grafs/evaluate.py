@@ -19,6 +19,32 @@ BASELINES: dict[str, Callable[[], nn.Module]] = {
 }
 
 
+#: the search op of each baseline (its op-normalisation constant, :func:`scaled_baselines`)
+BASELINE_OPS = {"ReLU": "relu", "GELU": "gelu", "SiLU": "silu", "ELU": "elu",
+                "LeakyReLU": "leaky_relu"}
+
+
+def scaled_baselines(task=None) -> dict[str, str]:
+    """The five baselines times their op-normalisation constant, 1/RMS on N(0, 1)
+    (grafs.runtime.normalize.op_scale): ``{"1.412·ReLU": "1.41170...*relu(x)", ...}``.
+
+    A normalised search's single-op formula carries that constant (1.412 is about the √2 of
+    Kaiming's ReLU gain), and in networks without normalisation layers the gain alone can win:
+    on mnist1d every scaled baseline beat its plain one (docs/results.md). Evaluating these
+    beside a found formula separates what it gains by its shape from what it gains by its
+    scale. ``task``: its search space's clipping bound, if any, is used as in the search."""
+    from grafs.runtime.normalize import op_scale
+    ell = None
+    if task is not None:
+        space = task.make_search_space()
+        ell = space.ell if space.clip else None
+    out = {}
+    for name, op in BASELINE_OPS.items():
+        c = op_scale(op, ell)
+        out[f"{c:.3f}·{name}"] = f"{c!r}*{op}(x)"
+    return out
+
+
 @dataclass
 class EvalRow:
     name: str

@@ -95,7 +95,11 @@ def _cmd_evaluate(args) -> int:
     # the ratio of the paper's tables: (mean) search time over the time of one evaluation run
     search_seconds = args.search_seconds or (sum(times) / len(times) if times else None)
     from grafs.search import resolve_device
-    table = evaluate(task, acts, seeds=args.seeds, baselines=args.baselines, epochs=args.epochs,
+    named: dict[str, str] = {f"F{i + 1}": f for i, f in enumerate(acts)}
+    if args.scaled_baselines:
+        from grafs.evaluate import scaled_baselines
+        named.update(scaled_baselines(task))
+    table = evaluate(task, named, seeds=args.seeds, baselines=args.baselines, epochs=args.epochs,
                      search_seconds=search_seconds, progress=not args.quiet,
                      device=resolve_device(args.device), callbacks=_callbacks(args),
                      jobs=args.jobs, out_dir=args.out)
@@ -140,6 +144,9 @@ def add_search_commands(sub) -> None:
     e.add_argument("--baselines", nargs="*", default=["ReLU", "GELU", "SiLU", "ELU", "LeakyReLU"],
                    help="ReLU GELU SiLU ELU LeakyReLU, in any spelling a formula accepts "
                         "(gelu, leaky_relu, swish)")
+    e.add_argument("--scaled-baselines", action="store_true",
+                   help="also evaluate the baselines times their op-normalisation constant "
+                        "(1.412·ReLU, 1.530·GELU, ...): what a found formula gains by its scale")
     e.add_argument("--seeds", type=int, default=5)
     e.add_argument("--epochs", type=int, default=None)
     e.add_argument("--search-seconds", type=float, default=None,

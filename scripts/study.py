@@ -103,11 +103,11 @@ def run(args) -> None:
         return
     import torch
     torch.set_num_threads(1)
-    from grafs.evaluate import evaluate
+    from grafs.evaluate import evaluate, scaled_baselines
     from grafs.tasks import get_task
     for t in cases:
         task = get_task(args.task, **({"teacher": t} if t else {}))
-        extra = scaled_baselines(task) if args.scaled_baselines else {}
+        extra = scaled_baselines(task) if args.scaled_baselines else {}   # grafs.evaluate
         old = [r for r in rows if r["kind"] == "eval" and r.get("teacher") == t]
         if old and all(n in {x["name"] for x in old[0]["table"]["rows"]} for n in extra):
             continue
@@ -126,22 +126,6 @@ def run(args) -> None:
                      "table": table.to_dict()})
         _save(out, rows)
         print(table.markdown(), flush=True)
-
-
-def scaled_baselines(task) -> dict[str, str]:
-    """The five baselines times their op-normalisation constant 1/RMS on N(0, 1)
-    (grafs.runtime.normalize.op_scale, what a normalised search's single-op formula carries:
-    1.412·ReLU, about the √2 of Kaiming's gain): the control that separates what a found
-    formula gains by its shape from what it gains by its scale."""
-    from grafs.runtime.normalize import op_scale
-    space = task.make_search_space()
-    ell = space.ell if space.clip else None
-    out = {}
-    for name, op in [("ReLU", "relu"), ("GELU", "gelu"), ("SiLU", "silu"), ("ELU", "elu"),
-                     ("LeakyReLU", "leaky_relu")]:
-        c = op_scale(op, ell)
-        out[f"{c:.3f}·{name}"] = f"{c!r}*{op}(x)"
-    return out
 
 
 def report(paths: list[str], plots: str | None = None) -> str:

@@ -69,3 +69,8 @@ def test_search_and_evaluate_commands(tmp_path, capsys):
     sem = math.sqrt(sum((s - mean) ** 2 for s in row["scores"]) / 1) / math.sqrt(2)
     assert math.isclose(row["mean"], mean) and math.isclose(row["sem"], sem)
     assert math.isclose(table["search_seconds"], res.search_seconds)
+    code, msg, _ = run(capsys, "evaluate", "--task", "digits", "--activations", "relu(x)",
+                       "--baselines", "ReLU", "--scaled-baselines", "--seeds", "1", "--epochs", "1",
+                       "--quiet", "--json", str(js))
+    names = [r["name"] for r in json.loads(js.read_text())["rows"]]
+    assert code == 0 and names[:2] == ["F1", "1.412·ReLU"] and names[-1] == "ReLU" and len(names) == 7

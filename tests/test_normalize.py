@@ -77,3 +77,21 @@ def test_search_records_normalize_in_settings():
     r = grafs.search(model, (x, y), space=space, epochs=3, batch_size=32, progress=False)
     assert r.settings["normalize"] is True
     grafs.parse(r.formula)
+
+
+def test_scaled_baselines_carry_one_over_rms_on_a_standard_normal():
+    """Each scaled baseline is c·op with c = 1/sqrt(E[op(z)²]), z ~ N(0, 1): checked against
+    a quadrature of the density (√2 for ReLU, Kaiming's gain) to the Monte Carlo error."""
+    import math
+    import grafs
+    from grafs.evaluate import scaled_baselines
+    z = torch.linspace(-12, 12, 200001, dtype=torch.float64)
+    phi = torch.exp(-z * z / 2) / math.sqrt(2 * math.pi)
+    got = scaled_baselines()
+    assert list(got) == ["1.412·ReLU", "1.530·GELU", "1.673·SiLU", "1.243·ELU", "1.412·LeakyReLU"]
+    for name, formula in got.items():
+        c, op = formula.split("*", 1)
+        f = grafs.parse(op).evaluate(z)
+        want = 1 / math.sqrt(float(torch.trapezoid(f * f * phi, z)))
+        assert math.isclose(float(c), want, rel_tol=5e-3), name
+    assert math.isclose(float(got["1.412·ReLU"].split("*")[0]), math.sqrt(2), rel_tol=5e-3)
