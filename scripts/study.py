@@ -200,37 +200,50 @@ def _scaled_error(r: dict) -> float:
     return shape_error(r["formula"], r["teacher"], input_scale=True)
 
 
+PLAIN = ("ReLU", "GELU", "SiLU", "ELU", "LeakyReLU")
+
+
+def _verdict(x: dict, best: dict, hib: bool) -> str:
+    better = x["mean"] > best["mean"] + best["sem"] if hib else x["mean"] < best["mean"] - best["sem"]
+    tie = x["mean"] >= best["mean"] - best["sem"] if hib else x["mean"] <= best["mean"] + best["sem"]
+    return "better by > 1 SEM" if better else ("within 1 SEM" if tie else "worse")
+
+
 def _eval_table(r: dict) -> list[str]:
+    """The students' table: each found formula (and scaled baseline) against the best of the
+    five baselines, and, where the study has them, against the best scaled baseline."""
     tab = r["table"]
     hib = tab["higher_is_better"]
-    base = [x for x in tab["rows"] if not x["name"].startswith("found")]
-    best = (max if hib else min)(base, key=lambda x: x["mean"])
+    pick = max if hib else min
+    best = pick([x for x in tab["rows"] if x["name"] in PLAIN], key=lambda x: x["mean"])
+    scaled = [x for x in tab["rows"] if "·" in x["name"] and x["scores"]]
+    best_s = pick(scaled, key=lambda x: x["mean"]) if scaled else None
     n = max(len(x["scores"]) for x in tab["rows"])   # a row whose runs all failed has none
     what = f"teacher `{r['teacher']}`" if r.get("teacher") else f"task `{r['task']}`"
     ratio = ""
     if tab.get("search_seconds") and tab.get("eval_seconds"):
         ratio = f"; search/evaluation wall time {tab['search_seconds'] / tab['eval_seconds']:.2f}"
-    out = [f"Students for {what}: test {tab['metric']}, mean ± SEM over {n} seeds; best "
-           f"baseline {best['name']} {best['mean']:.4f} ± {best['sem']:.4f}{ratio}.", "",
-           f"| activation | {tab['metric']} | vs best baseline | formula |", "|---|---|---|---|"]
+    head = (f"Students for {what}: test {tab['metric']}, mean ± SEM over {n} seeds; best "
+            f"baseline {best['name']} {best['mean']:.4f} ± {best['sem']:.4f}")
+    if best_s is not None:
+        head += f"; best scaled baseline {best_s['name']} {best_s['mean']:.4f} ± {best_s['sem']:.4f}"
+    cols = "| activation | {} | vs best baseline |{} formula |".format(
+        tab["metric"], " vs best scaled |" if best_s is not None else "")
+    out = [head + ratio + ".", "", cols, "|---" * (5 if best_s is not None else 4) + "|"]
     for x in tab["rows"]:
-        verdict = ""
-        if x["name"].startswith("found"):
-            better = x["mean"] > best["mean"] + best["sem"] if hib else \
-                x["mean"] < best["mean"] - best["sem"]
-            tie = x["mean"] >= best["mean"] - best["sem"] if hib else \
-                x["mean"] <= best["mean"] + best["sem"]
-            verdict = "better by > 1 SEM" if better else ("within 1 SEM" if tie else "worse")
-        formula = f"`{display(x['formula'])}`" if x["name"].startswith("found") else ""
+        found = x["name"].startswith("found")
+        judged = found or x in scaled
+        formula = f"`{display(x['formula'])}`" if found else ""
         failed = [f for f in tab.get("failures", []) if f["name"] == x["name"]]
         if not x["scores"]:   # every run failed (e.g. diverged at the first step)
             why = failed[0]["error"] if failed else "no run finished"
-            out.append(f"| {x['name']} | failed in {len(failed)} of {len(failed)} runs | "
-                       f"worse | {formula} {why} |")
+            out.append(f"| {x['name']} | failed in {len(failed)} of {len(failed)} runs | worse |"
+                       + (" worse |" if best_s is not None else "") + f" {formula} {why} |")
             continue
         note = f" ({len(failed)} runs failed)" if failed else ""
-        out.append(f"| {x['name']} | {x['mean']:.4f} ± {x['sem']:.4f}{note} | {verdict} | "
-                   f"{formula} |")
+        v = _verdict(x, best, hib) if judged else ""
+        vs = (f" {_verdict(x, best_s, hib) if found else ''} |" if best_s is not None else "")
+        out.append(f"| {x['name']} | {x['mean']:.4f} ± {x['sem']:.4f}{note} | {v} |{vs} {formula} |")
     return out + [""]
 
 
