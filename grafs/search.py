@@ -356,6 +356,20 @@ def search_task(task, *, seed: int = 0, epochs: int | None = None, space=None, p
     return result
 
 
+def _clipped_formula(task, formula: str) -> str | None:
+    """``formula`` with the bounded-op clipping of the task's search space written out
+    (``sinh(clamp(x, -2.998, 2.998))``, grafs.compiler.lower.clip_expr): the function the search
+    evaluated. None when the space does not clip or nothing in the formula is clipped."""
+    import grafs
+    from grafs.compiler.lower import clip_expr
+    space = task.make_search_space()
+    if not space.clip:
+        return None
+    expr = grafs.parse(formula)
+    clipped = clip_expr(expr, space.ell)
+    return None if clipped is expr else str(clipped)
+
+
 def _warn_if_untrainable(task, result: SearchResult, seed: int) -> None:
     """Warn when the found formula cannot be trained from scratch on the task (one pass and
     five training steps of a fresh model; grafs.evaluate.from_scratch_problem)."""
@@ -367,6 +381,14 @@ def _warn_if_untrainable(task, result: SearchResult, seed: int) -> None:
     if problem:
         msg = (f"the found formula {problem} on task {task.name!r}: a model trained from "
                f"scratch with it (grafs evaluate) will fail. The search trained through "
-               f"clipped ops on warm-started weights; try another seed or a longer search")
+               f"clipped ops on warm-started weights")
+        clipped = _clipped_formula(task, result.formula)
+        if clipped is not None and not from_scratch_problem(task, clipped, seed=seed):
+            # the function the search trained, bounded-op clipping included: it does train
+            result.history["clipped_formula"] = clipped
+            msg += (f"; with the search's clipping written out it trains: {clipped} "
+                    f"(SearchResult.history['clipped_formula'])")
+        else:
+            msg += "; try another seed or a longer search"
         result.history.setdefault("warnings", []).append(msg)
         warnings.warn(msg, GrafsWarning, stacklevel=3)

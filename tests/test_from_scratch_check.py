@@ -59,3 +59,32 @@ def test_search_task_warns_and_records(monkeypatch, teacher):
     with pytest.warns(GrafsWarning, match="non-finite loss .* will fail"):
         r = search_task(task, seed=0, space=space, progress=False)
     assert any("will fail" in m for m in r.history["warnings"])
+
+
+def test_an_overflowing_found_formula_gets_its_clipped_form():
+    """docs/results.md, mnist1d seed 0: a sinh² formula overflows at the first step of training
+    from scratch; with the search's bounded-op clipping written out (clamp) it trains, and the
+    warning offers it."""
+    from grafs.search import _clipped_formula
+    task = get_task("mnist1d")
+    formula = ("1.000360131263733*max(0.5795313715934753*(1.000360131263733*max(1.6727933883666992"
+               "*silu(x), 0.5845244526863098*sinh(x)))^2, 1.6727933883666992*silu(x))")
+    assert "non-finite" in from_scratch_problem(task, formula)
+    clipped = _clipped_formula(task, formula)
+    assert "sinh(clamp(x, -2.99822295029797, 2.99822295029797))" in clipped
+    assert from_scratch_problem(task, clipped) is None
+    assert _clipped_formula(task, "relu(x)") is None          # nothing to clip
+
+
+def test_search_task_offers_the_clipped_formula(monkeypatch, teacher):
+    import grafs.evaluate
+    from grafs.runtime.space import SearchSpace
+    from grafs.search import search_task
+    space = SearchSpace("U(x)", unary=["exp", "sinh"], binary=["add"])
+    task = get_task("teacher", teacher="tanh(x)", num_train=256, num_test=32, width=16,
+                    epochs=3, warmstart_epochs=1, shrink_start_epoch=2)
+    monkeypatch.setattr(grafs.evaluate, "from_scratch_problem",
+                        lambda task, formula, seed=0: None if "clamp" in formula else "overflows")
+    with pytest.warns(GrafsWarning, match="with the search's clipping written out it trains"):
+        r = search_task(task, seed=0, space=space, progress=False)
+    assert "clamp" in r.history["clipped_formula"]
