@@ -73,8 +73,10 @@ def run_one(task, spec: RunSpec, cfg, backend: str, device: torch.device,
 # -- the cache ---------------------------------------------------------------------------------
 def run_key(task, spec: RunSpec, cfg, backend: str, device: torch.device,
             max_steps: int | None) -> str:
-    """What a run's result depends on, hashed (the activation's display name is not part of it)."""
-    what = {"task": task.summary(), "train": cfg.to_dict(), "formula": spec.formula,
+    """What a run's result depends on, hashed (the activation's display name is not part of it,
+    nor are the task's search settings: a training run from scratch does not read them)."""
+    summary = {k: v for k, v in task.summary().items() if k not in ("search_config", "search_space")}
+    what = {"task": summary, "train": cfg.to_dict(), "formula": spec.formula,
             "baseline": spec.baseline, "seed": spec.seed, "max_steps": max_steps,
             "backend": None if spec.baseline else backend, "device": device.type}
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:24]

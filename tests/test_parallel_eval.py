@@ -66,3 +66,20 @@ def test_jobs_needs_a_picklable_task_and_a_positive_count():
         evaluate(task, baselines=["ReLU", "GELU"], seeds=1, jobs=2, progress=False)
     with pytest.raises(GrafsError, match="jobs must be an int >= 1"):
         evaluate(task, baselines=["ReLU"], seeds=1, jobs=0, progress=False)
+
+
+def test_the_run_cache_ignores_search_settings_but_not_training_ones():
+    """An evaluation run depends on the data, the model and the training settings: a search
+    override (or a new search setting in a later grafs) keeps the cached runs valid."""
+    from grafs.eval_runs import RunSpec, run_key
+    spec = RunSpec(0, "F1", "relu(x)", 0)
+    cpu = torch.device("cpu")
+
+    def key(**overrides):
+        task = grafs.tasks.get_task("digits", **{"width": 4, **overrides})
+        return run_key(task, spec, task.eval_config, "eager", cpu, None)
+    base = key()
+    assert key(arch_lr=0.1, arch_steps=2, shrink_start_epoch=5) == base  # search settings
+    assert key(eval_epochs=3) != base and key(width=8) != base           # training, model
+    assert run_key(grafs.tasks.get_task("digits", width=4), RunSpec(5, "other name", "relu(x)", 0),
+                   grafs.tasks.get_task("digits", width=4).eval_config, "eager", cpu, None) == base
