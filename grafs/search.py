@@ -265,7 +265,14 @@ def search(model: nn.Module, train_data, val_data=None, *, space=None, epochs: i
         if bar is not None:
             bar.close()
     settings["activation_sites"] = n_sites
-    result = SearchResult(str(found_formula(cell)), history, settings, time.perf_counter() - t_start,
+    found = found_formula(cell)
+    if cell.scale is not None:
+        # the same ops without the normalisation constants: a gain that helps a network without
+        # normalisation layers (mnist1d) sinks a ResNet whose activation follows the residual
+        # sum (textures), so both forms are kept (docs/results-textures.md)
+        keep_x = found is not cell.discretize()          # (Exprs are interned)
+        history["unscaled_formula"] = str(cell.discretize(keep_x=keep_x, scaled=False))
+    result = SearchResult(str(found), history, settings, time.perf_counter() - t_start,
                           {k: v.detach().cpu() for k, v in cell.state_dict().items()})
     cbs.on_search_end(result)
     return result

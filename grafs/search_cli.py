@@ -77,6 +77,14 @@ def _search(args, dev, main: bool, world: int) -> int:
     print(f"search took {result.search_seconds:.1f} s")
     print(f"found activation: {result.display}")   # rounded; the exact one parses the same
     print(f"exact formula:    {result.formula}")
+    unscaled = result.history.get("unscaled_formula")
+    if unscaled and unscaled != result.formula:
+        from grafs.grammar.display import display
+        print(f"without the op-normalisation constants: {display(unscaled)}  (the gain the "
+              f"constants add can help or hurt a network: try both with grafs evaluate)")
+    clipped = result.history.get("clipped_formula")
+    if clipped:
+        print(f"with the search's clipping written out (trains from scratch): {clipped}")
     return 0
 
 

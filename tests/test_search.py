@@ -356,3 +356,30 @@ def test_no_unlearned_warning_once_alpha_has_spread():
         warnings.simplefilter("error", GrafsWarning)
         _warn_if_unlearned(cell, 2, history)
     assert "warnings" not in history
+
+
+@pytest.mark.filterwarnings("ignore::grafs.errors.GrafsWarning")    # a tiny search
+def test_a_normalised_search_keeps_its_formula_without_the_op_constants_too():
+    """history['unscaled_formula']: the same ops as the found formula, without the
+    normalisation constants (the gain can help or hurt a network trained from scratch)."""
+    import grafs
+    from grafs.runtime.normalize import op_scale
+    torch.manual_seed(0)
+    x = torch.randn(64, 3)
+    y = x[:, :1].tanh()
+    sp = SearchSpace("U(x)", unary=["relu", "tanh", "gelu"], binary=["add"], normalize=True)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+    r = grafs.search(net, (x, y), space=sp, epochs=3, seed=0, batch_size=16, shrink_start=1,
+                     loss_fn=torch.nn.functional.mse_loss, progress=False)
+    op = r.formula.split("*")[1].split("(")[0]
+    assert r.history["unscaled_formula"] == f"{op}(x)"
+    z = torch.linspace(-3, 3, 31, dtype=torch.float64)
+    torch.testing.assert_close(grafs.parse(r.formula).evaluate(z),
+                               float(r.formula.split("*")[0]) * grafs.parse(f"{op}(x)").evaluate(z))
+    assert abs(float(r.formula.split("*")[0]) - op_scale(op, sp.ell)) < 1e-6
+    plain = grafs.search(torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.ReLU(),
+                                             torch.nn.Linear(8, 1)), (x, y),
+                         space=SearchSpace("U(x)", unary=["relu", "tanh"], binary=["add"]),
+                         epochs=2, seed=0, batch_size=16, progress=False,
+                         loss_fn=torch.nn.functional.mse_loss)
+    assert "unscaled_formula" not in plain.history

@@ -428,14 +428,15 @@ class RelaxedCell(nn.Module):
             out = alt or out
         return out
 
-    def discretize(self, keep_x: bool = False):
+    def discretize(self, keep_x: bool = False, scaled: bool = True):
         """Expr of the highest-α op per hole, learned γ frozen, mix coefficients as σ(γ).
-        ``keep_x``: the closest formula that depends on x if that one does not."""
-        return self._discretized(self.chosen_ops(keep_x))
+        ``keep_x``: the closest formula that depends on x if that one does not. ``scaled=False``
+        (normalised spaces): without the op-normalisation constants, the bare ops."""
+        return self._discretized(self.chosen_ops(keep_x), scaled)
 
-    def _discretized(self, chosen: list[str]):
+    def _discretized(self, chosen: list[str], scaled: bool = True):
         scales = None
-        if self.scale is not None:   # the chosen op's constant stays: the function searched
+        if self.scale is not None and scaled:   # the op's constant stays: the function searched
             scales = [float(self.scale[self.slot_of[(h.index, op)]])
                       for h, op in zip(self.space.holes, chosen)]
         return discretized_expr(self.space, chosen, self.gamma_values, scales)
