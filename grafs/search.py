@@ -379,23 +379,27 @@ def _clipped_formula(task, formula: str) -> str | None:
 
 def _warn_if_untrainable(task, result: SearchResult, seed: int) -> None:
     """Warn when the found formula cannot be trained from scratch on the task (one pass and
-    five training steps of a fresh model; grafs.evaluate.from_scratch_problem)."""
+    five training steps of a fresh model; grafs.evaluate.from_scratch_problem); when the
+    formula with the search's clipping written out trains, it replaces the found one."""
     import warnings
 
     from grafs.errors import GrafsWarning
     from grafs.evaluate import from_scratch_problem
     problem = from_scratch_problem(task, result.formula, seed=seed)
     if problem:
-        msg = (f"the found formula {problem} on task {task.name!r}: a model trained from "
-               f"scratch with it (grafs evaluate) will fail. The search trained through "
-               f"clipped ops on warm-started weights")
         clipped = _clipped_formula(task, result.formula)
         if clipped is not None and not from_scratch_problem(task, clipped, seed=seed):
-            # the function the search trained, bounded-op clipping included: it does train
-            result.history["clipped_formula"] = clipped
-            msg += (f"; with the search's clipping written out it trains: {clipped} "
-                    f"(SearchResult.history['clipped_formula'])")
+            # the function the search trained, bounded-op clipping included, does train: return
+            # that one (a user's first `grafs search` otherwise hands them a NaN)
+            result.history["unclipped_formula"] = result.formula
+            result.formula = clipped
+            msg = (f"the found formula {problem} on task {task.name!r} (the search trained "
+                   f"through clipped ops); returning it with the search's clipping written "
+                   f"out, which trains: {clipped} (the unclipped one is in "
+                   f"SearchResult.history['unclipped_formula'])")
         else:
-            msg += "; try another seed or a longer search"
+            msg = (f"the found formula {problem} on task {task.name!r}: a model trained from "
+                   f"scratch with it (grafs evaluate) will fail. The search trained through "
+                   f"clipped ops on warm-started weights; try another seed or a longer search")
         result.history.setdefault("warnings", []).append(msg)
         warnings.warn(msg, GrafsWarning, stacklevel=3)

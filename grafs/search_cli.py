@@ -82,9 +82,9 @@ def _search(args, dev, main: bool, world: int) -> int:
         from grafs.grammar.display import display
         print(f"without the op-normalisation constants: {display(unscaled)}  (the gain the "
               f"constants add can help or hurt a network: try both with grafs evaluate)")
-    clipped = result.history.get("clipped_formula")
-    if clipped:
-        print(f"with the search's clipping written out (trains from scratch): {clipped}")
+    if result.history.get("unclipped_formula"):
+        print(f"(without the search's clipping, which it needs to train from scratch: "
+              f"{result.history['unclipped_formula']})")
     return 0
 
 

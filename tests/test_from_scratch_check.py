@@ -63,8 +63,7 @@ def test_search_task_warns_and_records(monkeypatch, teacher):
 
 def test_an_overflowing_found_formula_gets_its_clipped_form():
     """docs/results.md, mnist1d seed 0: a sinh² formula overflows at the first step of training
-    from scratch; with the search's bounded-op clipping written out (clamp) it trains, and the
-    warning offers it."""
+    from scratch; with the search's bounded-op clipping written out (clamp) it trains."""
     from grafs.search import _clipped_formula
     task = get_task("mnist1d")
     formula = ("1.000360131263733*max(0.5795313715934753*(1.000360131263733*max(1.6727933883666992"
@@ -76,8 +75,10 @@ def test_an_overflowing_found_formula_gets_its_clipped_form():
     assert _clipped_formula(task, "relu(x)") is None          # nothing to clip
 
 
-def test_search_task_offers_the_clipped_formula(monkeypatch, teacher):
+def test_search_task_returns_the_clipped_formula_when_only_that_trains(monkeypatch, teacher):
+    import grafs
     import grafs.evaluate
+    from grafs.compiler.lower import clip_expr
     from grafs.runtime.space import SearchSpace
     from grafs.search import search_task
     space = SearchSpace("U(x)", unary=["exp", "sinh"], binary=["add"])
@@ -85,6 +86,7 @@ def test_search_task_offers_the_clipped_formula(monkeypatch, teacher):
                     epochs=3, warmstart_epochs=1, shrink_start_epoch=2)
     monkeypatch.setattr(grafs.evaluate, "from_scratch_problem",
                         lambda task, formula, seed=0: None if "clamp" in formula else "overflows")
-    with pytest.warns(GrafsWarning, match="with the search's clipping written out it trains"):
+    with pytest.warns(GrafsWarning, match="returning it with the search's clipping written out"):
         r = search_task(task, seed=0, space=space, progress=False)
-    assert "clamp" in r.history["clipped_formula"]
+    assert "clamp" in r.formula and "clamp" not in r.history["unclipped_formula"]
+    assert str(clip_expr(grafs.parse(r.history["unclipped_formula"]), space.ell)) == r.formula
