@@ -393,6 +393,9 @@ def _warn_if_untrainable(task, result: SearchResult, seed: int) -> None:
             # that one (a user's first `grafs search` otherwise hands them a NaN)
             result.history["unclipped_formula"] = result.formula
             result.formula = clipped
+            unscaled = result.history.get("unscaled_formula")
+            if unscaled:        # the same ops without their constants: clipped alike
+                result.history["unscaled_formula"] = _clipped_formula(task, unscaled) or unscaled
             msg = (f"the found formula {problem} on task {task.name!r} (the search trained "
                    f"through clipped ops); returning it with the search's clipping written "
                    f"out, which trains: {clipped} (the unclipped one is in "

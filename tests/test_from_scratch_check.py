@@ -81,7 +81,7 @@ def test_search_task_returns_the_clipped_formula_when_only_that_trains(monkeypat
     from grafs.compiler.lower import clip_expr
     from grafs.runtime.space import SearchSpace
     from grafs.search import search_task
-    space = SearchSpace("U(x)", unary=["exp", "sinh"], binary=["add"])
+    space = SearchSpace("U(x)", unary=["exp", "sinh"], binary=["add"], normalize=True)
     task = get_task("teacher", teacher="tanh(x)", num_train=256, num_test=32, width=16,
                     epochs=3, warmstart_epochs=1, shrink_start_epoch=2)
     monkeypatch.setattr(grafs.evaluate, "from_scratch_problem",
@@ -89,4 +89,5 @@ def test_search_task_returns_the_clipped_formula_when_only_that_trains(monkeypat
     with pytest.warns(GrafsWarning, match="returning it with the search's clipping written out"):
         r = search_task(task, seed=0, space=space, progress=False)
     assert "clamp" in r.formula and "clamp" not in r.history["unclipped_formula"]
+    assert "clamp" in r.history["unscaled_formula"]        # (the same op without its constant)
     assert str(clip_expr(grafs.parse(r.history["unclipped_formula"]), space.ell)) == r.formula
