@@ -457,7 +457,7 @@ def main() -> None:
         modes.remove("triton")
 
     name = torch.cuda.get_device_name(dev) if cuda else "cpu"
-    print(f"# GRAFS search step vs plain training step\n")
+    print("# GRAFS search step vs plain training step\n")
     print(f"device {dev} ({name}), torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"grafs {getattr(grafs, '__version__', '?')}, modes {' '.join(modes)}, "
           f"stages {' '.join(map(str, a.stages))}", flush=True)
