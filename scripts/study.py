@@ -209,6 +209,15 @@ def _verdict(x: dict, best: dict, hib: bool) -> str:
     return "better by > 1 SEM" if better else ("within 1 SEM" if tie else "worse")
 
 
+def _welch_t(x: dict, best: dict, hib: bool) -> float:
+    """Welch's t of a row against the best baseline, signed so that > 0 is better: the
+    difference of the means over the root of the summed squared SEMs (the issue's one-SEM test
+    looks at the baseline's SEM only; |t| ≳ 2.3 is about 5% two-sided at 5 seeds each)."""
+    d = (x["mean"] - best["mean"]) * (1 if hib else -1)
+    se = (x["sem"] ** 2 + best["sem"] ** 2) ** 0.5
+    return d / se if se > 0 else float("inf") if d > 0 else float("-inf") if d < 0 else 0.0
+
+
 def _eval_table(r: dict) -> list[str]:
     """The students' table: each found formula (and scaled baseline) against the best of the
     five baselines, and, where the study has them, against the best scaled baseline."""
@@ -227,9 +236,9 @@ def _eval_table(r: dict) -> list[str]:
             f"baseline {best['name']} {best['mean']:.4f} ± {best['sem']:.4f}")
     if best_s is not None:
         head += f"; best scaled baseline {best_s['name']} {best_s['mean']:.4f} ± {best_s['sem']:.4f}"
-    cols = "| activation | {} | vs best baseline |{} formula |".format(
+    cols = "| activation | {} | vs best baseline |{} Welch t | formula |".format(
         tab["metric"], " vs best scaled |" if best_s is not None else "")
-    out = [head + ratio + ".", "", cols, "|---" * (5 if best_s is not None else 4) + "|"]
+    out = [head + ratio + ".", "", cols, "|---" * (6 if best_s is not None else 5) + "|"]
     for x in tab["rows"]:
         found = x["name"].startswith("found")
         judged = found or x in scaled
@@ -238,12 +247,14 @@ def _eval_table(r: dict) -> list[str]:
         if not x["scores"]:   # every run failed (e.g. diverged at the first step)
             why = failed[0]["error"] if failed else "no run finished"
             out.append(f"| {x['name']} | failed in {len(failed)} of {len(failed)} runs | worse |"
-                       + (" worse |" if best_s is not None else "") + f" {formula} {why} |")
+                       + (" worse |" if best_s is not None else "") + f" | {formula} {why} |")
             continue
         note = f" ({len(failed)} runs failed)" if failed else ""
         v = _verdict(x, best, hib) if judged else ""
         vs = (f" {_verdict(x, best_s, hib) if found else ''} |" if best_s is not None else "")
-        out.append(f"| {x['name']} | {x['mean']:.4f} ± {x['sem']:.4f}{note} | {v} |{vs} {formula} |")
+        t = f"{_welch_t(x, best, hib):+.1f}" if judged else ""
+        out.append(f"| {x['name']} | {x['mean']:.4f} ± {x['sem']:.4f}{note} | {v} |{vs} {t} | "
+                   f"{formula} |")
     return out + [""]
 
 

@@ -74,3 +74,25 @@ def test_report_marks_a_formula_whose_every_run_failed(study, tmp_path):
     assert "nan" not in line.split("|")[2]
     assert next(l for l in md.splitlines() if l.startswith("| found s0")).split("|")[3].strip() \
         == "better by > 1 SEM"
+
+
+def test_report_judges_against_scaled_baselines_with_welch_t(study, tmp_path):
+    """With scaled baselines evaluated, found formulas get a second verdict against the best of
+    them, and every judged row its Welch t against the best plain baseline."""
+    table = _table([("found s0", [0.10, 0.12], "1.53*gelu(x)"), ("1.530·GELU", [0.11, 0.11], None),
+                    ("GELU", [0.20, 0.20], None), ("ReLU", [0.30, 0.30], None)])
+    rows = [{"kind": "search", "task": "teacher", "teacher": "tanh(x)", "seed": 0,
+             "variant": "grafs", "formula": "1.53*gelu(x)", "seconds": 1.0,
+             "first_drop_entropy": 0.9, "shape_error": 0.05},
+            {"kind": "eval", "task": "teacher", "teacher": "tanh(x)", "variant": "grafs",
+             "table": table}]
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps(rows))
+    lines = study.report([str(path)]).splitlines()
+    header = next(l for l in lines if l.startswith("| activation"))
+    assert header.count("|") == lines[lines.index(header) + 1].count("|") == 7
+    assert "best scaled baseline 1.530·GELU 0.1100" in study.report([str(path)])
+    cells = {l.split("|")[1].strip(): [c.strip() for c in l.split("|")[2:-1]] for l in lines
+             if l.startswith("| found") or l.startswith("| 1.530")}
+    assert cells["found s0"][1:4] == ["better by > 1 SEM", "within 1 SEM", "+6.4"]   # 0.09 / √(2·0.01²)
+    assert cells["1.530·GELU"][1] == "better by > 1 SEM" and cells["1.530·GELU"][3] == "+6.4"
