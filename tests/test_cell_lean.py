@@ -293,11 +293,13 @@ def test_lean_matches_eager_custom_template_with_overrides(small_chunks):
                         binary=["add", "mul", "mix", "sigmul", "right", "min"],
                         ops={"U1": ["tanh", "add_gamma", "neg", "sinh", "sqrt"]})
     assert [len(h.ops) for h in space.holes] == [6, 6, 5]
-    sweep_stages(_cells(space, seed=11), (17, 12, 8, 5, 3), _compare)
+    assert sweep_stages(_cells(space, seed=11), (17, 12, 8, 5, 3), _compare) == 10
 
 
-def sweep_stages(cells, stages, compare) -> None:
-    """``compare`` the cells at every drop stage, for 300 and 1001 elements."""
+def sweep_stages(cells, stages, compare) -> int:
+    """``compare`` the cells at every drop stage, for 300 and 1001 elements; the number of
+    comparisons made."""
+    done = 0
     for stage in stages:
         _drop_to(cells, stage)
         for n in (300, 1001):
@@ -305,6 +307,8 @@ def sweep_stages(cells, stages, compare) -> None:
             w = _weights(cells[1], seed=stage)
             gout = torch.randn(n, generator=torch.Generator().manual_seed(stage))
             compare(cells, x, w, gout, f"custom, {stage} ops, n={n}")
+            done += 1
+    return done
 
 
 def test_lean_matches_eager_with_trainable_family_ops(small_chunks):

@@ -89,7 +89,17 @@ def test_fuzz_python_export_matches_eager(e):
 def test_fuzz_discretize_random_cells(seed):
     # raises Mismatch when the discretized formula does not parse back to itself, differs from
     # the cell's chosen ops where finite, or lacks x although a choice with x exists
-    F.check_discretize(F.random_cell(F.RandomChooser(seed)))
+    cell = F.random_cell(F.RandomChooser(seed))
+    F.check_discretize(cell)
+    # the highest-α op of each hole is one of its active ops, and keep_x only moves a hole
+    # when the highest-α formula does not vary with x
+    for chosen in (cell.chosen_ops(), cell.chosen_ops(keep_x=True)):
+        assert len(chosen) == len(cell.space.holes)
+        assert all(o in h.ops for o, h in zip(chosen, cell.space.holes))
+    assert all(o in ops for o, ops in zip(cell.chosen_ops(), cell.active_ops()))
+    from grafs.runtime.discretize import varies_with_x
+    if varies_with_x(cell.discretize()):
+        assert cell.chosen_ops(keep_x=True) == cell.chosen_ops()
 
 
 def _interesting(seed0: int, k: int):

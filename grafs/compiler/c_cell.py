@@ -165,32 +165,29 @@ def _build(source: str) -> ctypes.CDLL:
 
 
 _KEY_LOCKS: dict[str, threading.Lock] = {}
-_BUILDER: dict[int, ThreadPoolExecutor] = {}
+_EXECUTORS: dict[tuple[str, int], ThreadPoolExecutor] = {}
 
 
-def _builder() -> ThreadPoolExecutor:
-    """This process's one background build thread (builds queue: one compile at a time)."""
+def _executor(name: str, workers: int) -> ThreadPoolExecutor:
+    """This process's thread pool ``name`` with at least ``workers`` threads (a forked child
+    gets its own: the parent's threads do not exist there)."""
     with _LOCK:
-        ex = _BUILDER.get(os.getpid())
-        if ex is None:
-            ex = _BUILDER[os.getpid()] = ThreadPoolExecutor(max_workers=1,
-                                                             thread_name_prefix="grafs-c-build")
+        key = (name, os.getpid())
+        ex = _EXECUTORS.get(key)
+        if ex is None or ex._max_workers < workers:
+            ex = _EXECUTORS[key] = ThreadPoolExecutor(max_workers=workers,
+                                                       thread_name_prefix=f"grafs-{name}")
         return ex
 
 
-_POOL: dict[int, ThreadPoolExecutor] = {}
+def _builder() -> ThreadPoolExecutor:
+    """The one background build thread (builds queue: one compile at a time)."""
+    return _executor("c-build", 1)
 
 
 def _pool() -> ThreadPoolExecutor:
-    """This process's pool (a forked child gets its own: the parent's threads do not exist
-    there), as large as torch's intra-op thread count (grown when that grows)."""
-    n = torch.get_num_threads()
-    with _LOCK:
-        pool = _POOL.get(os.getpid())
-        if pool is None or pool._max_workers < n:
-            pool = _POOL[os.getpid()] = ThreadPoolExecutor(max_workers=n,
-                                                            thread_name_prefix="grafs-c")
-        return pool
+    """The kernel threads, as many as torch's intra-op threads (grown when that grows)."""
+    return _executor("c", torch.get_num_threads())
 
 
 def _spans(n: int, n_ops: int) -> list[tuple[int, int]]:
@@ -237,8 +234,7 @@ class CCellKernels:
     def __init__(self, space, slot_of, gamma_of, clip: bool, active=None):
         # unmasked: compiled for exactly the active set (a build is about a second), so the
         # backward shares every value with its forward recompute
-        self.plan = plan = CellPlan(space, slot_of, gamma_of, clip, active, C, masked=False,
-                                    select=True)
+        self.plan = plan = CellPlan(space, slot_of, gamma_of, clip, active, C, masked=False)
         self.K = plan.K
         self.NC = max(plan.K + len(plan.gcols), 1)
         self.n_gamma = 1 + max((j for js in gamma_of.values() for j in js), default=-1)

@@ -134,7 +134,7 @@ V {pre}vv_powf(V, V);
 #define vpow {pre}vv_powf
 #define vsqrt {spec["sqrt"]}
 static inline V sel(VI m, V a, V b) {{ return (V)((m & (VI)a) | (~m & (VI)b)); }}
-/* select plans: a slot's contribution where its mask lanes are set, else +0 */
+/* a slot's contribution where its mask lanes are set, else +0 */
 static inline V keep(V m, V a) {{ return (V)((VI)m & (VI)a); }}
 static inline V vor(V a, V b) {{ return (V)((VI)a | (VI)b); }}
 static inline V vabs(V a) {{ return (V)((VI)a & ((VI){{0}} + 0x7fffffff)); }}

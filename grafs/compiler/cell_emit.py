@@ -13,10 +13,10 @@ and ``g`` (the latter two as per-program partial sums) and skips those reduction
 An *unmasked* plan (the C kernels, whose builds take about a second) has no mask branches:
 straight-line code for its active set, each op written on the hole's actual input expressions,
 so the emitter's CSE shares values across ops and between the backward's recompute and the
-partials. With ``select`` every contribution of a slot (to its hole's output, to the input
-gradients, to the partial sums) is ANDed with the slot's lane mask, so a build also serves every
-subset of its active set, bit for bit as the build for exactly that subset (a dropped op adds
-+0, and its inf or NaN never leaks): a search keeps using its build while the next one compiles.
+partials. Instead every contribution of a slot (to its hole's output, to the input gradients,
+to the partial sums) is ANDed with the slot's lane mask, so a build also serves every subset of
+its active set, bit for bit as the build for exactly that subset (a dropped op adds +0, and its
+inf or NaN never leaks): a search keeps using its build while the next one compiles.
 """
 from __future__ import annotations
 
@@ -52,14 +52,13 @@ class CellPlan:
     """The cell template with holes replaced by leaves, each hole's inputs, slots and gammas."""
 
     def __init__(self, space, slot_of, gamma_of, clip: bool, active=None,
-                 dialect: Dialect = TRITON, masked: bool = True, select: bool = False):
+                 dialect: Dialect = TRITON, masked: bool = True):
         from grafs.compiler.cell import substitute_holes
         self.d = dialect
         # masked: every op of the plan sits in an ``if`` on its mask entry (the kernels serve
-        # every subset of ``active``); unmasked: straight-line code for ``active``, with
-        # ``select`` each slot's contributions ANDed with its mask (serving every subset too)
+        # every subset of ``active``); unmasked: straight-line code for ``active``, each slot's
+        # contributions ANDed with its mask (serving every subset too)
         self.masked = masked
-        self.select = select and not masked
         self.ell = space.ell if clip else None
         self.holes = list(space.holes)
         self.hout = {h.index: _leaf(f"h{h.index}") for h in self.holes}
@@ -145,8 +144,9 @@ class CellPlan:
         return [order[e] for e in sorted(order, key=rank.__getitem__)]
 
     def _on(self, em: Emitter, ks, r: str) -> str:
-        """``r`` where one of slots ``ks`` is active, else +0 (select plans only)."""
-        if not self.select:
+        """``r`` where one of slots ``ks`` is active, else +0 (unmasked plans; a masked plan's
+        branches already skip inactive slots)."""
+        if self.masked:
             return r
         names = []
         for k in ks:

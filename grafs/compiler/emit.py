@@ -112,11 +112,11 @@ class Dialect:
         raise NotImplementedError
 
     def lane_mask(self, k: int) -> str:
-        """A block of all-ones bits where slot ``k`` is active, else zeros (select plans)."""
+        """A block of all-ones bits where slot ``k`` is active, else zeros (unmasked plans)."""
         raise NotImplementedError
 
     def on(self, masks: list[str], r: str) -> str:
-        """``r`` where any of the lane masks ``masks`` is set, else +0 (select plans)."""
+        """``r`` where any of the lane masks ``masks`` is set, else +0 (unmasked plans)."""
         raise NotImplementedError
 
     def store_partial(self, col: int, r: str) -> str:

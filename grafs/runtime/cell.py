@@ -105,39 +105,38 @@ class RelaxedCell(nn.Module):
         from grafs.runtime.normalize import slot_scales
         self.register_buffer("scale", slot_scales(space, self.slot_of)
                              if getattr(space, "normalize", False) else None, persistent=False)
+        self._reset_caches()
+        # candidate ops from the trainable families carry modules (network weights, not arch params)
+        full = self._program(self.active_ops(), self.clip)
+        self.terms = nn.ModuleDict({i.key: OPS[i.op].module() for i in full.instrs if i.key is not None})
+        if len(self.terms) and mode not in ("eager", "lean", "auto"):
+            raise GrafsError(f"search spaces with trainable-family ops ({', '.join(self.terms)}) "
+                             f"need mode 'auto', 'lean' or 'eager', not {mode!r}")
+        self.prepare()
+
+    def _reset_caches(self) -> None:
+        """Everything derived from the parameters and the mask that is rebuilt on demand."""
         self._kernels: dict[tuple, CellKernels] = {}
         self._compiled_key: tuple | None = None
         self._programs: dict[tuple, object] = {}
         self._index_cache = None
         self._lean_plans: dict[tuple, LeanPlan] = {}
         self._pool: list[torch.Tensor] = []
-        # candidate ops from the trainable families carry modules (network weights, not arch params)
-        full = self._program(self.active_ops(), self.clip)
-        self.terms = nn.ModuleDict({i.key: OPS[i.op].module() for i in full.instrs if i.key is not None})
-        # Triton and C kernels per generated active set (see _code_key): a 110 -> 6 search
-        # generates about six, each a few seconds of Triton compile or ~1 s of C build at most
+        # Triton and C kernels per generated active set (see _code_key, _c_cell_for): a Triton
+        # 110 -> 6 search generates about six, each a few seconds of compile at most
         self._generated: dict[tuple, object] = {}
         self._generated_key: dict[str, tuple | None] = {"triton": None, "c": None}
         self._generated_last: dict[str, tuple | None] = {"triton": None, "c": None}
         self._c_pending = None      # the C cell compiling in the background
-        if len(self.terms) and mode not in ("eager", "lean", "auto"):
-            raise GrafsError(f"search spaces with trainable-family ops ({', '.join(self.terms)}) "
-                             f"need mode 'auto', 'lean' or 'eager', not {mode!r}")
-        self.prepare()
-
-    _CACHES = {"_kernels": dict, "_compiled_key": lambda: None, "_programs": dict,
-               "_index_cache": lambda: None, "_lean_plans": dict, "_pool": list,
-               "_generated": dict, "_generated_key": lambda: {"triton": None, "c": None},
-               "_generated_last": lambda: {"triton": None, "c": None},
-               "_c_pending": lambda: None}
 
     def __getstate__(self):
         """Without the compiled code and other caches (loaded libraries, a pending build and
         compiled functions cannot be copied; they are rebuilt on the next call): a model
         under search can be deep-copied or pickled."""
+        live = dict(self.__dict__)
+        self._reset_caches()
         state = dict(self.__dict__)
-        for name, fresh in self._CACHES.items():
-            state[name] = fresh()
+        self.__dict__.update(live)      # this cell keeps its caches
         return state
 
     # -- bookkeeping ---------------------------------------------------------------------
@@ -243,7 +242,7 @@ class RelaxedCell(nn.Module):
         ``key`` and is not much larger (dropped ops then cost a masked-out branch or a zero
         weight), else exactly ``key``."""
         n_now = sum(len(k) for k in key)
-        if current is not None and all(set(a) <= set(b) for a, b in zip(key, current)):
+        if current is not None and _contains(current, key):
             n_cur = sum(len(k) for k in current)
             if n_now > self.recompile_ratio * n_cur and n_now != self.num_holes:
                 return current
@@ -258,8 +257,9 @@ class RelaxedCell(nn.Module):
     def _generated_for(self, kind: str, key):
         """The Triton or C cell (``kind``) for active set ``key``."""
         last = self._generated_last[kind]
-        if last is not None and last[0] is key:   # the per-call path: the active set is cached
-            return last[1]
+        if last is not None and last[0] is key and (kind != "c" or self._c_pending is None
+                                                    or not self._c_pending.ready()):
+            return last[1]      # the per-call path: the active set is cached
         if kind == "c":
             return self._c_cell_for(key, last[1] if last is not None else None)
         asked, key = key, self._code_key(key, self._generated_key[kind])
@@ -287,6 +287,8 @@ class RelaxedCell(nn.Module):
         contains ``key``, serves: its mask drops the ops, bit for bit as the new build."""
         cell = self._generated.get(("c", key))
         if cell is not None and cell.ready():
+            if cell is self._c_pending:
+                self._c_pending = None
             self._generated_last["c"] = (key, cell)
             return cell
         if not self.c_build_in_background or current is None \
@@ -302,7 +304,8 @@ class RelaxedCell(nn.Module):
         if self._c_pending is None:
             self._c_pending = cell or self._new_c_cell(key)
             self._c_pending.start_build()
-        self._generated_last["c"] = (None, current)    # not cached: look again next call
+        # cached until the pending build is ready (the per-call path checks)
+        self._generated_last["c"] = (key, current)
         return current
 
     # auto on the CPU, from bench/search_step.py (mnist1d, one thread): lean is 1.6x faster than
