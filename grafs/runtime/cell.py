@@ -25,14 +25,10 @@ bench/search_step.py measure the others side by side):
       recompute-in-backward Function (fused) or plain AOTAutograd (compile). Never faster than
       ``auto`` in bench/search_step.py, so a search does not pick them.
 
-Code per active set: after a drop the compiled modes keep the code they have (dropped ops get
-weight 0 or a masked-out branch) until the active count falls to ``recompile_ratio`` (0.6) of
-the compiled count, or the cell becomes fully discrete; then they generate code for exactly the
-active ops. A 110→6 search therefore generates code about six times, each smaller than the last.
-The C cell instead compiles exactly the new active set after every drop, in a background thread
-(``c_build_in_background``), and calls its current build, which masks the dropped ops bit for
-bit as the new build computes, until the new one is loaded: a search waits only for its first
-build.
+Code per active set (grafs.runtime.cell_code): the fused and Triton modes keep their code after
+a drop until the active count falls to ``recompile_ratio`` (0.6) of the compiled count, so a
+110→6 search generates code about six times; the C mode compiles exactly each new active set in
+a background thread while its current build serves, so a search waits only for its first build.
 """
 from __future__ import annotations
 
@@ -47,6 +43,7 @@ from grafs.compiler.eager import run_program
 from grafs.compiler.lean_cell import LeanPlan, lean_apply
 from grafs.errors import GrafsError
 from grafs.ops import OPS, SEARCH_OPS
+from grafs.runtime.cell_code import CompiledCellCode
 from grafs.runtime.sampling import segmented_dirichlet
 
 MODES = ("auto", "c", "lean", "eager", "triton", "fused", "compile")
@@ -65,16 +62,7 @@ class _ActiveIndex:
     batched: dict = field(default_factory=dict)   # n -> index tensors for n samples at once
 
 
-def _contains(outer, inner) -> bool:
-    """Active set ``inner`` is a subset of ``outer`` (None: all ops)."""
-    return outer is None or all(set(a) <= set(b) for a, b in zip(inner, outer))
-
-
-class RelaxedCell(nn.Module):
-    recompile_ratio = 0.6
-    # the C cell: after a drop, compile the new active set's code in a background thread and
-    # keep calling the current build (masked) until it is ready; False: compile in the call
-    c_build_in_background = True
+class RelaxedCell(CompiledCellCode, nn.Module):
 
     def __init__(self, space, mode: str = "auto", seed: int | None = None):
         super().__init__()
@@ -236,77 +224,6 @@ class RelaxedCell(nn.Module):
             self._programs[pk] = cell_program(self.space, key, self.slot_of, self.gamma_of, clip,
                                               unit)
         return self._programs[pk]
-
-    def _code_key(self, key, current):
-        """The active set to generate code for: the ``current`` one while it still contains
-        ``key`` and is not much larger (dropped ops then cost a masked-out branch or a zero
-        weight), else exactly ``key``."""
-        n_now = sum(len(k) for k in key)
-        if current is not None and _contains(current, key):
-            n_cur = sum(len(k) for k in current)
-            if n_now > self.recompile_ratio * n_cur and n_now != self.num_holes:
-                return current
-        return key
-
-    def _kernels_for(self, key) -> CellKernels:
-        key = self._compiled_key = self._code_key(key, self._compiled_key)
-        if key not in self._kernels:
-            self._kernels[key] = CellKernels(self._program(key, self.clip))
-        return self._kernels[key]
-
-    def _generated_for(self, kind: str, key):
-        """The Triton or C cell (``kind``) for active set ``key``."""
-        last = self._generated_last[kind]
-        if last is not None and last[0] is key and (kind != "c" or self._c_pending is None
-                                                    or not self._c_pending.ready()):
-            return last[1]      # the per-call path: the active set is cached
-        if kind == "c":
-            return self._c_cell_for(key, last[1] if last is not None else None)
-        asked, key = key, self._code_key(key, self._generated_key[kind])
-        self._generated_key[kind] = key
-        if (kind, key) not in self._generated:
-            from grafs.compiler.triton_backend import TritonCell
-            self._generated[(kind, key)] = TritonCell(self.space, self.slot_of, self.gamma_of,
-                                                      self.clip, active=key)
-        self._generated_last[kind] = (asked, self._generated[(kind, key)])
-        return self._generated[(kind, key)]
-
-    def _new_c_cell(self, key):
-        from grafs.compiler.c_cell import CCell, unavailable_reason
-        if unavailable_reason():
-            raise GrafsError(f"cell mode 'c' cannot run here: {unavailable_reason()}; "
-                             f"use mode 'auto' (the lean path on this machine)")
-        cell = self._generated[("c", key)] = CCell(self.space, self.slot_of, self.gamma_of,
-                                                   self.clip, active=key)
-        return cell
-
-    def _c_cell_for(self, key, current):
-        """The C cell to call for active set ``key``. After a drop, the build for exactly
-        ``key`` compiles in the background (one build at a time: a drop during a build waits
-        for it, then the newest active set is built) while ``current``, whose active set
-        contains ``key``, serves: its mask drops the ops, bit for bit as the new build."""
-        cell = self._generated.get(("c", key))
-        if cell is not None and cell.ready():
-            if cell is self._c_pending:
-                self._c_pending = None
-            self._generated_last["c"] = (key, cell)
-            return cell
-        if not self.c_build_in_background or current is None \
-                or not _contains(current.active, key):
-            cell = (cell or self._new_c_cell(key)).build()      # compile in this call
-            self._generated_last["c"] = (key, cell)
-            return cell
-        pending = self._c_pending
-        if pending is not None and pending.ready():
-            self._c_pending = None
-            if _contains(pending.active, key):   # a build for an earlier (larger) active set
-                current = pending
-        if self._c_pending is None:
-            self._c_pending = cell or self._new_c_cell(key)
-            self._c_pending.start_build()
-        # cached until the pending build is ready (the per-call path checks)
-        self._generated_last["c"] = (key, current)
-        return current
 
     # auto on the CPU, from bench/search_step.py (mnist1d, one thread): lean is 1.6x faster than
     # eager at 110 ops, even at 24, and 1.2x slower at 6 (fewer, simpler ops: eager dispatches
