@@ -46,7 +46,7 @@ def search(model: nn.Module, train_data, val_data=None, *, space=None, epochs: i
            scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
            arch_lr: float = 1e-3, arch_weight_decay: float = 1e-3,
            arch_betas: tuple[float, float] = (0.5, 0.999), arch_steps: int = 1,
-           grad_accumulation: int = 1,
+           single_level: bool = False, grad_accumulation: int = 1,
            activation_types: Sequence[type] = DEFAULT_TYPES, cell_mode: str = "auto",
            device: str | torch.device | None = None, checkpoint_dir: str | os.PathLike | None = None,
            resume: str | os.PathLike | None = None, progress: bool = True,
@@ -89,6 +89,11 @@ def search(model: nn.Module, train_data, val_data=None, *, space=None, epochs: i
     if not isinstance(arch_steps, int) or arch_steps < 1:
         raise GrafsError(f"arch_steps (arch steps per weight step) must be an int >= 1, "
                          f"got {arch_steps!r}")
+    if not isinstance(single_level, bool):
+        raise GrafsError(f"single_level must be True or False, got {single_level!r}")
+    if single_level and arch_steps != 1:
+        raise GrafsError(f"single_level trains α on the training batches, one joint step per "
+                         f"batch; arch_steps={arch_steps} needs the bilevel step (single_level=False)")
     if amp not in _AMP:
         raise GrafsError(f"amp must be None, 'bf16' or 'fp16', got {amp!r}")
     cbs = CallbackList(callbacks)
@@ -112,7 +117,8 @@ def search(model: nn.Module, train_data, val_data=None, *, space=None, epochs: i
                     template=space.template, num_ops=space.num_ops, cell_mode=cell_mode,
                     max_steps_per_epoch=max_steps_per_epoch, amp=amp,
                     **({"normalize": True} if getattr(space, "normalize", False) else {}),
-                    **({"arch_steps": arch_steps} if arch_steps != 1 else {}))
+                    **({"arch_steps": arch_steps} if arch_steps != 1 else {}),
+                    **({"single_level": True} if single_level else {}))
     world = 1 if dist is None else dist.world_size
     if dist is not None:
         settings["world_size"] = world
@@ -136,7 +142,7 @@ def search(model: nn.Module, train_data, val_data=None, *, space=None, epochs: i
     a_opt = arch_optimizer(arch_params, arch_lr, arch_betas, arch_weight_decay)
     loss_fn = loss_fn or _default_loss
     stepper = _Stepper(model, cell, state, weights, arch_params, w_opt, a_opt, w_sched, loss_fn,
-                       dev, amp, grad_accumulation, n_sites, dist)
+                       dev, amp, grad_accumulation, n_sites, dist, single_level)
     if dist is not None:
         dist.sync_model(model)
 
@@ -198,8 +204,8 @@ def search(model: nn.Module, train_data, val_data=None, *, space=None, epochs: i
             for step, (xb, yb) in enumerate(train.epoch(epoch)):
                 if step >= steps_per_epoch:
                     break
-                vbs = []
-                for j in range(arch_steps):
+                vbs = [(None, None)] if single_level and not warm else []
+                for j in range(arch_steps - len(vbs)):
                     try:
                         vbs.append(next(val_iter))
                     except StopIteration:   # a fresh shuffle, seeded by where it happens
@@ -353,6 +359,7 @@ def search_task(task, *, seed: int = 0, epochs: int | None = None, space=None, p
                     scheduler=lambda opt: cfg.make_scheduler(opt, epochs * spe),
                     arch_lr=cfg.arch_lr, arch_weight_decay=cfg.arch_weight_decay,
                     arch_betas=tuple(cfg.arch_betas), arch_steps=cfg.arch_steps,
+                    single_level=cfg.single_level,
                     grad_accumulation=cfg.grad_accum_steps,
                     activation_types=task.activation_types, cell_mode=cell_mode,
                     checkpoint_dir=checkpoint_dir, resume=resume, progress=progress,

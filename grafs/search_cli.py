@@ -14,13 +14,16 @@ def _threads(args) -> None:
 
 
 def _task_options(args) -> dict:
-    """Task options given on the command line (``--teacher`` belongs to the teacher task)."""
+    """Task options given on the command line: ``--set KEY=VALUE`` (any task option or config
+    field, grafs.tasks.base.apply_overrides) and ``--teacher`` (the teacher task's)."""
+    from grafs.tasks.base import parse_overrides
+    opts = parse_overrides(args.set or [])
     if args.teacher is None:
-        return {}
+        return opts
     if args.task != "teacher":
         from grafs.errors import GrafsError
         raise GrafsError(f"--teacher is an option of --task teacher, not of --task {args.task}")
-    return {"teacher": args.teacher}
+    return {**opts, "teacher": args.teacher}
 
 
 def _callbacks(args) -> list:
@@ -120,6 +123,11 @@ def _cmd_evaluate(args) -> int:
     return 1 if table.failures else 0
 
 
+_SET_HELP = ("task options and config fields, e.g. --set arch_lr=0.01 shrink_start_epoch=10 "
+             "single_level=true (values parse as JSON, else as strings; search_<field> or "
+             "eval_<field> changes one config only)")
+
+
 def add_search_commands(sub) -> None:
     from grafs.tasks import list_tasks
     s = sub.add_parser("search", help="run a GRAFS search on a built-in offline task")
@@ -128,6 +136,7 @@ def add_search_commands(sub) -> None:
     s.add_argument("--teacher", default=None, metavar="FORMULA",
                    help="--task teacher: the teacher network's activation (default tanh(x))")
     s.add_argument("--epochs", type=int, default=None, help="default: the task's search epochs")
+    s.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help=_SET_HELP)
     s.add_argument("--out", default=None, help="directory for checkpoint and result")
     s.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     s.add_argument("--cell-mode", default="auto", choices=("auto", "c", "lean", "triton", "eager"),
@@ -157,6 +166,7 @@ def add_search_commands(sub) -> None:
                         "(1.412·ReLU, 1.530·GELU, ...): what a found formula gains by its scale")
     e.add_argument("--seeds", type=int, default=5)
     e.add_argument("--epochs", type=int, default=None)
+    e.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help=_SET_HELP)
     e.add_argument("--search-seconds", type=float, default=None,
                    help="search wall time for the search/evaluation ratio")
     e.add_argument("--json", default=None, help="also write the table as JSON")

@@ -41,8 +41,9 @@ class _Stepper:
 
     def __init__(self, model, cell, state, weights, arch_params, w_opt, a_opt, w_sched, loss_fn,
                  dev: torch.device, amp: str | None = None, grad_accumulation: int = 1,
-                 n_sites: int | None = None, dist=None):
+                 n_sites: int | None = None, dist=None, single_level: bool = False):
         self.model, self.cell, self.state = model, cell, state
+        self.single_level = single_level
         self.dist = dist  # grafs.distributed.Dist: gradients averaged over the ranks
         self.weights, self.arch_params = weights, arch_params
         self.w_opt, self.a_opt, self.w_sched = w_opt, a_opt, w_sched
@@ -68,9 +69,12 @@ class _Stepper:
     def step(self, xb, yb, xv, yv, warm: bool, update: bool = True, more_val=()):
         """Returns the weight step's (output, loss), both still on the device. ``more_val``:
         further (inputs, targets) validation batches, one more arch step each before the
-        weight step (``search(arch_steps=...)``)."""
+        weight step (``search(arch_steps=...)``). With ``single_level`` (and not ``warm``),
+        one joint step on the training batch instead (``xv``, ``yv`` unused)."""
         model, state = self.model, self.state
         xb, yb = self._to(xb), self._to(yb)
+        if self.single_level and not warm:
+            return self._joint_step(xb, yb, update)
         for xa, ya in [(xv, yv), *more_val]:
             vloss = self._arch_step(self._to(xa), self._to(ya))
         self.last_vloss = vloss.detach()
@@ -99,6 +103,28 @@ class _Stepper:
                 self.w_sched.step()
         return out.detach(), loss.detach()
 
+    def _joint_step(self, xb, yb, update: bool):
+        """Single-level step: one forward/backward on the training batch gives the weights'
+        and α/γ's gradients, and both optimizers step (half the passes of the bilevel step;
+        α then fits the training batches, as in single-level DARTS variants)."""
+        self.state["use_cell"] = True
+        try:
+            if self.n_sites:
+                self.cell.refresh_samples(self.n_sites)
+            with self._autocast():
+                out = self.model(xb)
+                loss = self.loss_fn(out, yb)
+            self.w_scaler.scale(loss / self.grad_accumulation).backward()
+        finally:
+            if self.n_sites:
+                self.cell.clear_samples()
+        if update:
+            self._apply(self.w_scaler, self.w_opt, self.weights, unscale=[self.a_opt])
+            if self.w_sched is not None:
+                self.w_sched.step()
+        self.last_vloss = loss.detach()
+        return out.detach(), self.last_vloss
+
     def _arch_step(self, xv, yv):
         """1. arch step on a validation batch (fresh Dirichlet samples at every call)."""
         model, state = self.model, self.state
@@ -126,13 +152,21 @@ class _Stepper:
             self._apply(self.a_scaler, self.a_opt, self.arch_params)
         return vloss
 
-    def _apply(self, scaler, opt, params) -> None:
-        """One optimizer step on gradients averaged over the ranks (data-parallel search)."""
+    def _apply(self, scaler, opt, params, unscale=()) -> None:
+        """One optimizer step on gradients averaged over the ranks (data-parallel search);
+        ``unscale``: further optimizers whose gradients came from the same scaled loss (the
+        single-level step's arch optimizer) and step with it."""
         if self.dist is not None:
             self.dist.average_grads(params)
+            for o in unscale:
+                self.dist.average_grads([p for g in o.param_groups for p in g["params"]])
         scaler.step(opt)
+        for o in unscale:
+            scaler.step(o)
         scaler.update()
         opt.zero_grad(set_to_none=True)
+        for o in unscale:
+            o.zero_grad(set_to_none=True)
 
 
 class _Meter:

@@ -38,6 +38,7 @@ VARIANTS = {
              "shrink_start_epoch": 10},
     "lr-high": {"arch_lr": 1e-1, "normalize": True},    # grafs with arch_lr 0.1
     "mean": {"arch_lr": 3e-2, "normalize": True},       # grafs, Dirichlet draws -> their mean
+    "single": {"single_level": True},                   # the task's defaults, single-level steps
 }
 #: variants whose cell mixes with the Dirichlet mean instead of a sample (DARTS-like)
 MEAN_VARIANTS = {"mean"}
@@ -259,16 +260,8 @@ def _eval_table(r: dict) -> list[str]:
 
 
 def _overrides(items: list[str]) -> dict:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
+    from grafs.tasks.base import parse_overrides
+    return parse_overrides(items)
 
 
 def main(argv=None) -> int:

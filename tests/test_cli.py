@@ -74,3 +74,25 @@ def test_search_and_evaluate_commands(tmp_path, capsys):
                        "--quiet", "--json", str(js))
     names = [r["name"] for r in json.loads(js.read_text())["rows"]]
     assert code == 0 and names[:2] == ["F1", "1.412·ReLU"] and names[-1] == "ReLU" and len(names) == 7
+
+
+def test_set_overrides_task_options_and_configs(tmp_path, capsys):
+    """--set KEY=VALUE reaches the task's search config (recorded in the result's settings),
+    values parse as JSON, and a bad key or form is a clear error naming what is accepted."""
+    from grafs.errors import GrafsError
+    from grafs.tasks.base import parse_overrides
+    assert parse_overrides(["epochs=3", "single_level=true", "teacher=tanh(x)", "betas=[0.5, 0.9]",
+                            "arch_lr=1e-2"]) == {"epochs": 3, "single_level": True,
+                                                 "teacher": "tanh(x)", "betas": [0.5, 0.9],
+                                                 "arch_lr": 0.01}
+    for bad in ("epochs", "=3", "two words=1"):
+        with pytest.raises(GrafsError, match="KEY=VALUE"):
+            parse_overrides([bad])
+    out = tmp_path / "run"
+    code, msg, _ = run(capsys, "search", "--task", "teacher", "--set", "epochs=3", "single_level=true",
+                       "arch_lr=0.01", "num_train=512", "--out", str(out), "--quiet")
+    res = grafs.SearchResult.load(out)
+    assert code == 0 and res.settings["single_level"] is True and res.settings["epochs"] == 3
+    assert res.settings["arch_lr"] == 0.01
+    code, _, err = run(capsys, "search", "--task", "teacher", "--set", "bogus=1", "--quiet")
+    assert code == 2 and "unknown option(s) ['bogus']" in err and "single_level" in err

@@ -383,3 +383,76 @@ def test_a_normalised_search_keeps_its_formula_without_the_op_constants_too():
                          epochs=2, seed=0, batch_size=16, progress=False,
                          loss_fn=torch.nn.functional.mse_loss)
     assert "unscaled_formula" not in plain.history
+
+
+def test_single_level_step_is_one_pass_with_both_gradients():
+    """single_level: one forward/backward on the training batch; the weight and the arch
+    optimizer each step once on that pass's gradients, equal to a reference computed by hand
+    from the same Dirichlet sample."""
+    from grafs.search import _Stepper
+    net = model()
+    cell = SearchSpace(**SPACE).relax("lean", seed=0)
+    state = {"use_cell": True}
+    n = replace_activations(net, lambda o: SearchSite(o, cell, state))
+    arch = list(cell.arch_parameters())
+    ids = {id(p) for p in arch}
+    ws = [p for p in net.parameters() if id(p) not in ids]
+    ref_net, ref_cell = copy.deepcopy(net), None
+    st = _Stepper(net, cell, state, ws, arch, torch.optim.SGD(ws, 1.0), torch.optim.SGD(arch, 1.0),
+                  None, nn.functional.cross_entropy, torch.device("cpu"), n_sites=n,
+                  single_level=True)
+    calls = []
+    net.register_forward_hook(lambda *a: calls.append(1))
+    x, y = data(64)
+    before_w = [p.detach().clone() for p in ws]
+    before_a = [p.detach().clone() for p in arch]
+    # the reference: the same network and sample, gradients by autograd
+    ref_cell = next(m.cell for m in ref_net.modules() if isinstance(m, SearchSite))
+    ref_arch = list(ref_cell.arch_parameters())
+    ref_ws = [p for p in ref_net.parameters() if id(p) not in {id(q) for q in ref_arch}]
+    torch.manual_seed(5)
+    ref_cell.refresh_samples(n)
+    loss = nn.functional.cross_entropy(ref_net(x), y)
+    grads = torch.autograd.grad(loss, ref_ws + ref_arch, allow_unused=True)
+    torch.manual_seed(5)
+    out, got = st.step(x, y, None, None, warm=False)
+    assert len(calls) == 1                                   # one pass, no validation batch
+    torch.testing.assert_close(got, loss.detach())
+    for p, b, g in zip(ws + arch, before_w + before_a, grads):
+        g = torch.zeros_like(b) if g is None else g
+        torch.testing.assert_close(p.detach(), b - g)        # SGD(lr=1): p ← p − ∂loss/∂p
+    assert any(not torch.equal(p, b) for p, b in zip(arch, before_a))
+    assert all(p.grad is None for p in ws + arch)            # both optimizers zeroed
+
+
+def test_single_level_search_runs_half_the_passes_and_is_recorded(tmp_path):
+    """A single-level search: one forward per step after warm start (the bilevel search
+    runs two), deterministic and resumable, recorded in the settings; refused with
+    arch_steps > 1 and validated in SearchConfig."""
+    def passes(**kw):
+        net, calls = model(), []
+        net.register_forward_hook(lambda *a: calls.append(1))
+        r = search(net, data(), space=SearchSpace(**SPACE), epochs=5, seed=1, batch_size=32,
+                   progress=False, arch_lr=3e-2, warmstart_epochs=1, **kw)
+        return r, len(calls)
+    two, n_two = passes()
+    one, n_one = passes(single_level=True)
+    steps = len(data()[0]) * 3 // 4 // 32 + 1          # 180 training rows → 6 batches an epoch
+    assert n_two - n_one == 4 * steps                    # 4 non-warm epochs, one pass saved each
+    assert one.settings["single_level"] is True and "single_level" not in two.settings
+    assert one.history["alpha"] != two.history["alpha"]
+    again = run(single_level=True, warmstart_epochs=1)
+    assert again.formula == run(single_level=True, warmstart_epochs=1).formula
+    with pytest.raises(_Interrupted):
+        run(single_level=True, checkpoint_dir=tmp_path / "cut", _stop_after_epoch=2)
+    resumed = run(single_level=True, checkpoint_dir=tmp_path / "cut", resume=tmp_path / "cut")
+    assert resumed.history["alpha"] == run(single_level=True).history["alpha"]
+    with pytest.raises(GrafsError, match="single_level"):
+        run(single_level=True, arch_steps=2)
+    with pytest.raises(GrafsError, match="single_level"):
+        run(single_level=1)
+    from grafs.tasks.base import SearchConfig
+    with pytest.raises(GrafsError, match="single_level"):
+        SearchConfig(single_level=True, arch_steps=2)
+    with pytest.raises(GrafsError, match="single_level"):
+        SearchConfig(single_level="yes")

@@ -240,15 +240,27 @@ class CCellKernels:
         self.n_gamma = 1 + max((j for js in gamma_of.values() for j in js), default=-1)
         self.gcols = torch.tensor(plan.gcols, dtype=torch.long)
         self.n_code = n_code = sum(len(v) for v in plan.slots.values())
-        text = f"relaxed {space.template} with {plan.K} slots ({n_code} compiled), clip={clip}"
-        self.source = cell_c_source(plan, _isa() or "sse4", text)
+        self._text = f"relaxed {space.template} with {plan.K} slots ({n_code} compiled), clip={clip}"
+        self._isa = _isa() or "sse4"
+        self._source: str | None = None
         self._lib: ctypes.CDLL | None = None
         self._future = None
 
+    @property
+    def source(self) -> str:
+        """The C source, generated on first use: a background build generates it in the build
+        thread too (about 30 ms of Python per active set at 110 ops, off the search's thread)."""
+        if self._source is None:
+            self._source = cell_c_source(self.plan, self._isa, self._text)
+        return self._source
+
+    def _generate_and_build(self) -> ctypes.CDLL:
+        return _build(self.source)
+
     def start_build(self) -> None:
-        """Compile in the background thread (the next :meth:`lib` waits for it)."""
+        """Generate and compile in the background thread (the next :meth:`lib` waits)."""
         if self._lib is None and self._future is None:
-            self._future = _builder().submit(_build, self.source)
+            self._future = _builder().submit(self._generate_and_build)
 
     def ready(self) -> bool:
         """Loaded, or a background build has finished (successfully or not)."""
@@ -344,7 +356,10 @@ class CCell:
         self._k = CCellKernels(space, dict(slot_of), {k: list(v) for k, v in gamma_of.items()},
                                bool(clip), active)
         self.num_slots = self._k.K
-        self.source = self._k.source
+
+    @property
+    def source(self) -> str:
+        return self._k.source
 
     def build(self) -> "CCell":
         self._k.lib()

@@ -206,6 +206,9 @@ class SearchConfig(TrainConfig):
             (grafs.runtime.normalize; not in the paper, see docs/results-teacher.md).
         arch_steps: architecture steps (each on its own validation batch) per weight step
             (the paper: 1).
+        single_level: train α/γ on the training batches, in one joint forward/backward with
+            the weights (half a bilevel step's passes; not the paper's method, which is
+            bilevel: see docs/results-teacher.md for the ablation).
     """
 
     arch_lr: float = 1e-3
@@ -216,6 +219,7 @@ class SearchConfig(TrainConfig):
     train_fraction: float = 0.75
     normalize: bool = False
     arch_steps: int = 1
+    single_level: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -244,8 +248,13 @@ class SearchConfig(TrainConfig):
                 or not 0 < self.train_fraction < 1):
             raise GrafsError(f"{owner}.train_fraction must be a float in (0, 1), "
                              f"got {self.train_fraction!r}")
-        if not isinstance(self.normalize, bool):
-            raise GrafsError(f"{owner}.normalize must be True or False, got {self.normalize!r}")
+        for name in ("normalize", "single_level"):
+            if not isinstance(getattr(self, name), bool):
+                raise GrafsError(f"{owner}.{name} must be True or False, "
+                                 f"got {getattr(self, name)!r}")
+        if self.single_level and self.arch_steps != 1:
+            raise GrafsError(f"{owner}.single_level needs arch_steps=1 (one joint step per "
+                             f"batch), got arch_steps={self.arch_steps}")
 
     def make_arch_optimizer(self, params: Iterable[torch.Tensor]) -> torch.optim.Optimizer:
         """Adam(arch_lr, arch_betas, arch_weight_decay) over the activation parameters (the
@@ -512,6 +521,25 @@ def check_option(task: str, name: str, value: Any, *, minimum: int = 1) -> int:
         raise GrafsError(f"task {task!r} option {name} must be an int >= {minimum}, "
                          f"got {value!r}")
     return value
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
+    """``["epochs=30", "normalize=false", "teacher=tanh(x)"]`` → task overrides (the command
+    lines' ``--set KEY=VALUE``): each value parses as JSON (numbers, true/false, lists), else
+    stays a string. Which keys a task accepts, :func:`apply_overrides` checks."""
+    import json
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise GrafsError(f"--set expects KEY=VALUE with KEY a task option or config field "
+                             f"(e.g. epochs=30, arch_lr=0.01, single_level=true), got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
 
 
 def apply_overrides(name: str, search: SearchConfig, evaluation: TrainConfig,
