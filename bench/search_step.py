@@ -18,6 +18,8 @@ steps, after warm-up; on CUDA the device is synchronized before every clock read
     python bench/search_step.py --device cuda                  # resnet20 and vit_tiny
     python bench/search_step.py --configs mnist1d resnet20 vit_tiny --device cuda --modes auto lean
     python bench/search_step.py --full-search mnist1d digits   # + full search vs full evaluation
+    python bench/search_step.py --no-steps --full-search teacher --full-repeats 3 \
+        --set epochs=30 shrink_start_epoch=4                   # only that, with task overrides
 
 ``--full-search TASK ...`` also runs a full default search (``grafs.search.search_task``) and a
 full default evaluation training run of the task's model with its default activation
@@ -385,25 +387,31 @@ def bench_config(conf: Config, dev, modes, stages, repeats: int, inner: int, war
     print(table(op_rows, op_header), flush=True)
 
 
-def full_search(names, dev) -> None:
+def full_search(names, dev, overrides=None, repeats: int = 1) -> None:
+    """Per task: ``repeats`` × (a full search, then a full evaluation run), interleaved so that
+    drift on a busy machine hits both; the ratio uses the medians."""
+    import statistics
     from grafs.search import search_task
     from grafs.tasks import get_task
     rows = []
     for name in names:
-        task = get_task(name)
-        log(f"[full] {name}: search ({task.search_config.epochs} epochs) ...")
-        t0 = time.perf_counter()
-        res = search_task(task, seed=0, progress=False, device=dev)
-        sync(dev)
-        t_search = time.perf_counter() - t0
-        log(f"[full] {name}: search {t_search:.1f} s -> {res.formula}")
-        model = task.make_model(seed=0).to(dev)
-        log(f"[full] {name}: evaluation training ({task.eval_config.epochs} epochs) ...")
-        t0 = time.perf_counter()
-        task.fit(model, seed=0, device=dev)
-        sync(dev)
-        t_eval = time.perf_counter() - t0
-        log(f"[full] {name}: evaluation {t_eval:.1f} s")
+        task = get_task(name, **(overrides or {}))
+        t_searches, t_evals = [], []
+        for r in range(repeats):
+            log(f"[full] {name}: search ({task.search_config.epochs} epochs), {r + 1}/{repeats} ...")
+            t0 = time.perf_counter()
+            res = search_task(task, seed=0, progress=False, device=dev)
+            sync(dev)
+            t_searches.append(time.perf_counter() - t0)
+            log(f"[full] {name}: search {t_searches[-1]:.1f} s -> {res.formula}")
+            model = task.make_model(seed=0).to(dev)
+            log(f"[full] {name}: evaluation training ({task.eval_config.epochs} epochs) ...")
+            t0 = time.perf_counter()
+            task.fit(model, seed=0, device=dev)
+            sync(dev)
+            t_evals.append(time.perf_counter() - t0)
+            log(f"[full] {name}: evaluation {t_evals[-1]:.1f} s")
+        t_search, t_eval = statistics.median(t_searches), statistics.median(t_evals)
         sc, ec = task.search_config, task.eval_config
         n_tr = len(task.search_split(seed=0)[0][0])
         s_steps = sc.epochs * sc.steps_per_epoch(n_tr)
@@ -412,7 +420,9 @@ def full_search(names, dev) -> None:
                      f"{ec.epochs} / {e_steps}", f"{t_search / t_eval:.2f}",
                      f"{t_search / s_steps * 1e3:.1f} / {t_eval / e_steps * 1e3:.1f}",
                      f"`{res.formula}`"])
-    print("\n### full default search vs full default evaluation run (default activation)\n")
+    extra = f", overrides {overrides}" if overrides else ""
+    print(f"\n### full search vs full evaluation run (default activation; median of {repeats}"
+          f"{extra})\n")
     print(table(rows, ["task", "search s", "search epochs / steps", "eval s", "eval epochs / steps",
                        "search / eval", "ms per step search / eval", "formula found"]), flush=True)
 
@@ -435,6 +445,12 @@ def main() -> None:
     ap.add_argument("--stages", type=int, nargs="+", default=list(STAGES), help="active ops per stage")
     ap.add_argument("--full-search", nargs="+", default=None, metavar="TASK",
                     help="also time a full default search and evaluation run of these tasks")
+    ap.add_argument("--full-repeats", type=int, default=1,
+                    help="--full-search: searches and evaluation runs per task (medians)")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="--full-search: task overrides, as `grafs search --set`")
+    ap.add_argument("--no-steps", action="store_true",
+                    help="skip the per-step tables (with --full-search: only the full runs)")
     a = ap.parse_args()
 
     dev = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -461,11 +477,12 @@ def main() -> None:
     print(f"device {dev} ({name}), torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"grafs {getattr(grafs, '__version__', '?')}, modes {' '.join(modes)}, "
           f"stages {' '.join(map(str, a.stages))}", flush=True)
-    if modes:
+    if modes and not a.no_steps:
         for c in configs:
             bench_config(CONFIGS[c](), dev, modes, a.stages, repeats, inner, max(1, warmup))
     if a.full_search:
-        full_search(a.full_search, dev)
+        from grafs.tasks.base import parse_overrides
+        full_search(a.full_search, dev, parse_overrides(a.set), max(1, a.full_repeats))
 
 
 if __name__ == "__main__":
