@@ -311,21 +311,28 @@ def test_search_runs_to_a_discrete_cell_with_nothing_left_to_learn():
     grafs.parse(r.formula)
 
 
-def test_arch_steps_keep_accumulated_weight_gradients():
-    """grad_accumulation: the weight gradients summed over micro-steps survive the arch steps
-    in between (the weights are frozen during arch steps, not their grads cleared)."""
+def stepper(net, w_opt, a_opt, **kw):
+    """A search step (grafs.search._Stepper) on ``net`` with a lean cell at its ReLUs:
+    (stepper, weights, arch parameters); ``w_opt``/``a_opt`` make the optimizers."""
     from grafs.search import _Stepper
-    net = model()
-    ref = copy.deepcopy(net)
     cell = SearchSpace(**SPACE).relax("lean", seed=0)
     state = {"use_cell": True}
     n = replace_activations(net, lambda o: SearchSite(o, cell, state))
     arch = list(cell.arch_parameters())
     ids = {id(p) for p in arch}
     ws = [p for p in net.parameters() if id(p) not in ids]
-    st = _Stepper(net, cell, state, ws, arch, torch.optim.SGD(ws, 0.1),
-                  torch.optim.Adam(arch, 1e-3, betas=(0.5, 0.999)), None,
-                  nn.functional.cross_entropy, torch.device("cpu"), grad_accumulation=2, n_sites=n)
+    return (_Stepper(net, cell, state, ws, arch, w_opt(ws), a_opt(arch), None,
+                     nn.functional.cross_entropy, torch.device("cpu"), n_sites=n, **kw), ws, arch)
+
+
+def test_arch_steps_keep_accumulated_weight_gradients():
+    """grad_accumulation: the weight gradients summed over micro-steps survive the arch steps
+    in between (the weights are frozen during arch steps, not their grads cleared)."""
+    net = model()
+    ref = copy.deepcopy(net)
+    st, ws, _ = stepper(net, lambda ws: torch.optim.SGD(ws, 0.1),
+                        lambda arch: torch.optim.Adam(arch, 1e-3, betas=(0.5, 0.999)),
+                        grad_accumulation=2)
     x, y = data(96)
     batches = [(x[:32], y[:32]), (x[32:64], y[32:64])]
     for xb, yb in batches:   # warm: the weight steps use the original ReLU, as `ref` does
@@ -389,18 +396,11 @@ def test_single_level_step_is_one_pass_with_both_gradients():
     """single_level: one forward/backward on the training batch; the weight and the arch
     optimizer each step once on that pass's gradients, equal to a reference computed by hand
     from the same Dirichlet sample."""
-    from grafs.search import _Stepper
     net = model()
-    cell = SearchSpace(**SPACE).relax("lean", seed=0)
-    state = {"use_cell": True}
-    n = replace_activations(net, lambda o: SearchSite(o, cell, state))
-    arch = list(cell.arch_parameters())
-    ids = {id(p) for p in arch}
-    ws = [p for p in net.parameters() if id(p) not in ids]
-    ref_net, ref_cell = copy.deepcopy(net), None
-    st = _Stepper(net, cell, state, ws, arch, torch.optim.SGD(ws, 1.0), torch.optim.SGD(arch, 1.0),
-                  None, nn.functional.cross_entropy, torch.device("cpu"), n_sites=n,
-                  single_level=True)
+    st, ws, arch = stepper(net, lambda ws: torch.optim.SGD(ws, 1.0),
+                           lambda arch: torch.optim.SGD(arch, 1.0), single_level=True)
+    ref_net = copy.deepcopy(net)
+    n = st.n_sites
     calls = []
     net.register_forward_hook(lambda *a: calls.append(1))
     x, y = data(64)
