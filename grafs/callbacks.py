@@ -56,7 +56,8 @@ class StepInfo:
         step: The step within the epoch.
         global_step: Steps since the start of the search (epoch·steps_per_epoch + step).
         loss: The weight step's training loss, still on the device.
-        val_loss: The arch step's validation-batch loss, still on the device.
+        val_loss: The arch step's validation-batch loss, still on the device (with
+            ``single_level``, the joint step's training-batch loss: the one α trained on).
         warm: A warm-start step (its weight step used the original activation).
     """
     epoch: int

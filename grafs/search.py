@@ -76,6 +76,11 @@ def search(model: nn.Module, train_data, val_data=None, *, space=None, epochs: i
     process; every rank returns the same result, and rank 0 alone writes checkpoints.
     ``callbacks``: :class:`grafs.Callback` instances told of every step and epoch (experiment
     tracking, e.g. :class:`grafs.TensorBoardLogger`; see grafs.callbacks).
+    ``arch_steps``: arch steps (each on its own validation batch) per weight step.
+    ``single_level``: after warm start, one joint step per training batch trains the weights
+    and α/γ from the same forward/backward (half the passes; the validation data then only
+    gives the per-epoch validation loss). Not the paper's method, and it recovered fewer
+    teacher activations (docs/results-teacher.md); the default is the bilevel step.
     """
     from grafs.callbacks import CallbackList, SearchStart, StepInfo, epoch_info, hole_entropies
     from grafs.runtime.space import SearchSpace

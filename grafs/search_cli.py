@@ -16,12 +16,15 @@ def _threads(args) -> None:
 def _task_options(args) -> dict:
     """Task options given on the command line: ``--set KEY=VALUE`` (any task option or config
     field, grafs.tasks.base.apply_overrides) and ``--teacher`` (the teacher task's)."""
+    from grafs.errors import GrafsError
     from grafs.tasks.base import parse_overrides
     opts = parse_overrides(args.set or [])
+    for key, flag in (("seed", "--seed/--seeds"), ("epochs", "--epochs"), ("teacher", "--teacher")):
+        if key in opts and (key == "seed" or getattr(args, key, None) is not None):
+            raise GrafsError(f"--set {key}=... conflicts with {flag}: give it once, as {flag}")
     if args.teacher is None:
         return opts
     if args.task != "teacher":
-        from grafs.errors import GrafsError
         raise GrafsError(f"--teacher is an option of --task teacher, not of --task {args.task}")
     return {**opts, "teacher": args.teacher}
 

@@ -161,8 +161,9 @@ class _Stepper:
             for o in unscale:
                 self.dist.average_grads([p for g in o.param_groups for p in g["params"]])
         scaler.step(opt)
-        for o in unscale:
-            scaler.step(o)
+        for o in unscale:   # (a discrete cell without γ ops has no arch gradients left)
+            if any(p.grad is not None for g in o.param_groups for p in g["params"]):
+                scaler.step(o)
         scaler.update()
         opt.zero_grad(set_to_none=True)
         for o in unscale:

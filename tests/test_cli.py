@@ -96,3 +96,11 @@ def test_set_overrides_task_options_and_configs(tmp_path, capsys):
     assert res.settings["arch_lr"] == 0.01
     code, _, err = run(capsys, "search", "--task", "teacher", "--set", "bogus=1", "--quiet")
     assert code == 2 and "unknown option(s) ['bogus']" in err and "single_level" in err
+
+
+def test_set_seed_is_a_clear_error(capsys):
+    code, _, err = run(capsys, "search", "--task", "teacher", "--set", "seed=3", "--quiet")
+    assert code == 2 and "--seed" in err
+    code, _, err = run(capsys, "search", "--task", "teacher", "--epochs", "2", "--set", "epochs=3",
+                       "--quiet")
+    assert code == 2 and "conflicts with --epochs" in err

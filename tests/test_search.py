@@ -456,3 +456,105 @@ def test_single_level_search_runs_half_the_passes_and_is_recorded(tmp_path):
         SearchConfig(single_level=True, arch_steps=2)
     with pytest.raises(GrafsError, match="single_level"):
         SearchConfig(single_level="yes")
+
+
+def test_single_level_accumulates_arch_gradients_over_micro_steps():
+    """single_level with grad_accumulation=2: α's gradients, like the weights', are summed
+    over the micro-steps (each scaled by 1/2) and applied once, at the update step."""
+    net = model()
+    st, ws, arch = stepper(net, lambda ws: torch.optim.SGD(ws, 1.0),
+                           lambda arch: torch.optim.SGD(arch, 1.0), single_level=True,
+                           grad_accumulation=2)
+    ref_net = copy.deepcopy(net)
+    ref_cell = next(m.cell for m in ref_net.modules() if isinstance(m, SearchSite))
+    ref_arch = list(ref_cell.arch_parameters())
+    ref_ws = [p for p in ref_net.parameters() if id(p) not in {id(q) for q in ref_arch}]
+    x, y = data(64)
+    batches = [(x[:32], y[:32]), (x[32:], y[32:])]
+    before = [p.detach().clone() for p in ws + arch]
+    total = [torch.zeros_like(b) for b in before]
+    for i, (xb, yb) in enumerate(batches):
+        torch.manual_seed(10 + i)
+        ref_cell.refresh_samples(st.n_sites)
+        loss = nn.functional.cross_entropy(ref_net(xb), yb) / 2
+        for t, g in zip(total, torch.autograd.grad(loss, ref_ws + ref_arch, allow_unused=True)):
+            if g is not None:
+                t += g
+        torch.manual_seed(10 + i)
+        st.step(xb, yb, None, None, warm=False, update=i == 1)
+        if i == 0:   # a micro-step: nothing applied, both kinds of gradient kept
+            assert all(torch.equal(p, b) for p, b in zip(ws + arch, before))
+            assert all(p.grad is not None for p in arch[:-1])
+    for p, b, g in zip(ws + arch, before, total):
+        torch.testing.assert_close(p.detach(), b - g)
+    assert any(not torch.equal(p, b) for p, b in zip(arch, before[len(ws):]))
+    assert all(p.grad is None for p in ws + arch)
+
+
+def test_single_level_search_runs_to_a_discrete_cell_under_fp16():
+    """single_level with fp16 loss scaling: the arch optimizer steps through the weights'
+    GradScaler, down to a discrete cell whose α gets no gradient at all."""
+    sp = SearchSpace("B(U(x), U(x))", unary=["relu", "gelu"], binary=["add", "max"])
+    r = search(model(), data(), space=sp, epochs=3, seed=0, batch_size=32, progress=False,
+               single_level=True, amp="fp16", cell_mode="eager", max_steps_per_epoch=3)
+    assert r.history["num_active"][-1] == 3 and r.settings["single_level"] is True
+    grafs.parse(r.formula)
+
+
+def test_single_level_fp16_step_with_no_arch_gradient_and_a_non_fused_optimizer():
+    """The single-level joint step under fp16 with an arch optimizer that is not fused (what
+    grafs.search_step.arch_optimizer builds on devices other than CPU/CUDA) and a cell with
+    one op per hole (eager mode: α and γ get no gradient at all) must not fail."""
+    from grafs.search import _Stepper
+    net = model()
+    cell = SearchSpace("B(U(x), U(x))", unary=["relu"], binary=["add"]).relax("eager", seed=0)
+    state = {"use_cell": True}
+    n = replace_activations(net, lambda o: SearchSite(o, cell, state))
+    arch = list(cell.arch_parameters())
+    ws = [p for p in net.parameters() if id(p) not in {id(q) for q in arch}]
+    st = _Stepper(net, cell, state, ws, arch, torch.optim.SGD(ws, 0.1),
+                  torch.optim.Adam(arch, 1e-3, fused=False), None, nn.functional.cross_entropy,
+                  torch.device("cpu"), amp="fp16", n_sites=n, single_level=True)
+    x, y = data(64)
+    st.step(x, y, None, None, warm=False)
+    assert all(p.grad is None for p in ws + arch)
+
+
+def test_single_level_averages_the_arch_gradients_over_the_ranks():
+    """Data-parallel single-level step: the weights' and α/γ's gradients are both averaged
+    over the ranks (grafs.distributed.Dist.average_grads) before the optimizers step, once
+    per update (not on a grad-accumulation micro-step)."""
+    class Ranks:            # the two calls a step makes of grafs.distributed.Dist
+        def __init__(self):
+            self.calls = []
+
+        def average_grads(self, params):
+            params = list(params)
+            self.calls.append({id(p) for p in params if p.grad is not None})
+            for p in params:
+                if p.grad is not None:
+                    p.grad.mul_(0.5)    # as if the other rank's gradients were zeros
+
+    ranks = Ranks()
+    net = model()
+    st, ws, arch = stepper(net, lambda ws: torch.optim.SGD(ws, 1.0),
+                           lambda arch: torch.optim.SGD(arch, 1.0), single_level=True,
+                           grad_accumulation=2, dist=ranks)
+    x, y = data(64)
+    st.step(x[:32], y[:32], None, None, warm=False, update=False)
+    assert ranks.calls == []
+    grads = []
+    orig = st._apply
+
+    def spy(scaler, opt, params, unscale=()):
+        grads.extend(p.grad.clone() if p.grad is not None else None for p in ws + arch)
+        orig(scaler, opt, params, unscale)
+    st._apply = spy
+    before = [p.detach().clone() for p in ws + arch]
+    st.step(x[32:], y[32:], None, None, warm=False, update=True)
+    averaged = set().union(*ranks.calls)
+    assert {id(p) for p in ws} <= averaged
+    assert {id(p) for p in arch if p is not arch[-1]} <= averaged       # every α
+    for p, b, g in zip(ws + arch, before, grads):
+        if g is not None:
+            torch.testing.assert_close(p.detach(), b - g / 2)           # stepped on the average

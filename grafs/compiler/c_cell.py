@@ -243,6 +243,7 @@ class CCellKernels:
         self._text = f"relaxed {space.template} with {plan.K} slots ({n_code} compiled), clip={clip}"
         self._isa = _isa() or "sse4"
         self._source: str | None = None
+        self._source_lock = threading.Lock()   # the emitters write into the shared plan
         self._lib: ctypes.CDLL | None = None
         self._future = None
 
@@ -251,7 +252,9 @@ class CCellKernels:
         """The C source, generated on first use: a background build generates it in the build
         thread too (about 30 ms of Python per active set at 110 ops, off the search's thread)."""
         if self._source is None:
-            self._source = cell_c_source(self.plan, self._isa, self._text)
+            with self._source_lock:
+                if self._source is None:
+                    self._source = cell_c_source(self.plan, self._isa, self._text)
         return self._source
 
     def _generate_and_build(self) -> ctypes.CDLL:
