@@ -19,7 +19,7 @@ steps, after warm-up; on CUDA the device is synchronized before every clock read
     python bench/search_step.py --configs mnist1d resnet20 vit_tiny --device cuda --modes auto lean
     python bench/search_step.py --full-search mnist1d digits   # + full search vs full evaluation
     python bench/search_step.py --no-steps --full-search teacher --full-repeats 3 \
-        --set epochs=30 shrink_start_epoch=4                   # only that, with task overrides
+        --set search_epochs=30 shrink_start_epoch=4            # only that (search_: not the eval run)
 
 ``--full-search TASK ...`` also runs a full default search (``grafs.search.search_task``) and a
 full default evaluation training run of the task's model with its default activation
