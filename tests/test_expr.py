@@ -3,6 +3,7 @@ printing round trip, sympy round trip, sympy (elementary, mpmath) numerics and t
 derivative, all against the eager backend in float64."""
 import functools
 import math
+import signal
 
 import mpmath
 import numpy as np
@@ -165,21 +166,49 @@ def test_sympy_round_trip_same_function(e):
     assert_values_close(evaluate(e2, X), evaluate(e, X), torch.maximum(scale, scale2), m, rtol=1e-11)
 
 
-def mp_values(e, x):
+class _TooSlow(Exception):
+    pass
+
+
+def _too_slow(signum, frame):
+    raise _TooSlow
+
+
+def mp_values(e, x, seconds: float = 1.0):
+    """30-digit mpmath values of ``e``'s elementary sympy form at ``x``; nan where undefined,
+    complex, or slower than ``seconds`` per point (mpmath evaluates exp of a huge argument
+    exactly: one drawn formula needed ln 2 to millions of digits and hung a CI run)."""
     s = e.to_sympy(elementary=True)
     subs = {sp.Symbol(n, real=True): sp.Float(v) for n, v in e.params().items()}
     s = s.subs(subs)
     sym = sp.Symbol("x", real=True)
     f = sp.lambdify(sym, s, modules="mpmath")
     out = []
-    with mpmath.workdps(30):
-        for v in x.tolist():
-            try:
-                r = f(mpmath.mpf(v))
-                out.append(float(r) if mpmath.isfinite(r) and mpmath.im(r) == 0 else math.nan)
-            except (ZeroDivisionError, ValueError, OverflowError, TypeError):
-                out.append(math.nan)
+    old = signal.signal(signal.SIGALRM, _too_slow)
+    try:
+        with mpmath.workdps(30):
+            for v in x.tolist():
+                signal.setitimer(signal.ITIMER_REAL, seconds)
+                try:
+                    r = f(mpmath.mpf(v))
+                    out.append(float(r) if mpmath.isfinite(r) and mpmath.im(r) == 0 else math.nan)
+                except (ZeroDivisionError, ValueError, OverflowError, TypeError, _TooSlow):
+                    out.append(math.nan)
+                finally:
+                    signal.setitimer(signal.ITIMER_REAL, 0)
+    finally:
+        signal.signal(signal.SIGALRM, old)
     return torch.tensor(out, dtype=torch.float64)
+
+
+def test_mp_reference_gives_up_on_a_point_it_cannot_evaluate_quickly():
+    """The mpmath reference is time-bounded per point: exp⁴(3) needs e^(e^(e^3)) exactly."""
+    import time
+    t0 = time.perf_counter()
+    v = mp_values(grafs.parse("exp(exp(exp(exp(x))))"), torch.tensor([0.5, 3.0], dtype=torch.float64),
+                  seconds=0.2)
+    assert math.isclose(float(v[0]), math.exp(math.exp(math.exp(math.exp(0.5)))), rel_tol=1e-12)
+    assert math.isnan(float(v[1])) and time.perf_counter() - t0 < 10
 
 
 @settings(max_examples=80, **SETTINGS)
