@@ -260,8 +260,12 @@ def _eval_table(r: dict) -> list[str]:
 
 
 def _overrides(items: list[str]) -> dict:
+    from grafs.errors import GrafsError
     from grafs.tasks.base import parse_overrides
-    return parse_overrides(items)
+    try:
+        return parse_overrides(items)
+    except GrafsError as err:
+        raise SystemExit(f"study.py: {err}") from None
 
 
 def main(argv=None) -> int:
