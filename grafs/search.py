@@ -209,6 +209,7 @@ def search(model: nn.Module, train_data, val_data=None, *, space=None, epochs: i
             for step, (xb, yb) in enumerate(train.epoch(epoch)):
                 if step >= steps_per_epoch:
                     break
+                # validation batches, one per arch step (a single-level step takes none)
                 vbs = [(None, None)] if single_level and not warm else []
                 for j in range(arch_steps - len(vbs)):
                     try:

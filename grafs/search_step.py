@@ -71,59 +71,48 @@ class _Stepper:
         further (inputs, targets) validation batches, one more arch step each before the
         weight step (``search(arch_steps=...)``). With ``single_level`` (and not ``warm``),
         one joint step on the training batch instead (``xv``, ``yv`` unused)."""
-        model, state = self.model, self.state
         xb, yb = self._to(xb), self._to(yb)
         if self.single_level and not warm:
-            return self._joint_step(xb, yb, update)
+            out, loss = self._train_pass(xb, yb, use_cell=True, joint=True, update=update)
+            self.last_vloss = loss      # the loss α trained on
+            return out, loss
         for xa, ya in [(xv, yv), *more_val]:
             vloss = self._arch_step(self._to(xa), self._to(ya))
         self.last_vloss = vloss.detach()
-        # 2. weight step (original activation while warm-starting); α and γ are frozen so
-        # backward does not differentiate through the Dirichlet sample for nothing
-        state["use_cell"] = not warm
-        for p in self.arch_params:
+        # 2. weight step (original activation while warm-starting)
+        return self._train_pass(xb, yb, use_cell=not warm, joint=False, update=update)
+
+    def _train_pass(self, xb, yb, use_cell: bool, joint: bool, update: bool):
+        """Forward/backward on a training batch and (``update``) the weight optimizer's step.
+        Bilevel (``joint=False``): α and γ are frozen, so backward does not differentiate
+        through the Dirichlet sample for nothing. Single-level (``joint=True``): the same pass
+        also gives α/γ their gradients and the arch optimizer steps with the weights' (half
+        the passes of the bilevel step; α then fits the training batches, as in single-level
+        DARTS variants)."""
+        self.state["use_cell"] = use_cell
+        frozen = [] if joint else self.arch_params
+        for p in frozen:
             p.requires_grad_(False)
         try:
             if self.n_sites:
                 self.cell.clear_samples()
-                if not warm:
+                if use_cell:
                     self.cell.refresh_samples(self.n_sites)
-            with self._autocast():
-                out = model(xb)
-                loss = self.loss_fn(out, yb)
-            self.w_scaler.scale(loss / self.grad_accumulation).backward()
-        finally:
-            for p in self.arch_params:
-                p.requires_grad_(True)
-            if self.n_sites:
-                self.cell.clear_samples()
-        if update:
-            self._apply(self.w_scaler, self.w_opt, self.weights)
-            if self.w_sched is not None:
-                self.w_sched.step()
-        return out.detach(), loss.detach()
-
-    def _joint_step(self, xb, yb, update: bool):
-        """Single-level step: one forward/backward on the training batch gives the weights'
-        and α/γ's gradients, and both optimizers step (half the passes of the bilevel step;
-        α then fits the training batches, as in single-level DARTS variants)."""
-        self.state["use_cell"] = True
-        try:
-            if self.n_sites:
-                self.cell.refresh_samples(self.n_sites)
             with self._autocast():
                 out = self.model(xb)
                 loss = self.loss_fn(out, yb)
             self.w_scaler.scale(loss / self.grad_accumulation).backward()
         finally:
+            for p in frozen:
+                p.requires_grad_(True)
             if self.n_sites:
                 self.cell.clear_samples()
         if update:
-            self._apply(self.w_scaler, self.w_opt, self.weights, unscale=[self.a_opt])
+            self._apply(self.w_scaler, self.w_opt, self.weights,
+                        also=[self.a_opt] if joint else [])
             if self.w_sched is not None:
                 self.w_sched.step()
-        self.last_vloss = loss.detach()
-        return out.detach(), self.last_vloss
+        return out.detach(), loss.detach()
 
     def _arch_step(self, xv, yv):
         """1. arch step on a validation batch (fresh Dirichlet samples at every call)."""
@@ -152,21 +141,21 @@ class _Stepper:
             self._apply(self.a_scaler, self.a_opt, self.arch_params)
         return vloss
 
-    def _apply(self, scaler, opt, params, unscale=()) -> None:
+    def _apply(self, scaler, opt, params, also=()) -> None:
         """One optimizer step on gradients averaged over the ranks (data-parallel search);
-        ``unscale``: further optimizers whose gradients came from the same scaled loss (the
+        ``also``: further optimizers whose gradients came from the same scaled loss (the
         single-level step's arch optimizer) and step with it."""
+        groups = [params] + [[p for g in o.param_groups for p in g["params"]] for o in also]
         if self.dist is not None:
-            self.dist.average_grads(params)
-            for o in unscale:
-                self.dist.average_grads([p for g in o.param_groups for p in g["params"]])
+            for ps in groups:
+                self.dist.average_grads(ps)
         scaler.step(opt)
-        for o in unscale:   # (a discrete cell without γ ops has no arch gradients left)
-            if any(p.grad is not None for g in o.param_groups for p in g["params"]):
+        for o, ps in zip(also, groups[1:]):
+            # (a discrete cell without γ ops has no arch gradients left)
+            if any(p.grad is not None for p in ps):
                 scaler.step(o)
         scaler.update()
-        opt.zero_grad(set_to_none=True)
-        for o in unscale:
+        for o in (opt, *also):
             o.zero_grad(set_to_none=True)
 
 

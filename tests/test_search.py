@@ -546,9 +546,9 @@ def test_single_level_averages_the_arch_gradients_over_the_ranks():
     grads = []
     orig = st._apply
 
-    def spy(scaler, opt, params, unscale=()):
+    def spy(scaler, opt, params, also=()):
         grads.extend(p.grad.clone() if p.grad is not None else None for p in ws + arch)
-        orig(scaler, opt, params, unscale)
+        orig(scaler, opt, params, also)
     st._apply = spy
     before = [p.detach().clone() for p in ws + arch]
     st.step(x[32:], y[32:], None, None, warm=False, update=True)

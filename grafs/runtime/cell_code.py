@@ -18,7 +18,6 @@ def _contains(outer, inner) -> bool:
     return outer is None or all(set(a) <= set(b) for a, b in zip(inner, outer))
 
 
-
 class CompiledCellCode:
     """Mixin of RelaxedCell: the kernels per active set and the choice of the one to call. Its
     caches (``_kernels``, ``_compiled_key``, ``_generated``, ``_generated_key``,
@@ -98,4 +97,3 @@ class CompiledCellCode:
         # cached until the pending build is ready (the per-call path checks)
         self._generated_last["c"] = (key, current)
         return current
-
