@@ -106,8 +106,12 @@ def run(args) -> None:
     torch.set_num_threads(1)
     from grafs.evaluate import evaluate, scaled_baselines
     from grafs.tasks import get_task
+    from grafs.tasks.base import evaluation_overrides
+    # the task as searched (its data/model options, e.g. student_norm) with its own evaluation
+    # config: search-only changes such as epochs=30 do not change how students are trained
+    eval_opts = evaluation_overrides(args.set or {})
     for t in cases:
-        task = get_task(args.task, **({"teacher": t} if t else {}))
+        task = get_task(args.task, **{**eval_opts, **({"teacher": t} if t else {})})
         extra = scaled_baselines(task) if args.scaled_baselines else {}   # grafs.evaluate
         old = [r for r in rows if r["kind"] == "eval" and r.get("teacher") == t]
         if old and all(n in {x["name"] for x in old[0]["table"]["rows"]} for n in extra):

@@ -23,6 +23,13 @@ def test_overrides_parse_json_values_and_keep_strings(study):
         study._overrides(["epochs"])
 
 
+def test_evaluation_keeps_task_options_and_drops_search_changes():
+    from grafs.tasks.base import evaluation_overrides
+    got = evaluation_overrides({"epochs": 30, "search_lr": 1e-2, "shrink_start_epoch": 4,
+                                "student_norm": True, "eval_lr": 1e-3, "teacher": "abs(x)"})
+    assert got == {"student_norm": True, "eval_lr": 1e-3, "teacher": "abs(x)"}
+
+
 def _table(names_scores):
     rows = [{"name": n, "mean": sum(s) / len(s), "sem": 0.01, "scores": s,
              "formula": f if n.startswith("found") else n} for n, s, f in names_scores]

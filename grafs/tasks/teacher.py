@@ -42,6 +42,10 @@ DATA_DEFAULTS: dict[str, Any] = {
     "preact_std": 1.5,      # spread of the teacher's pre-activations
     "noise": 0.0,           # std of label noise, in units of the target's std
     "data_seed": 0,         # the teacher network and the inputs (fixed across task seeds)
+    # normalise the student's pre-activations like the teacher's (batch statistics, no
+    # affine): the previous layer can then no longer absorb an input scale or shift, so the
+    # student's only symmetry is the output affine map that shape_error fits
+    "student_norm": False,
 }
 
 
@@ -50,9 +54,26 @@ def mse(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return torch.mean((out.float().reshape(target.shape) - target.float()) ** 2)
 
 
-def _mlp(in_dim: int, width: int, activation) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(in_dim, width), activation(), nn.Linear(width, width),
-                         activation(), nn.Linear(width, 1))
+class PreactNorm(nn.BatchNorm1d):
+    """Each unit's pre-activation to mean 0, std ``std`` (batch statistics in training, running
+    ones in eval; no learnt affine), as the teacher's pre-activations are on the data."""
+
+    def __init__(self, width: int, std: float):
+        super().__init__(width, affine=False)
+        self.std = float(std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) * self.std
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, std={self.std}"
+
+
+def _mlp(in_dim: int, width: int, activation, preact_std: float | None = None) -> nn.Sequential:
+    def norm() -> list[nn.Module]:
+        return [] if preact_std is None else [PreactNorm(width, preact_std)]
+    return nn.Sequential(nn.Linear(in_dim, width), *norm(), activation(),
+                         nn.Linear(width, width), *norm(), activation(), nn.Linear(width, 1))
 
 
 @functools.lru_cache(maxsize=16)
@@ -134,8 +155,9 @@ EVAL_DEFAULTS = TrainConfig(
     schedule="cosine", min_lr=0.0)
 
 
-def _build_model(activation, *, in_dim: int, width: int) -> nn.Module:
-    return _mlp(in_dim, width, activation)
+def _build_model(activation, *, in_dim: int, width: int,
+                 preact_std: float | None = None) -> nn.Module:
+    return _mlp(in_dim, width, activation, preact_std)
 
 
 def make_teacher_task(seed: int = 0, **overrides: Any) -> Task:
@@ -159,6 +181,10 @@ def make_teacher_task(seed: int = 0, **overrides: Any) -> Task:
             raise GrafsError(f"task 'teacher' option {k} must be a number >= 0, got {v!r}")
     if not opts["preact_std"] > 0:
         raise GrafsError("task 'teacher' option preact_std must be > 0")
+    if not isinstance(opts["student_norm"], bool):
+        raise GrafsError(f"task 'teacher' option student_norm must be true or false, "
+                         f"got {opts['student_norm']!r}")
+    norm_std = float(opts["preact_std"]) if opts["student_norm"] else None
     train_x, train_y, test_x, test_y = _generate(str(expr), in_dim, width, n_tr, n_te,
                                                  float(opts["preact_std"]),
                                                  float(opts["noise"]), seed_d)
@@ -166,10 +192,12 @@ def make_teacher_task(seed: int = 0, **overrides: Any) -> Task:
         name="teacher",
         description=(f"teacher-student regression: {in_dim}->{width}->{width}->1 MLP teacher "
                      f"with {expr}, {n_tr} train / {n_te} test Gaussian inputs; student: the "
-                     f"same MLP with ReLU, MSE"),
+                     f"same MLP with ReLU"
+                     f"{', pre-activations normalised' if norm_std else ''}, MSE"),
         train_x=train_x.clone(), train_y=train_y.clone(), test_x=test_x.clone(),
         test_y=test_y.clone(),
-        model_builder=functools.partial(_build_model, in_dim=in_dim, width=width),
+        model_builder=functools.partial(_build_model, in_dim=in_dim, width=width,
+                                        preact_std=norm_std),
         default_activation=nn.ReLU, activation_types=(nn.ReLU,),
         search_config=search, eval_config=evaluation, loss_fn=mse, metric=mse,
         metric_name="mse", higher_is_better=False, num_classes=0, seed=seed,

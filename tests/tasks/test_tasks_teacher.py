@@ -55,6 +55,29 @@ def test_bad_teachers_and_options_raise_grafs_errors():
         get_task("teacher", teacher="tanh(x)", preact_std=-1, **SMALL)
     with pytest.raises(GrafsError, match="unknown option"):
         get_task("teacher", teacher="tanh(x)", teachr="relu(x)")
+    with pytest.raises(GrafsError, match="student_norm must be true or false"):
+        get_task("teacher", teacher="tanh(x)", student_norm="yes", **SMALL)
+
+
+def test_student_norm_pins_the_preactivations_like_the_teachers():
+    """With student_norm each hidden unit's pre-activation has mean 0 and std preact_std on the
+    batch (no learnt affine), whatever the previous layer's scale: an input scale c in f(c·x)
+    can no longer be absorbed, so the output affine map is the student's only symmetry."""
+    task = get_task("teacher", teacher="tanh(x)", student_norm=True, preact_std=1.5, **SMALL)
+    torch.manual_seed(0)
+    net = task.model_builder(torch.nn.Identity)
+    with torch.no_grad():
+        net[0].weight.mul_(7.0)                       # a scale the norm must undo
+        net[0].bias.add_(3.0)
+        net.train()
+        pre = net[1](net[0](task.train_x))
+    ref = net[0](task.train_x)
+    ref = (ref - ref.mean(0)) / torch.sqrt(ref.var(0, unbiased=False) + 1e-5) * 1.5
+    torch.testing.assert_close(pre, ref.detach(), rtol=1e-4, atol=1e-4)
+    assert not any(p.requires_grad for p in net[1].parameters())    # no learnt affine
+    plain = get_task("teacher", teacher="tanh(x)", **SMALL).model_builder(torch.nn.ReLU)
+    assert len(plain) == 5 and len(task.model_builder(torch.nn.ReLU)) == 7
+    assert "normalised" in task.description
 
 
 def _ref_shape_error(f, t):
