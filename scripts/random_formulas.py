@@ -15,8 +15,9 @@ import argparse
 import torch
 
 
-def random_formula(task_name: str, seed: int, **overrides) -> str:
-    """The formula of a uniformly random discretisation of ``task_name``'s search space."""
+def random_cell(task_name: str, seed: int, **overrides):
+    """``task_name``'s relaxed cell with every hole's α drawn from N(0, 1) (seeded by ``seed``,
+    hole by hole in the space's order)."""
     from grafs.runtime.cell import RelaxedCell
     from grafs.tasks import get_task
     task = get_task(task_name, **overrides)
@@ -27,7 +28,12 @@ def random_formula(task_name: str, seed: int, **overrides) -> str:
     with torch.no_grad():
         for a in cell.alpha:
             a.copy_(torch.randn(a.shape, generator=g))
-    return str(cell.discretize())
+    return cell
+
+
+def random_formula(task_name: str, seed: int, **overrides) -> str:
+    """The formula of a uniformly random discretisation of ``task_name``'s search space."""
+    return str(random_cell(task_name, seed, **overrides).discretize())
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -103,3 +103,23 @@ def test_report_judges_against_scaled_baselines_with_welch_t(study, tmp_path):
              if l.startswith("| found") or l.startswith("| 1.530")}
     assert cells["found s0"][1:4] == ["better by > 1 SEM", "within 1 SEM", "+6.4"]   # 0.09 / √(2·0.01²)
     assert cells["1.530·GELU"][1] == "better by > 1 SEM" and cells["1.530·GELU"][3] == "+6.4"
+
+
+def test_random_formulas_take_the_argmax_of_seeded_normal_draws():
+    """scripts/random_formulas.py: one op per hole, the argmax of N(0, 1) draws made hole by
+    hole from the seed (so uniform over the hole's candidates), discretised like a search."""
+    import torch
+    import grafs
+    spec = importlib.util.spec_from_file_location("random_formulas",
+                                                  ROOT / "scripts" / "random_formulas.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    for seed in (0, 1001):
+        cell = mod.random_cell("teacher", seed, num_train=64, num_test=16)
+        g = torch.Generator().manual_seed(seed)
+        expected = [h.ops[int(torch.randn(len(h.ops), generator=g).argmax())]
+                    for h in cell.space.holes]
+        assert cell.chosen_ops() == expected
+        formula = mod.random_formula("teacher", seed, num_train=64, num_test=16)
+        assert formula == str(cell.discretize())
+        grafs.parse(formula)                       # a formula grafs accepts back
