@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from grafs.errors import GrafsError
 from grafs.tasks.base import SearchConfig, Task, TrainConfig, apply_overrides, check_option
@@ -63,6 +64,11 @@ class PreactNorm(nn.BatchNorm1d):
         self.std = float(std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and x.shape[0] < 2:
+            # a one-sample batch (the last of an odd-sized epoch) has no batch statistics:
+            # normalise it with the running ones and leave them as they are
+            return F.batch_norm(x, self.running_mean, self.running_var, training=False,
+                                eps=self.eps) * self.std
         return super().forward(x) * self.std
 
     def extra_repr(self) -> str:

@@ -78,6 +78,13 @@ def test_student_norm_pins_the_preactivations_like_the_teachers():
     plain = get_task("teacher", teacher="tanh(x)", **SMALL).model_builder(torch.nn.ReLU)
     assert len(plain) == 5 and len(task.model_builder(torch.nn.ReLU)) == 7
     assert "normalised" in task.description
+    # a one-sample training batch (an odd-sized epoch's last) uses the running statistics
+    norm = net[1]
+    before = norm.running_mean.clone()
+    one = torch.randn(1, norm.num_features)
+    want = (one - norm.running_mean) / torch.sqrt(norm.running_var + norm.eps) * 1.5
+    torch.testing.assert_close(norm(one), want)
+    torch.testing.assert_close(norm.running_mean, before)
 
 
 def _ref_shape_error(f, t):
