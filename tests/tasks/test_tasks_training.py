@@ -144,7 +144,10 @@ def test_default_hyperparameters_are_paper_like():
     for t in (d, m, x):
         sc = t.search_config
         assert sc.arch_betas == (0.5, 0.999)
-        assert sc.warmstart_epochs == 1 and sc.shrink_start_epoch == 2 * sc.warmstart_epochs
+        assert sc.warmstart_epochs == 1
+        # the paper's first drop at twice the warm start; text waits longer, so α learns
+        # before it (docs/results-text.md)
+        assert sc.shrink_start_epoch == (4 if t is x else 2 * sc.warmstart_epochs)
         assert sc.train_fraction == 0.75
         assert sc.epochs > sc.shrink_start_epoch
     assert d.eval_config.optimizer == "sgd" and d.eval_config.momentum == 0.9
