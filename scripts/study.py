@@ -114,13 +114,14 @@ def run(args) -> None:
         task = get_task(args.task, **{**eval_opts, **({"teacher": t} if t else {})})
         extra = scaled_baselines(task) if args.scaled_baselines else {}   # grafs.evaluate
         old = [r for r in rows if r["kind"] == "eval" and r.get("teacher") == t]
-        if old and all(n in {x["name"] for x in old[0]["table"]["rows"]} for n in extra):
-            continue
-        # (an evaluation without the scaled baselines asked for is redone: its runs are cached)
-        rows = [r for r in rows if not any(r is o for o in old)]
         found = {f"found s{r['seed']}": r["formula"] for r in rows
                  if r["kind"] == "search" and r.get("teacher") == t}
         found.update(extra)
+        if old and all(n in {x["name"] for x in old[0]["table"]["rows"]} for n in found):
+            continue
+        # (an evaluation without every search or scaled baseline asked for is redone; its
+        # finished runs are cached)
+        rows = [r for r in rows if not any(r is o for o in old)]
         searches = [r["seconds"] for r in rows if r["kind"] == "search" and r.get("teacher") == t]
         # every finished run is cached beside the study file, so an interrupted evaluation
         # resumes where it stopped

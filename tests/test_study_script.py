@@ -123,3 +123,48 @@ def test_random_formulas_take_the_argmax_of_seeded_normal_draws():
         formula = mod.random_formula("teacher", seed, num_train=64, num_test=16)
         assert formula == str(cell.discretize())
         grafs.parse(formula)                       # a formula grafs accepts back
+
+
+def test_a_resumed_study_evaluates_searches_its_table_lacks(study, tmp_path, monkeypatch):
+    """More seeds on an evaluated study: the evaluation is redone with the new found formula
+    (its finished runs come from the cache); a complete table is kept as it is."""
+    import grafs.evaluate
+
+    class FakeTable:
+        def __init__(self, named):
+            self.named = named
+
+        def to_dict(self):
+            return {"metric": "mse", "higher_is_better": False, "search_seconds": 1.0,
+                    "eval_seconds": 1.0,
+                    "rows": [{"name": n, "formula": f, "scores": [0.1], "mean": 0.1, "sem": 0.0}
+                             for n, f in {**self.named, "ReLU": "ReLU"}.items()]}
+
+        def markdown(self):
+            return ""
+
+    calls = []
+
+    def fake_evaluate(task, found, **kw):
+        assert task.info["student_norm"] is True       # the task as searched (--set)
+        calls.append(dict(found))
+        return FakeTable(found)
+
+    monkeypatch.setattr(grafs.evaluate, "evaluate", fake_evaluate)
+    search = {"kind": "search", "task": "teacher", "teacher": "tanh(x)", "variant": "default",
+              "overrides": {}, "seconds": 1.0, "first_drop_entropy": 0.9, "shape_error": 0.0}
+    out = tmp_path / "s.json"
+    out.write_text(json.dumps([{**search, "seed": 0, "formula": "tanh(x)"},
+                               {**search, "seed": 1, "formula": "erf(x)"},
+                               {"kind": "eval", "task": "teacher", "teacher": "tanh(x)",
+                                "variant": "default",
+                                "table": FakeTable({"found s0": "tanh(x)"}).to_dict()}]))
+    argv = ["--task", "teacher", "--variant", "default", "--teachers", "tanh(x)", "--seeds", "0",
+            "1", "--eval-seeds", "1", "--jobs", "1", "--set", "student_norm=true",
+            "num_train=64", "num_test=16", "--out", str(out)]
+    study.main(argv)
+    assert calls == [{"found s0": "tanh(x)", "found s1": "erf(x)"}]
+    evals = [r for r in json.loads(out.read_text()) if r["kind"] == "eval"]
+    assert len(evals) == 1 and {x["name"] for x in evals[0]["table"]["rows"]} >= {"found s1"}
+    study.main(argv)                                   # complete now: nothing is redone
+    assert len(calls) == 1
