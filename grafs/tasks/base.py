@@ -542,14 +542,19 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
     return out
 
 
+def _config_fields() -> tuple[set[str], set[str]]:
+    """The field names of SearchConfig and of TrainConfig (what an override key may name)."""
+    return ({f.name for f in dataclasses.fields(SearchConfig)},
+            {f.name for f in dataclasses.fields(TrainConfig)})
+
+
 def evaluation_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
     """The part of ``overrides`` that defines the task itself and its evaluation: data/model
     options (``teacher``, ``student_norm``, ``block_size`` …) and ``eval_<field>`` changes.
     Config fields shared by search and evaluation (``epochs``, ``lr`` …) and ``search_<field>``
     are left out, so a study that varies its search still evaluates every activation, found or
     baseline, with the task's own evaluation on the same task."""
-    s_fields = {f.name for f in dataclasses.fields(SearchConfig)}
-    e_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    s_fields, e_fields = _config_fields()
     return {k: v for k, v in overrides.items()
             if not (k in s_fields or k in e_fields
                     or (k.startswith("search_") and k[7:] in s_fields))}
@@ -564,8 +569,7 @@ def apply_overrides(name: str, search: SearchConfig, evaluation: TrainConfig,
     ``search_<field>`` / ``eval_<field>`` change only one. Keys in ``data_kwargs`` (the
     task's data/model options with their defaults) replace those defaults.
     """
-    s_fields = {f.name for f in dataclasses.fields(SearchConfig)}
-    e_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    s_fields, e_fields = _config_fields()
     s_changes: dict[str, Any] = {}
     e_changes: dict[str, Any] = {}
     data = dict(data_kwargs)
