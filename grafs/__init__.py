@@ -11,6 +11,7 @@ from grafs.runtime.schedule import shrink_schedule
 from grafs.runtime.space import SearchSpace
 from grafs.runtime.cell import RelaxedCell
 from grafs.search import Act, SearchResult, replace_activations, search
+from grafs.restarts import search_restarts
 from grafs.callbacks import Callback
 from grafs.tensorboard_logger import TensorBoardLogger  # imports tensorboard only when created
 from grafs.integrations import register, registered, unregister  # transformers/timm by name
@@ -22,7 +23,7 @@ __version__ = "0.1.0"
 __all__ = [
     "parse", "Expr", "compile", "to_python", "Activation",
     "SearchSpace", "RelaxedCell", "shrink_schedule",
-    "search", "SearchResult", "replace_activations", "Act", "Callback", "TensorBoardLogger",
+    "search", "search_restarts", "SearchResult", "replace_activations", "Act", "Callback", "TensorBoardLogger",
     "register", "unregister", "registered", "export_onnx",
     "GrafsError", "ParseError", "ArityError", "UnknownFunctionError", "CompileError",
     "SearchError", "SearchSpaceError",

@@ -345,11 +345,14 @@ def search_task(task, *, seed: int = 0, epochs: int | None = None, space=None, p
                 amp: str | None = None, callbacks=None,
                 distributed: bool | None = None) -> SearchResult:
     """Run :func:`search` on a built-in task (grafs.tasks) with its search configuration
-    (distributed: the task's batch size per process, see :func:`search`)."""
+    (distributed: the task's batch size per process, see :func:`search`). With
+    ``search_config.restarts`` > 1, that many searches on one split (grafs.restarts), each
+    checkpointed under ``checkpoint_dir/restart-<i>``; the one with the lowest final
+    validation loss is returned."""
     from grafs.distributed import world_size
     cfg = task.search_config
     epochs = cfg.epochs if epochs is None else epochs
-    (xt, yt), (xv, yv) = task.search_split(seed=seed)
+    (xt, yt), (xv, yv) = task.search_split(seed=seed)    # one split for every restart
     spe = cfg.steps_per_epoch(math.ceil(len(xt) / world_size(distributed)))  # a rank's shard
     if max_steps_per_epoch is not None:
         spe = min(spe, max_steps_per_epoch)
@@ -357,20 +360,27 @@ def search_task(task, *, seed: int = 0, epochs: int | None = None, space=None, p
     if space is None:
         space = task.make_search_space()     # e.g. inr adds sin/cos
         space.normalize = cfg.normalize
-    result = search(task.make_model(seed=seed), (xt, yt), (xv, yv), space=space, epochs=epochs,
-                    warmstart_epochs=warm,
-                    shrink_start=max(1, min(cfg.shrink_start_epoch, epochs - 1)) if epochs > 1 else None,
-                    seed=seed, batch_size=cfg.batch_size, loss_fn=task.loss_fn,
-                    optimizer=cfg.make_optimizer,
-                    scheduler=lambda opt: cfg.make_scheduler(opt, epochs * spe),
-                    arch_lr=cfg.arch_lr, arch_weight_decay=cfg.arch_weight_decay,
-                    arch_betas=tuple(cfg.arch_betas), arch_steps=cfg.arch_steps,
-                    single_level=cfg.single_level,
-                    grad_accumulation=cfg.grad_accum_steps,
-                    activation_types=task.activation_types, cell_mode=cell_mode,
-                    checkpoint_dir=checkpoint_dir, resume=resume, progress=progress,
-                    max_steps_per_epoch=spe, device=device, amp=amp, callbacks=callbacks,
-                    distributed=distributed)
+
+    def one(s: int, ck, res) -> SearchResult:
+        return search(task.make_model(seed=s), (xt, yt), (xv, yv), space=space, epochs=epochs,
+                      warmstart_epochs=warm,
+                      shrink_start=max(1, min(cfg.shrink_start_epoch, epochs - 1)) if epochs > 1 else None,
+                      seed=s, batch_size=cfg.batch_size, loss_fn=task.loss_fn,
+                      optimizer=cfg.make_optimizer,
+                      scheduler=lambda opt: cfg.make_scheduler(opt, epochs * spe),
+                      arch_lr=cfg.arch_lr, arch_weight_decay=cfg.arch_weight_decay,
+                      arch_betas=tuple(cfg.arch_betas), arch_steps=cfg.arch_steps,
+                      single_level=cfg.single_level,
+                      grad_accumulation=cfg.grad_accum_steps,
+                      activation_types=task.activation_types, cell_mode=cell_mode,
+                      checkpoint_dir=ck, resume=res, progress=progress,
+                      max_steps_per_epoch=spe, device=device, amp=amp, callbacks=callbacks,
+                      distributed=distributed)
+    if cfg.restarts == 1:
+        result = one(seed, checkpoint_dir, resume)
+    else:   # grafs.restarts: the restart with the lowest final validation loss
+        from grafs.restarts import run_restarts
+        result = run_restarts(one, seed, cfg.restarts, checkpoint_dir, resume)
     result.settings["task"] = task.name
     _warn_if_untrainable(task, result, seed)
     return result

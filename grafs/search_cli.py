@@ -19,9 +19,12 @@ def _task_options(args) -> dict:
     from grafs.errors import GrafsError
     from grafs.tasks.base import parse_overrides
     opts = parse_overrides(args.set or [])
-    for key, flag in (("seed", "--seed/--seeds"), ("epochs", "--epochs"), ("teacher", "--teacher")):
+    for key, flag in (("seed", "--seed/--seeds"), ("epochs", "--epochs"), ("teacher", "--teacher"),
+                      ("restarts", "--restarts")):
         if key in opts and (key == "seed" or getattr(args, key, None) is not None):
             raise GrafsError(f"--set {key}=... conflicts with {flag}: give it once, as {flag}")
+    if getattr(args, "restarts", None) is not None:
+        opts["restarts"] = args.restarts
     if args.teacher is None:
         return opts
     if args.task != "teacher":
@@ -80,6 +83,14 @@ def _search(args, dev, main: bool, world: int) -> int:
             plot_alpha_history(result, str(out / "alpha.png"))
         except ValueError as err:  # matplotlib missing: the search itself succeeded
             print(f"(no plots: {err})")
+    restarts = result.history.get("restarts")
+    if restarts:
+        from grafs.grammar.display import display
+        print(f"{len(restarts)} restarts (the lowest final validation loss is kept):")
+        for r in restarts:
+            vl = "   nan" if r["val_loss"] is None else f"{r['val_loss']:.4f}"
+            print(f"  {'*' if r['chosen'] else ' '} seed {r['seed']:>5}  val {vl}  "
+                  f"{display(r['formula'])}")
     print(f"search took {result.search_seconds:.1f} s")
     print(f"found activation: {result.display}")   # rounded; the exact one parses the same
     print(f"exact formula:    {result.formula}")
@@ -139,6 +150,9 @@ def add_search_commands(sub) -> None:
     s.add_argument("--teacher", default=None, metavar="FORMULA",
                    help="--task teacher: the teacher network's activation (default tanh(x))")
     s.add_argument("--epochs", type=int, default=None, help="default: the task's search epochs")
+    s.add_argument("--restarts", type=int, default=None, metavar="K",
+                   help="run K searches (seeds SEED, SEED+1000, …) on one split and keep the one "
+                        "with the lowest final validation loss (default: the task's, 1)")
     s.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help=_SET_HELP)
     s.add_argument("--out", default=None, help="directory for checkpoint and result")
     s.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")

@@ -59,6 +59,8 @@ def _search_one(task_name: str, teacher: str | None, seed: int, variant: str,
     row = {"kind": "search", "task": task_name, "teacher": teacher, "seed": seed,
            "variant": variant, "overrides": extra or {}, "formula": r.formula, "seconds": time.perf_counter() - t0,
            "first_drop_entropy": _first_drop_entropy(r.history)}
+    if r.history.get("restarts"):      # search_config.restarts > 1: every restart, and the pick
+        row["restarts"] = r.history["restarts"]
     if teacher:
         from grafs.tasks.teacher import shape_error
         row["shape_error"] = shape_error(r.formula, teacher)

@@ -104,3 +104,23 @@ def test_set_seed_is_a_clear_error(capsys):
     code, _, err = run(capsys, "search", "--task", "teacher", "--epochs", "2", "--set", "epochs=3",
                        "--quiet")
     assert code == 2 and "conflicts with --epochs" in err
+
+
+@pytest.mark.filterwarnings("ignore::grafs.errors.GrafsWarning")    # a tiny search
+def test_search_restarts_flag_prints_every_restart_and_saves_the_pick(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, msg, _ = run(capsys, "search", "--task", "teacher", "--restarts", "2", "--set", "epochs=3",
+                       "num_train=256", "width=8", "--out", str(out), "--quiet")
+    assert code == 0 and "2 restarts (the lowest final validation loss is kept):" in msg
+    res = grafs.SearchResult.load(out)
+    table = res.history["restarts"]
+    assert [t["seed"] for t in table] == [0, 1000] and sum(t["chosen"] for t in table) == 1
+    assert res.formula == next(t["formula"] for t in table if t["chosen"])
+    assert (out / "restart-0" / "checkpoint.pt").exists() and (out / "restart-1" / "checkpoint.pt").exists()
+    for line in (f"seed {t['seed']:>5}  val {t['val_loss']:.4f}" for t in table):
+        assert line in msg
+    code, _, err = run(capsys, "search", "--task", "teacher", "--restarts", "2", "--set", "restarts=3",
+                       "--quiet")
+    assert code == 2 and "conflicts with --restarts" in err
+    code, _, err = run(capsys, "search", "--task", "teacher", "--restarts", "0", "--quiet")
+    assert code == 2 and "restarts must be an int >= 1" in err

@@ -209,6 +209,9 @@ class SearchConfig(TrainConfig):
         single_level: train α/γ on the training batches, in one joint forward/backward with
             the weights (half a bilevel step's passes; not the paper's method, which is
             bilevel: see docs/results-teacher.md for the ablation).
+        restarts: independent searches (seeds s, s + 1000, …, one split) of which the one with
+            the lowest final validation loss is returned (grafs.restarts; costs that many
+            searches; the paper: 1).
     """
 
     arch_lr: float = 1e-3
@@ -220,6 +223,7 @@ class SearchConfig(TrainConfig):
     normalize: bool = False
     arch_steps: int = 1
     single_level: bool = False
+    restarts: int = 1
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -227,6 +231,10 @@ class SearchConfig(TrainConfig):
         if not isinstance(self.arch_steps, int) or isinstance(self.arch_steps, bool) \
                 or self.arch_steps < 1:
             raise GrafsError(f"{owner}.arch_steps must be an int >= 1, got {self.arch_steps!r}")
+        if not isinstance(self.restarts, int) or isinstance(self.restarts, bool) \
+                or self.restarts < 1:
+            raise GrafsError(f"{owner}.restarts must be an int >= 1 (1: a single search), "
+                             f"got {self.restarts!r}")
         if not isinstance(self.arch_lr, (int, float)) or not self.arch_lr > 0:
             raise GrafsError(f"{owner}.arch_lr must be > 0, got {self.arch_lr!r}")
         _check_nonneg(owner, "arch_weight_decay", self.arch_weight_decay)
