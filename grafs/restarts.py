@@ -14,8 +14,10 @@ search) on the same training/validation split, so the validation losses compare.
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
+import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -48,52 +50,111 @@ def pick_best(results: Sequence[SearchResult], seeds: Sequence[int]) -> SearchRe
         raise GrafsError(f"pick_best needs one seed per result, got {len(results)} results "
                          f"and {len(seeds)} seeds")
     losses = [final_val_loss(r) for r in results]
-    best = min(range(len(results)), key=lambda i: losses[i])
+    return _record(results, seeds, losses, min(range(len(results)), key=lambda i: losses[i]))
+
+
+def _record(results, seeds, losses, best: int, raced: bool = False) -> SearchResult:
+    """``results[best]``, chosen on ``losses``, with every restart in its history."""
     chosen = results[best]
     chosen.history["restarts"] = [
         {"seed": s, "formula": r.formula, "val_loss": None if math.isinf(v) else v,
-         "search_seconds": r.search_seconds, "chosen": i == best}
+         "search_seconds": r.search_seconds, "chosen": i == best,
+         # a raced restart that lost stopped after the epoch its loss was taken at
+         **({"stopped_at": len(r.history["val_loss"]) - 1} if raced and i != best else {})}
         for i, (s, r, v) in enumerate(zip(seeds, results, losses))]
     chosen.settings["restarts"] = len(results)
     chosen.search_seconds = sum(r.search_seconds for r in results)
     return chosen
 
 
-def run_restarts(one: Callable[[int, Path | None, Path | None], SearchResult], seed: int,
-                 restarts: int, checkpoint_dir: str | os.PathLike | None = None,
-                 resume: str | os.PathLike | None = None) -> SearchResult:
-    """``one(seed_i, checkpoint_dir_i, resume_i)`` for every restart, then :func:`pick_best`.
-    Restart i checkpoints to (and resumes from) ``<dir>/restart-<i>``."""
+def run_restarts(one: Callable[..., SearchResult], seed: int, restarts: int,
+                 checkpoint_dir: str | os.PathLike | None = None,
+                 resume: str | os.PathLike | None = None,
+                 pick_epoch: int | None = None) -> SearchResult:
+    """``one(seed_i, checkpoint_dir_i, resume_i, stop_after_epoch)`` for every restart, then
+    :func:`pick_best`. Restart i checkpoints to (and resumes from) ``<dir>/restart-<i>``.
+
+    ``pick_epoch``: compare the restarts after this epoch (0-based) instead of at the end:
+    every restart runs to it, only the one with the lowest validation loss then runs on (a
+    race; K restarts of E epochs cost K·(pick_epoch + 1) + E − pick_epoch − 1 epochs). The
+    others are listed in ``history["restarts"]`` with their loss and leading formula at
+    ``pick_epoch`` (``"stopped_at"``)."""
     seeds = restart_seeds(seed, restarts)
-    results = []
+    if pick_epoch is not None and (not isinstance(pick_epoch, int) or isinstance(pick_epoch, bool)
+                                   or pick_epoch < 0):
+        raise GrafsError(f"pick_epoch must be None or an int >= 0, got {pick_epoch!r}")
+    if pick_epoch is not None and restarts > 1 and checkpoint_dir is None:
+        # a race stops restarts and continues one: that goes through checkpoints
+        with tempfile.TemporaryDirectory(prefix="grafs-restarts-") as tmp:
+            return run_restarts(one, seed, restarts, tmp, None, pick_epoch)
+    dirs = [Path(checkpoint_dir) / f"restart-{i}" if checkpoint_dir is not None else None
+            for i in range(restarts)]
+
+    def resume_dir(i: int) -> Path | None:
+        if resume is None:
+            return None
+        res = Path(resume) / f"restart-{i}"
+        return res if (res / "checkpoint.pt").exists() else None  # not started when it stopped
+
+    if pick_epoch is None or restarts == 1:
+        return pick_best([one(s, dirs[i], resume_dir(i), None) for i, s in enumerate(seeds)], seeds)
+    from grafs.search import _Interrupted
+    heads = []        # each restart up to pick_epoch: a result whose history ends there
     for i, s in enumerate(seeds):
-        sub = f"restart-{i}"
-        ck = Path(checkpoint_dir) / sub if checkpoint_dir is not None else None
-        res = Path(resume) / sub if resume is not None else None
-        if res is not None and not (res / "checkpoint.pt").exists():
-            res = None     # this restart had not started when the run stopped
-        results.append(one(s, ck, res))
-    return pick_best(results, seeds)
+        done = _checkpoint(resume_dir(i))
+        if done is None or done[0]["epochs"][-1] < pick_epoch:
+            try:
+                r = one(s, dirs[i], resume_dir(i), pick_epoch)
+            except _Interrupted:
+                pass
+            else:       # a search with no more than pick_epoch + 1 epochs ends before it
+                heads.append(r)
+                continue
+            done = _checkpoint(dirs[i])
+        hist, seconds = done
+        # a winner of an earlier, stopped run may be past pick_epoch: compare it where it was
+        cut = hist["epochs"].index(pick_epoch) + 1 if pick_epoch in hist["epochs"] else len(hist["epochs"])
+        heads.append(SearchResult(hist["formula"][cut - 1],
+                                  {k: hist[k][:cut] for k in ("val_loss", "formula")},
+                                  search_seconds=seconds))
+    losses = [final_val_loss(h) for h in heads]
+    best = min(range(restarts), key=lambda i: losses[i])
+    # the winner runs on from its checkpoint at pick_epoch (or from where a stopped run left it)
+    final = one(seeds[best], dirs[best], dirs[best], None)
+    picked = _record([final if i == best else h for i, h in enumerate(heads)], seeds, losses,
+                     best, raced=True)
+    picked.settings["restart_pick_epoch"] = pick_epoch
+    return picked
+
+
+def _checkpoint(folder: Path | None) -> tuple[dict, float] | None:
+    """The history and elapsed seconds in ``folder/checkpoint.pt`` (None when there is none)."""
+    if folder is None or not (Path(folder) / "checkpoint.pt").exists():
+        return None
+    import torch
+    ck = torch.load(Path(folder) / "checkpoint.pt", weights_only=True, map_location="cpu")
+    return json.loads(ck["history"]), float(ck["elapsed"])
 
 
 def search_restarts(model, train_data, val_data=None, *, restarts: int = 3, seed: int = 0,
-                    train_fraction: float = 0.75, checkpoint_dir=None, resume=None,
-                    **kwargs) -> SearchResult:
+                    pick_epoch: int | None = None, train_fraction: float = 0.75,
+                    checkpoint_dir=None, resume=None, **kwargs) -> SearchResult:
     """:func:`grafs.search` ``restarts`` times (seeds ``seed``, ``seed + 1000``, …) from copies
     of ``model`` in its current state, on one training/validation split (with no
     ``val_data``, the training data split with ``seed``); returns the search with the lowest
     final validation loss, every restart listed in ``history["restarts"]``. Costs ``restarts``
-    searches; ``kwargs`` go to :func:`grafs.search`."""
+    searches, or less with ``pick_epoch`` (a race, see :func:`run_restarts`); ``kwargs`` go
+    to :func:`grafs.search`."""
     from grafs.search import search
     from grafs.search_data import split_dataset
     restart_seeds(seed, restarts)      # a bad count is an error before any data is touched
     if val_data is None:
         train_data, val_data = split_dataset(train_data, train_fraction, seed)
 
-    def one(s, ck, res):     # ``model`` itself stays as it is: each restart gets a copy
+    def one(s, ck, res, stop):     # ``model`` itself stays as it is: each restart gets a copy
         return search(copy.deepcopy(model), train_data, val_data, seed=s, checkpoint_dir=ck,
-                      resume=res, **kwargs)
-    return run_restarts(one, seed, restarts, checkpoint_dir, resume)
+                      resume=res, _stop_after_epoch=stop, **kwargs)
+    return run_restarts(one, seed, restarts, checkpoint_dir, resume, pick_epoch)
 
 
 __all__ = ["RESTART_SEED_STRIDE", "final_val_loss", "pick_best", "restart_seeds",

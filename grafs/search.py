@@ -348,7 +348,8 @@ def search_task(task, *, seed: int = 0, epochs: int | None = None, space=None, p
     (distributed: the task's batch size per process, see :func:`search`). With
     ``search_config.restarts`` > 1, that many searches on one split (grafs.restarts), each
     checkpointed under ``checkpoint_dir/restart-<i>``; the one with the lowest final
-    validation loss is returned."""
+    validation loss is returned (with ``restart_pick_epoch``, compared at that epoch and only
+    the best one run on)."""
     from grafs.distributed import world_size
     cfg = task.search_config
     epochs = cfg.epochs if epochs is None else epochs
@@ -361,7 +362,7 @@ def search_task(task, *, seed: int = 0, epochs: int | None = None, space=None, p
         space = task.make_search_space()     # e.g. inr adds sin/cos
         space.normalize = cfg.normalize
 
-    def one(s: int, ck, res) -> SearchResult:
+    def one(s: int, ck, res, stop=None) -> SearchResult:
         return search(task.make_model(seed=s), (xt, yt), (xv, yv), space=space, epochs=epochs,
                       warmstart_epochs=warm,
                       shrink_start=max(1, min(cfg.shrink_start_epoch, epochs - 1)) if epochs > 1 else None,
@@ -375,12 +376,13 @@ def search_task(task, *, seed: int = 0, epochs: int | None = None, space=None, p
                       activation_types=task.activation_types, cell_mode=cell_mode,
                       checkpoint_dir=ck, resume=res, progress=progress,
                       max_steps_per_epoch=spe, device=device, amp=amp, callbacks=callbacks,
-                      distributed=distributed)
+                      distributed=distributed, _stop_after_epoch=stop)
     if cfg.restarts == 1:
         result = one(seed, checkpoint_dir, resume)
-    else:   # grafs.restarts: the restart with the lowest final validation loss
+    else:   # grafs.restarts: the restart with the lowest validation loss (at the end, or a race)
         from grafs.restarts import run_restarts
-        result = run_restarts(one, seed, cfg.restarts, checkpoint_dir, resume)
+        result = run_restarts(one, seed, cfg.restarts, checkpoint_dir, resume,
+                              cfg.restart_pick_epoch)
     result.settings["task"] = task.name
     _warn_if_untrainable(task, result, seed)
     return result

@@ -86,7 +86,9 @@ def _search(args, dev, main: bool, world: int) -> int:
     restarts = result.history.get("restarts")
     if restarts:
         from grafs.grammar.display import display
-        print(f"{len(restarts)} restarts (the lowest final validation loss is kept):")
+        pick = result.settings.get("restart_pick_epoch")
+        print(f"{len(restarts)} restarts (kept: the lowest validation loss "
+              + ("at the end)" if pick is None else f"after epoch {pick + 1}, the only one run on)"))
         for r in restarts:
             vl = "   nan" if r["val_loss"] is None else f"{r['val_loss']:.4f}"
             print(f"  {'*' if r['chosen'] else ' '} seed {r['seed']:>5}  val {vl}  "

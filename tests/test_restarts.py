@@ -80,8 +80,9 @@ def test_resumed_restarts_equal_the_uninterrupted_run(tmp_path):
     full = search_restarts(model(), data(), restarts=3, seed=0, **KW)
     calls = []
 
-    def one(s, ck, res):
+    def one(s, ck, res, stop):
         calls.append((s, res))
+        assert stop is None                  # full restarts: nobody is stopped
         stop = 1 if s == 1000 and res is None else None
         return search(model(), *split_dataset(data(), 0.75, 0), seed=s, checkpoint_dir=ck,
                       resume=res, _stop_after_epoch=stop, **KW)
@@ -113,3 +114,64 @@ def test_task_restarts_come_from_the_search_config(tmp_path):
     assert two.settings["restarts"] == 2
     with pytest.raises(GrafsError, match="restarts must be an int >= 1"):
         get_task("teacher", restarts=0)
+
+
+def test_a_race_compares_the_restarts_at_pick_epoch_and_runs_only_the_best_on(tmp_path):
+    tr, va = split_dataset(data(), 0.75, 0)
+    plain = {s: search(model(), tr, va, seed=s, **KW) for s in (0, 1000, 2000)}
+    at_pick = {s: r.history["val_loss"][1] for s, r in plain.items()}
+    winner = min(at_pick, key=at_pick.get)
+    r = search_restarts(model(), data(), restarts=3, seed=0, pick_epoch=1, **KW)
+    # the winner ran on to the end exactly as its uninterrupted search
+    assert r.formula == plain[winner].formula
+    assert r.history["val_loss"] == plain[winner].history["val_loss"]
+    assert r.settings["restart_pick_epoch"] == 1
+    table = r.history["restarts"]
+    assert [t["seed"] for t in table] == [0, 1000, 2000]
+    assert [t["val_loss"] for t in table] == [at_pick[s] for s in (0, 1000, 2000)]
+    for t in table:
+        assert t["chosen"] == (t["seed"] == winner)
+        assert t.get("stopped_at") == (None if t["chosen"] else 1)
+        if not t["chosen"]:      # the loser's leading formula where it stopped
+            assert t["formula"] == plain[t["seed"]].history["formula"][1]
+    assert r.search_seconds == pytest.approx(sum(t["search_seconds"] for t in table))
+
+
+@pytest.mark.parametrize("dies_in", ["a head", "the winner's run on"])
+def test_an_interrupted_race_resumes_to_the_same_result(tmp_path, dies_in):
+    from grafs.search import _Interrupted
+    full = search_restarts(model(), data(), restarts=3, seed=0, pick_epoch=1, **KW)
+    tr, va = split_dataset(data(), 0.75, 0)
+    calls = []
+
+    def one(s, ck, res, stop, crash=False):
+        calls.append((s, stop, res is not None))
+        if crash and dies_in == "a head" and s == 2000:
+            raise RuntimeError("killed")               # before restart 2 wrote anything
+        if crash and dies_in == "the winner's run on" and stop is None:
+            stop = 2                                   # stopped one epoch past the pick
+        return search(model(), tr, va, seed=s, checkpoint_dir=ck, resume=res,
+                      _stop_after_epoch=stop, **KW)
+    with pytest.raises((RuntimeError, _Interrupted)):
+        run_restarts(lambda *a: one(*a, crash=True), 0, 3, tmp_path, None, 1)
+    calls.clear()
+    again = run_restarts(one, 0, 3, tmp_path, tmp_path, 1)
+    assert again.formula == full.formula
+    assert again.history["val_loss"] == full.history["val_loss"]
+    assert again.history["restarts"] == [{**t, "search_seconds": a["search_seconds"]}
+                                         for t, a in zip(full.history["restarts"],
+                                                         again.history["restarts"])]
+    heads = [c for c in calls if c[1] is not None]
+    # finished heads are read from their checkpoints, not run again
+    assert heads == ([(2000, 1, False)] if dies_in == "a head" else [])
+
+
+def test_pick_epoch_is_checked():
+    from grafs.tasks import get_task
+    with pytest.raises(GrafsError, match="pick_epoch must be None or an int >= 0"):
+        run_restarts(lambda *a: None, 0, 2, None, None, -1)
+    with pytest.raises(GrafsError, match="restart_pick_epoch must be None or an epoch after the warm start"):
+        get_task("teacher", restarts=3, restart_pick_epoch=0)      # inside the warm start
+    with pytest.raises(GrafsError, match="restart_pick_epoch"):
+        get_task("teacher", restarts=3, restart_pick_epoch=10_000)
+    assert get_task("teacher", restarts=3, restart_pick_epoch=20).search_config.restart_pick_epoch == 20

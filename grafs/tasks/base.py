@@ -212,6 +212,8 @@ class SearchConfig(TrainConfig):
         restarts: independent searches (seeds s, s + 1000, …, one split) of which the one with
             the lowest final validation loss is returned (grafs.restarts; costs that many
             searches; the paper: 1).
+        restart_pick_epoch: with restarts, compare them after this epoch (0-based) and run
+            only the best one on (a race: cheaper than full restarts); None: at the end.
     """
 
     arch_lr: float = 1e-3
@@ -224,6 +226,7 @@ class SearchConfig(TrainConfig):
     arch_steps: int = 1
     single_level: bool = False
     restarts: int = 1
+    restart_pick_epoch: int | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -231,10 +234,6 @@ class SearchConfig(TrainConfig):
         if not isinstance(self.arch_steps, int) or isinstance(self.arch_steps, bool) \
                 or self.arch_steps < 1:
             raise GrafsError(f"{owner}.arch_steps must be an int >= 1, got {self.arch_steps!r}")
-        if not isinstance(self.restarts, int) or isinstance(self.restarts, bool) \
-                or self.restarts < 1:
-            raise GrafsError(f"{owner}.restarts must be an int >= 1 (1: a single search), "
-                             f"got {self.restarts!r}")
         if not isinstance(self.arch_lr, (int, float)) or not self.arch_lr > 0:
             raise GrafsError(f"{owner}.arch_lr must be > 0, got {self.arch_lr!r}")
         _check_nonneg(owner, "arch_weight_decay", self.arch_weight_decay)
@@ -263,6 +262,15 @@ class SearchConfig(TrainConfig):
         if self.single_level and self.arch_steps != 1:
             raise GrafsError(f"{owner}.single_level needs arch_steps=1 (one joint step per "
                              f"batch), got arch_steps={self.arch_steps}")
+        if not isinstance(self.restarts, int) or isinstance(self.restarts, bool) \
+                or self.restarts < 1:
+            raise GrafsError(f"{owner}.restarts must be an int >= 1 (1: a single search), "
+                             f"got {self.restarts!r}")
+        pick = self.restart_pick_epoch
+        if pick is not None and (not isinstance(pick, int) or isinstance(pick, bool)
+                                 or not self.warmstart_epochs <= pick < self.epochs):
+            raise GrafsError(f"{owner}.restart_pick_epoch must be None or an epoch after the warm "
+                             f"start, in [{self.warmstart_epochs}, {self.epochs - 1}], got {pick!r}")
 
     def make_arch_optimizer(self, params: Iterable[torch.Tensor]) -> torch.optim.Optimizer:
         """Adam(arch_lr, arch_betas, arch_weight_decay) over the activation parameters (the
