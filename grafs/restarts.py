@@ -14,6 +14,7 @@ search) on the same training/validation split, so the validation losses compare.
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import math
 import os
@@ -150,6 +151,9 @@ def search_restarts(model, train_data, val_data=None, *, restarts: int = 3, seed
     restart_seeds(seed, restarts)      # a bad count is an error before any data is touched
     if val_data is None:
         train_data, val_data = split_dataset(train_data, train_fraction, seed)
+    epochs = kwargs.get("epochs", inspect.signature(search).parameters["epochs"].default)
+    if pick_epoch is not None and pick_epoch >= epochs - 1:
+        pick_epoch = None       # at or past the last epoch: that is comparing at the end
 
     def one(s, ck, res, stop):     # ``model`` itself stays as it is: each restart gets a copy
         return search(copy.deepcopy(model), train_data, val_data, seed=s, checkpoint_dir=ck,

@@ -381,8 +381,9 @@ def search_task(task, *, seed: int = 0, epochs: int | None = None, space=None, p
         result = one(seed, checkpoint_dir, resume)
     else:   # grafs.restarts: the restart with the lowest validation loss (at the end, or a race)
         from grafs.restarts import run_restarts
+        pick = cfg.restart_pick_epoch
         result = run_restarts(one, seed, cfg.restarts, checkpoint_dir, resume,
-                              cfg.restart_pick_epoch)
+                              pick if pick is not None and pick < epochs - 1 else None)
     result.settings["task"] = task.name
     _warn_if_untrainable(task, result, seed)
     return result

@@ -103,7 +103,7 @@ def test_task_restarts_come_from_the_search_config(tmp_path):
     small = dict(teacher="tanh(x)", num_train=256, num_test=32, width=8, epochs=3,
                  warmstart_epochs=1, shrink_start_epoch=1)
     space = SearchSpace("U(x)", unary=["relu", "tanh", "square"], binary=["add"])
-    one = search_task(get_task("teacher", **small), seed=0, space=space, progress=False)
+    one = search_task(get_task("teacher", **small, restarts=1), seed=0, space=space, progress=False)
     assert "restarts" not in one.history
     two = search_task(get_task("teacher", **small, restarts=2), seed=0, space=space,
                       progress=False, checkpoint_dir=tmp_path)
@@ -173,5 +173,12 @@ def test_pick_epoch_is_checked():
     with pytest.raises(GrafsError, match="restart_pick_epoch must be None or an epoch after the warm start"):
         get_task("teacher", restarts=3, restart_pick_epoch=0)      # inside the warm start
     with pytest.raises(GrafsError, match="restart_pick_epoch"):
-        get_task("teacher", restarts=3, restart_pick_epoch=10_000)
+        get_task("teacher", restarts=3, restart_pick_epoch=1.5)
+    # past the last epoch: compared at the end, so a shorter run still works
+    assert get_task("teacher", restarts=3, restart_pick_epoch=10_000, epochs=5) is not None
     assert get_task("teacher", restarts=3, restart_pick_epoch=20).search_config.restart_pick_epoch == 20
+    # the teacher task's default is a race of three compared after epoch 20 of 60
+    # (docs/results-teacher.md); the other tasks run one search, as the paper
+    sc = get_task("teacher").search_config
+    assert (sc.restarts, sc.restart_pick_epoch, sc.epochs) == (3, 19, 60)
+    assert get_task("mnist1d", num_samples=200).search_config.restarts == 1
