@@ -85,7 +85,12 @@ def run_restarts(one: Callable[..., SearchResult], seed: int, restarts: int,
                                    or pick_epoch < 0):
         raise GrafsError(f"pick_epoch must be None or an int >= 0, got {pick_epoch!r}")
     if pick_epoch is not None and restarts > 1 and checkpoint_dir is None:
-        # a race stops restarts and continues one: that goes through checkpoints
+        # a race stops restarts and continues one: that goes through checkpoints, which every
+        # process of a distributed search must read from one place
+        from grafs.distributed import world_size
+        if world_size() > 1:
+            raise GrafsError("a race of restarts (pick_epoch) under torch.distributed needs a "
+                             "checkpoint_dir that every process can read (a shared filesystem)")
         with tempfile.TemporaryDirectory(prefix="grafs-restarts-") as tmp:
             return run_restarts(one, seed, restarts, tmp, None, pick_epoch)
     dirs = [Path(checkpoint_dir) / f"restart-{i}" if checkpoint_dir is not None else None

@@ -54,7 +54,8 @@ def search(model: nn.Module, train_data, val_data=None, *, space=None, epochs: i
            amp: str | None = None, check_every: int | None = None,
            callbacks: Iterable[Any] | None = None,
            distributed: bool | None = None,
-           _stop_after_epoch: int | None = None) -> SearchResult:
+           _stop_after_epoch: int | None = None,
+           _progress_desc: str = "GRAFS search") -> SearchResult:
     """Run a GRAFS search and return the discretized activation (see module docstring).
 
     ``train_data``/``val_data``: (inputs, targets) tensors, a Dataset or a DataLoader; with no
@@ -191,7 +192,7 @@ def search(model: nn.Module, train_data, val_data=None, *, space=None, epochs: i
     if progress and (dist is None or dist.rank == 0):
         from tqdm.auto import tqdm
         bar = tqdm(total=epochs * steps_per_epoch, initial=first_epoch * steps_per_epoch,
-                   desc="GRAFS search", unit="step", dynamic_ncols=True)
+                   desc=_progress_desc, unit="step", dynamic_ncols=True)
     t_start = time.perf_counter() - elapsed
     try:
         for epoch in range(first_epoch, epochs):
@@ -363,6 +364,9 @@ def search_task(task, *, seed: int = 0, epochs: int | None = None, space=None, p
         space.normalize = cfg.normalize
 
     def one(s: int, ck, res, stop=None) -> SearchResult:
+        from grafs.restarts import RESTART_SEED_STRIDE
+        i = (s - seed) // RESTART_SEED_STRIDE
+        desc = "GRAFS search" if cfg.restarts == 1 else f"restart {i + 1}/{cfg.restarts} (seed {s})"
         return search(task.make_model(seed=s), (xt, yt), (xv, yv), space=space, epochs=epochs,
                       warmstart_epochs=warm,
                       shrink_start=max(1, min(cfg.shrink_start_epoch, epochs - 1)) if epochs > 1 else None,
@@ -376,7 +380,7 @@ def search_task(task, *, seed: int = 0, epochs: int | None = None, space=None, p
                       activation_types=task.activation_types, cell_mode=cell_mode,
                       checkpoint_dir=ck, resume=res, progress=progress,
                       max_steps_per_epoch=spe, device=device, amp=amp, callbacks=callbacks,
-                      distributed=distributed, _stop_after_epoch=stop)
+                      distributed=distributed, _stop_after_epoch=stop, _progress_desc=desc)
     if cfg.restarts == 1:
         result = one(seed, checkpoint_dir, resume)
     else:   # grafs.restarts: the restart with the lowest validation loss (at the end, or a race)
