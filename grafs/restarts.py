@@ -54,14 +54,35 @@ def pick_best(results: Sequence[SearchResult], seeds: Sequence[int]) -> SearchRe
     return _record(results, seeds, losses, min(range(len(results)), key=lambda i: losses[i]))
 
 
+def _failed(err: Exception) -> SearchResult:
+    """A restart that stopped with a :class:`~grafs.errors.SearchError` (a non-finite loss):
+    the others go on without it."""
+    return SearchResult("", {"val_loss": []}, {"error": str(err)})
+
+
+def _attempt(run: Callable[[], SearchResult]) -> SearchResult:
+    from grafs.errors import SearchError
+    try:
+        return run()
+    except SearchError as err:
+        return _failed(err)
+
+
 def _record(results, seeds, losses, best: int, raced: bool = False) -> SearchResult:
-    """``results[best]``, chosen on ``losses``, with every restart in its history."""
+    """``results[best]``, chosen on ``losses``, with every restart in its history; if every
+    restart failed, the first one's error."""
+    from grafs.errors import SearchError
     chosen = results[best]
+    if "error" in chosen.settings:
+        raise SearchError(f"every one of the {len(results)} restarts failed; the first: "
+                          f"{results[0].settings['error']}")
     chosen.history["restarts"] = [
-        {"seed": s, "formula": r.formula, "val_loss": None if math.isinf(v) else v,
+        {"seed": s, "formula": r.formula or None, "val_loss": None if math.isinf(v) else v,
          "search_seconds": r.search_seconds, "chosen": i == best,
+         **({"error": r.settings["error"]} if "error" in r.settings else {}),
          # a raced restart that lost stopped after the epoch its loss was taken at
-         **({"stopped_at": len(r.history["val_loss"]) - 1} if raced and i != best else {})}
+         **({"stopped_at": len(r.history["val_loss"]) - 1}
+            if raced and i != best and "error" not in r.settings else {})}
         for i, (s, r, v) in enumerate(zip(seeds, results, losses))]
     chosen.settings["restarts"] = len(results)
     chosen.search_seconds = sum(r.search_seconds for r in results)
@@ -71,9 +92,14 @@ def _record(results, seeds, losses, best: int, raced: bool = False) -> SearchRes
 def run_restarts(one: Callable[..., SearchResult], seed: int, restarts: int,
                  checkpoint_dir: str | os.PathLike | None = None,
                  resume: str | os.PathLike | None = None,
-                 pick_epoch: int | None = None) -> SearchResult:
+                 pick_epoch: int | None = None,
+                 distributed: bool | None = None) -> SearchResult:
     """``one(seed_i, checkpoint_dir_i, resume_i, stop_after_epoch)`` for every restart, then
-    :func:`pick_best`. Restart i checkpoints to (and resumes from) ``<dir>/restart-<i>``.
+    :func:`pick_best`. Restart i checkpoints to (and resumes from) ``<dir>/restart-<i>``; with
+    ``resume`` and no ``checkpoint_dir``, into ``resume`` (as :func:`grafs.search`). A run that
+    does not resume first removes the ``restart-<i>/checkpoint.pt`` files an earlier run left in
+    ``checkpoint_dir``, so that a later ``resume`` never mixes in another run's restarts.
+    ``distributed``: as :func:`grafs.search`'s (a race then needs a shared ``checkpoint_dir``).
 
     ``pick_epoch``: compare the restarts after this epoch (0-based) instead of at the end:
     every restart runs to it, only the one with the lowest validation loss then runs on (a
@@ -84,15 +110,29 @@ def run_restarts(one: Callable[..., SearchResult], seed: int, restarts: int,
     if pick_epoch is not None and (not isinstance(pick_epoch, int) or isinstance(pick_epoch, bool)
                                    or pick_epoch < 0):
         raise GrafsError(f"pick_epoch must be None or an int >= 0, got {pick_epoch!r}")
+    from grafs import distributed as gdist
+    if resume is not None:
+        if not (Path(resume) / "restart-0" / "checkpoint.pt").exists():   # restart 0 runs first
+            single = (Path(resume) / "checkpoint.pt").exists() or Path(resume).is_file()
+            raise GrafsError(f"cannot resume restarts from {resume}: it has no "
+                             f"restart-0/checkpoint.pt" + (" (it holds a single search's "
+                             "checkpoint: resume that with restarts=1)" if single else ""))
+        if checkpoint_dir is None:
+            checkpoint_dir = resume     # as grafs.search: a resumed run checkpoints where it was
     if pick_epoch is not None and restarts > 1 and checkpoint_dir is None:
         # a race stops restarts and continues one: that goes through checkpoints, which every
         # process of a distributed search must read from one place
-        from grafs.distributed import world_size
-        if world_size() > 1:
+        if gdist.world_size(distributed) > 1:
             raise GrafsError("a race of restarts (pick_epoch) under torch.distributed needs a "
                              "checkpoint_dir that every process can read (a shared filesystem)")
         with tempfile.TemporaryDirectory(prefix="grafs-restarts-") as tmp:
-            return run_restarts(one, seed, restarts, tmp, None, pick_epoch)
+            return run_restarts(one, seed, restarts, tmp, None, pick_epoch, distributed)
+    if checkpoint_dir is not None and resume is None and gdist.rank() == 0:
+        # a fresh run: an earlier run's restart checkpoints (other settings, other restart
+        # counts) must not be taken for this run's by a later resume
+        for old in Path(checkpoint_dir).glob("restart-*/checkpoint.pt"):
+            if old.parent.name[len("restart-"):].isdigit():
+                old.unlink()
     dirs = [Path(checkpoint_dir) / f"restart-{i}" if checkpoint_dir is not None else None
             for i in range(restarts)]
 
@@ -103,32 +143,49 @@ def run_restarts(one: Callable[..., SearchResult], seed: int, restarts: int,
         return res if (res / "checkpoint.pt").exists() else None  # not started when it stopped
 
     if pick_epoch is None or restarts == 1:
-        return pick_best([one(s, dirs[i], resume_dir(i), None) for i, s in enumerate(seeds)], seeds)
+        return pick_best([_attempt(lambda: one(s, dirs[i], resume_dir(i), None))
+                          for i, s in enumerate(seeds)], seeds)
     from grafs.search import _Interrupted
     heads = []        # each restart up to pick_epoch: a result whose history ends there
+    latest = []       # where each restart's latest checkpoint is (the winner runs on from it)
     for i, s in enumerate(seeds):
         done = _checkpoint(resume_dir(i))
+        latest.append(resume_dir(i))
         if done is None or done[0]["epochs"][-1] < pick_epoch:
+            latest[i] = dirs[i]
             try:
-                r = one(s, dirs[i], resume_dir(i), pick_epoch)
+                r = _attempt(lambda: one(s, dirs[i], resume_dir(i), pick_epoch))
             except _Interrupted:
                 pass
-            else:       # a search with no more than pick_epoch + 1 epochs ends before it
+            else:       # failed, or a search with no more than pick_epoch + 1 epochs
                 heads.append(r)
                 continue
             done = _checkpoint(dirs[i])
+            if done is None:    # rank 0 wrote it (after every epoch) where this rank cannot see
+                raise GrafsError(f"restart {i} stopped after epoch {pick_epoch + 1}, but this "
+                                 f"process (rank {gdist.rank()}) cannot read its checkpoint "
+                                 f"{dirs[i] / 'checkpoint.pt'}: a race of restarts under "
+                                 f"torch.distributed needs a checkpoint_dir on a filesystem "
+                                 f"every process shares")
         hist, seconds = done
         # a winner of an earlier, stopped run may be past pick_epoch: compare it where it was
+        # (and count its time up to there)
         cut = hist["epochs"].index(pick_epoch) + 1 if pick_epoch in hist["epochs"] else len(hist["epochs"])
+        seconds -= sum(hist.get("seconds", [])[cut:])
         heads.append(SearchResult(hist["formula"][cut - 1],
                                   {k: hist[k][:cut] for k in ("val_loss", "formula")},
                                   search_seconds=seconds))
     losses = [final_val_loss(h) for h in heads]
-    best = min(range(restarts), key=lambda i: losses[i])
-    # the winner runs on from its checkpoint at pick_epoch (or from where a stopped run left it)
-    final = one(seeds[best], dirs[best], dirs[best], None)
-    picked = _record([final if i == best else h for i, h in enumerate(heads)], seeds, losses,
-                     best, raced=True)
+    # the winner runs on from its checkpoint at pick_epoch (or from where a stopped run left
+    # it); if it fails on the way, the next best does
+    for best in sorted(range(restarts), key=lambda i: losses[i]):
+        if "error" in heads[best].settings:
+            break
+        final = _attempt(lambda: one(seeds[best], dirs[best], latest[best], None))
+        heads[best] = final
+        if "error" not in final.settings:
+            break
+    picked = _record(heads, seeds, losses, best, raced=True)
     picked.settings["restart_pick_epoch"] = pick_epoch
     return picked
 
@@ -163,7 +220,8 @@ def search_restarts(model, train_data, val_data=None, *, restarts: int = 3, seed
     def one(s, ck, res, stop):     # ``model`` itself stays as it is: each restart gets a copy
         return search(copy.deepcopy(model), train_data, val_data, seed=s, checkpoint_dir=ck,
                       resume=res, _stop_after_epoch=stop, **kwargs)
-    return run_restarts(one, seed, restarts, checkpoint_dir, resume, pick_epoch)
+    return run_restarts(one, seed, restarts, checkpoint_dir, resume, pick_epoch,
+                        kwargs.get("distributed"))
 
 
 __all__ = ["RESTART_SEED_STRIDE", "final_val_loss", "pick_best", "restart_seeds",

@@ -387,7 +387,8 @@ def search_task(task, *, seed: int = 0, epochs: int | None = None, space=None, p
         from grafs.restarts import run_restarts
         pick = cfg.restart_pick_epoch
         result = run_restarts(one, seed, cfg.restarts, checkpoint_dir, resume,
-                              pick if pick is not None and pick < epochs - 1 else None)
+                              pick if pick is not None and pick < epochs - 1 else None,
+                              distributed)
     result.settings["task"] = task.name
     _warn_if_untrainable(task, result, seed)
     return result

@@ -182,3 +182,162 @@ def test_pick_epoch_is_checked():
     sc = get_task("teacher").search_config
     assert (sc.restarts, sc.restart_pick_epoch, sc.epochs) == (3, 19, 60)
     assert get_task("mnist1d", num_samples=200).search_config.restarts == 1
+
+
+# --- regression tests (review of the restarts feature) ---
+
+def _crashing_one(tr, va, kw, crash_seed=None):
+    """``one`` for run_restarts; a real crash (not the test hook) in restart ``crash_seed``'s
+    second epoch."""
+    def one(s, ck, res, stop):
+        if s == crash_seed:
+            from grafs.search import _Interrupted
+            try:
+                search(model(), tr, va, seed=s, checkpoint_dir=ck, resume=res, _stop_after_epoch=0, **kw)
+            except _Interrupted:
+                raise RuntimeError("killed") from None
+        return search(model(), tr, va, seed=s, checkpoint_dir=ck, resume=res,
+                      _stop_after_epoch=stop, **kw)
+    return one
+
+
+@pytest.mark.parametrize("pick", [None, 1])
+def test_a_fresh_run_in_a_reused_folder_never_resumes_an_earlier_runs_restarts(tmp_path, pick):
+    """An earlier run (other settings) left restart-2/checkpoint.pt; a fresh run in the same
+    folder crashed in restart 1; its resume must give the uninterrupted result of its own
+    settings, not mix in (or fail on) the earlier run's restart 2."""
+    tr, va = split_dataset(data(), 0.75, 0)
+    other = {**KW, "arch_lr": 5e-2}
+    run_restarts(_crashing_one(tr, va, other), 0, 3, tmp_path, None, pick)      # the earlier run
+    full = run_restarts(_crashing_one(tr, va, KW), 0, 3, None, None, pick)
+    with pytest.raises(RuntimeError, match="killed"):
+        run_restarts(_crashing_one(tr, va, KW, crash_seed=1000), 0, 3, tmp_path, None, pick)
+    assert not (tmp_path / "restart-2" / "checkpoint.pt").exists()
+    again = run_restarts(_crashing_one(tr, va, KW), 0, 3, tmp_path, tmp_path, pick)
+    assert again.formula == full.formula
+    assert [(t["formula"], t["val_loss"]) for t in again.history["restarts"]] == \
+        [(t["formula"], t["val_loss"]) for t in full.history["restarts"]]
+
+
+def test_a_race_resumed_without_checkpoint_dir_continues_in_the_resume_folder(tmp_path):
+    tr, va = split_dataset(data(), 0.75, 0)
+    full = run_restarts(_crashing_one(tr, va, KW), 0, 2, None, None, 1)
+    with pytest.raises(RuntimeError, match="killed"):
+        run_restarts(_crashing_one(tr, va, KW, crash_seed=1000), 0, 2, tmp_path, None, 1)
+    calls = []
+
+    def one(s, ck, res, stop):
+        calls.append((s, ck, res, stop))
+        return _crashing_one(tr, va, KW)(s, ck, res, stop)
+    again = run_restarts(one, 0, 2, None, tmp_path, 1)      # as grafs.search(resume=...)
+    assert again.formula == full.formula
+    assert again.history["val_loss"] == full.history["val_loss"]
+    # restart 0's head is read from its checkpoint; restart 1 resumes where it stopped
+    assert [(s, res) for s, _, res, stop in calls if stop is not None] == [(1000, tmp_path / "restart-1")]
+    assert all(ck is not None and str(ck).startswith(str(tmp_path)) for _, ck, _, _ in calls)
+
+
+def test_a_race_resumed_from_one_folder_into_another_gives_the_same_result(tmp_path):
+    tr, va = split_dataset(data(), 0.75, 0)
+    one = _crashing_one(tr, va, KW)
+    full = run_restarts(one, 0, 2, tmp_path / "a", None, 1)
+    again = run_restarts(one, 0, 2, tmp_path / "b", tmp_path / "a", 1)
+    assert again.formula == full.formula
+    assert again.history["val_loss"] == full.history["val_loss"]
+
+
+@pytest.mark.filterwarnings("ignore::grafs.errors.GrafsWarning")    # a tiny search
+def test_resuming_restarts_from_a_folder_without_them_is_a_clear_error(tmp_path):
+    with pytest.raises(GrafsError, match="no restart-0/checkpoint.pt"):
+        run_restarts(lambda *a: None, 0, 2, None, tmp_path, None)
+    search(model(), data(), seed=0, checkpoint_dir=tmp_path, **{**KW, "epochs": 2})
+    with pytest.raises(GrafsError, match="single search's checkpoint: resume that with restarts=1"):
+        run_restarts(lambda *a: None, 0, 2, tmp_path, tmp_path, 1)
+
+
+def test_a_head_read_past_pick_epoch_counts_its_time_up_to_pick_epoch(tmp_path):
+    """A restart that ran past pick_epoch in an earlier run (e.g. full restarts, resumed as a
+    race) is compared at pick_epoch, and so is its time."""
+    import json
+    hist = {"epochs": [0, 1, 2, 3], "val_loss": [0.9, 0.5, 0.4, 0.3], "seconds": [1.0, 1.0, 2.0, 3.0],
+            "formula": ["a(x)", "b(x)", "c(x)", "d(x)"]}
+    for i in (0, 1):
+        (tmp_path / f"restart-{i}").mkdir()
+        h = {**hist, "val_loss": [v + i for v in hist["val_loss"]]}     # restart 0 wins
+        torch.save({"history": json.dumps(h), "elapsed": 10.0}, tmp_path / f"restart-{i}" / "checkpoint.pt")
+
+    def one(s, ck, res, stop):
+        assert stop is None and s == 0
+        return fake("d(x)", hist["val_loss"], 10.0)
+    r = run_restarts(one, 0, 2, tmp_path, tmp_path, 1)
+    loser = r.history["restarts"][1]
+    assert (loser["formula"], loser["val_loss"], loser["stopped_at"]) == ("b(x)", 1.5, 1)
+    assert loser["search_seconds"] == 5.0               # 10 s in all, 5 of them past epoch 1
+    assert r.search_seconds == 15.0
+
+
+def test_a_distributed_race_without_a_shared_checkpoint_dir_is_a_clear_error(tmp_path, monkeypatch):
+    import grafs.distributed as gdist
+    from grafs.search import _Interrupted
+    monkeypatch.setattr(gdist, "env_world_size", lambda: 2)       # torchrun, group not yet made
+    with pytest.raises(GrafsError, match="needs a checkpoint_dir that every process can read"):
+        run_restarts(lambda *a: None, 0, 2, None, None, 1, distributed=True)
+
+    def one(s, ck, res, stop):      # a rank that does not see what rank 0 wrote
+        if stop is not None:
+            raise _Interrupted(stop)
+        return fake("x", [0.1])
+    def ran(*a):
+        raise LookupError("ran")
+    # distributed=False: each process runs its own search, which a temporary folder serves
+    with pytest.raises(LookupError, match="ran"):
+        run_restarts(ran, 0, 2, None, None, 1, distributed=False)
+    with pytest.raises(GrafsError, match="cannot read its checkpoint .* shares"):
+        run_restarts(one, 0, 2, tmp_path, None, 1)
+
+
+def test_one_search_ignores_an_unused_restart_pick_epoch():
+    from grafs.tasks import get_task
+    # the teacher's default pick (19) is no reason to refuse a single search's longer warm start
+    sc = get_task("teacher", restarts=1, warmstart_epochs=25, shrink_start_epoch=30).search_config
+    assert (sc.restarts, sc.warmstart_epochs) == (1, 25)
+    with pytest.raises(GrafsError, match="give a later restart_pick_epoch, or None"):
+        get_task("teacher", warmstart_epochs=25, shrink_start_epoch=30)
+
+
+@pytest.mark.parametrize("pick", [None, 1])
+def test_a_restart_that_diverges_is_left_out_and_the_others_go_on(pick):
+    from grafs.errors import SearchError
+    tr, va = split_dataset(data(), 0.75, 0)
+
+    def one(s, ck, res, stop, bad=(1000,)):
+        if s in bad:
+            raise SearchError("non-finite validation loss (nan) at epoch 1, step 3")
+        return search(model(), tr, va, seed=s, checkpoint_dir=ck, resume=res,
+                      _stop_after_epoch=stop, **KW)
+    r = run_restarts(one, 0, 3, None, None, pick)
+    table = r.history["restarts"]
+    assert table[1]["error"].startswith("non-finite") and table[1]["formula"] is None
+    assert table[1]["val_loss"] is None and not table[1]["chosen"]
+    assert r.formula in (table[0]["formula"], table[2]["formula"]) and r.formula
+    with pytest.raises(SearchError, match="every one of the 3 restarts failed; the first: non-finite"):
+        run_restarts(lambda s, ck, res, stop: one(s, ck, res, stop, bad=(0, 1000, 2000)),
+                     0, 3, None, None, pick)
+
+
+def test_a_race_winner_that_diverges_after_the_pick_hands_over_to_the_next_best():
+    from grafs.errors import SearchError
+    tr, va = split_dataset(data(), 0.75, 0)
+    plain = {s: search(model(), tr, va, seed=s, **KW) for s in (0, 1000)}
+    first = min(plain, key=lambda s: plain[s].history["val_loss"][1])
+    second = 1000 if first == 0 else 0
+
+    def one(s, ck, res, stop):
+        if s == first and stop is None:        # the winner's run on
+            raise SearchError("non-finite training loss (inf) at epoch 3, step 1")
+        return search(model(), tr, va, seed=s, checkpoint_dir=ck, resume=res,
+                      _stop_after_epoch=stop, **KW)
+    r = run_restarts(one, 0, 2, None, None, 1)
+    assert r.formula == plain[second].formula
+    table = {t["seed"]: t for t in r.history["restarts"]}
+    assert table[second]["chosen"] and "error" in table[first]

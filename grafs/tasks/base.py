@@ -268,12 +268,15 @@ class SearchConfig(TrainConfig):
             raise GrafsError(f"{owner}.restarts must be an int >= 1 (1: a single search), "
                              f"got {self.restarts!r}")
         pick = self.restart_pick_epoch
+        # (the warm-start bound only where there is a race: one search ignores the pick;
+        # no upper bound: a pick at or after the last epoch compares at the end, so a
+        # shorter --epochs keeps working, as full restarts)
         if pick is not None and (not isinstance(pick, int) or isinstance(pick, bool)
-                                 or pick < self.warmstart_epochs):
-            # (no upper bound: a pick at or after the last epoch compares at the end, so a
-            # shorter --epochs keeps working, as full restarts)
+                                 or (self.restarts > 1 and pick < self.warmstart_epochs)):
             raise GrafsError(f"{owner}.restart_pick_epoch must be None or an epoch after the warm "
-                             f"start (>= {self.warmstart_epochs}), got {pick!r}")
+                             f"start (>= warmstart_epochs={self.warmstart_epochs}), got {pick!r}"
+                             f" (restarts={self.restarts}: give a later restart_pick_epoch, or "
+                             f"None to compare the restarts at the end)")
 
     def make_arch_optimizer(self, params: Iterable[torch.Tensor]) -> torch.optim.Optimizer:
         """Adam(arch_lr, arch_betas, arch_weight_decay) over the activation parameters (the
