@@ -3,10 +3,11 @@
 A search's path is chaotic: which ops survive the first drops decides the formula, and on the
 teacher task one seed of three typically ends in a basin no teacher has (``abs`` compositions
 for a ``silu`` teacher). Those searches also end with a clearly higher validation loss, so
-the search's own last validation loss (the discretized network, on data α never trained on
-in its weight steps) is a free criterion to pick among restarts: on the five teachers it
-ranked the students trained from scratch the same way (docs/results-teacher.md). DARTS picked
-the best of four runs too, but by a short training from scratch; this costs nothing extra.
+the search's own last validation loss (the discretized network, on the validation data its
+weights never trained on) is a free criterion to pick among restarts: for each of the five
+teachers, the search with the lowest one trained the best student from scratch or one within
+its SEM (docs/results-teacher.md). DARTS kept the best of four runs too, but picked by a short
+training from scratch; this costs nothing extra.
 
 Restart ``i`` of a search with seed ``s`` runs with seed ``s + 1000·i`` (restart 0 is the plain
 search) on the same training/validation split, so the validation losses compare.
