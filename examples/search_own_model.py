@@ -5,6 +5,7 @@ head) and the data are image tensors (a synthetic 10-class set standing in for y
 
     python examples/search_own_model.py                     # ~80 s of one CPU core
     python examples/search_own_model.py --out runs/cnn      # keep the result for the other examples
+    python examples/search_own_model.py --restarts 3        # three searches, a race after epoch 3
 
 grafs.search swaps every activation module of the usual types (nn.ReLU, nn.GELU, ...) for the
 relaxed GRAFS cell, trains it bilevel and returns one formula. A model that calls F.relu
@@ -55,6 +56,9 @@ def main(argv: list[str] | None = None) -> grafs.SearchResult:
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="save the result here (grafs.SearchResult.load reads it)")
+    p.add_argument("--restarts", type=int, default=1,
+                   help="K > 1: K searches on one split, the lowest validation loss kept, compared "
+                        "after about a third of the epochs (grafs.search_restarts)")
     p.add_argument("--tiny", action="store_true", help="a seconds-long run (used by the tests)")
     args = p.parse_args(argv)
     if args.tiny:
@@ -64,8 +68,16 @@ def main(argv: list[str] | None = None) -> grafs.SearchResult:
     torch.manual_seed(args.seed)
     model = SmallCNN(width=args.width)
     # 75/25 train/validation split of (x, y); one warm-start epoch with the original ReLU
-    result = grafs.search(model, (x, y), epochs=args.epochs, batch_size=64, seed=args.seed,
-                          progress=not args.tiny)
+    kwargs = dict(epochs=args.epochs, batch_size=64, seed=args.seed, progress=not args.tiny)
+    if args.restarts > 1:
+        # a search can end in a poor basin, and then its validation loss says so: run several
+        # and race them (only the best after a third of the epochs runs on)
+        result = grafs.search_restarts(model, (x, y), restarts=args.restarts,
+                                       pick_epoch=max(1, args.epochs // 3), **kwargs)
+        for r in result.history["restarts"]:
+            print(f"{'*' if r['chosen'] else ' '} seed {r['seed']:>5}  val {r['val_loss']}  {r['formula']}")
+    else:
+        result = grafs.search(model, (x, y), **kwargs)
     print(f"found: {result.display}")
     print(f"exact: {result.formula}")
     if args.out:

@@ -214,7 +214,13 @@ def search_restarts(model, train_data, val_data=None, *, restarts: int = 3, seed
     restart_seeds(seed, restarts)      # a bad count is an error before any data is touched
     if val_data is None:
         train_data, val_data = split_dataset(train_data, train_fraction, seed)
-    epochs = kwargs.get("epochs", inspect.signature(search).parameters["epochs"].default)
+    defaults = inspect.signature(search).parameters
+    epochs = kwargs.get("epochs", defaults["epochs"].default)
+    warm = kwargs.get("warmstart_epochs", defaults["warmstart_epochs"].default)
+    if pick_epoch is not None and isinstance(pick_epoch, int) and pick_epoch < warm:
+        raise GrafsError(f"pick_epoch ({pick_epoch}) falls in the warm start (warmstart_epochs="
+                         f"{warm}), where every restart still trains the original activation; "
+                         f"give a later epoch or None")
     if pick_epoch is not None and pick_epoch >= epochs - 1:
         pick_epoch = None       # at or past the last epoch: that is comparing at the end
 

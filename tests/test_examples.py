@@ -46,6 +46,14 @@ def test_search_own_model_saves_a_result_that_loads(found):
     assert torch.isfinite(grafs.compile(result.formula, backend="eager")(x)).all()
 
 
+def test_search_own_model_with_restarts(capsys):
+    result = load("search_own_model").main(["--tiny", "--restarts", "2", "--epochs", "3"])
+    table = result.history["restarts"]
+    assert [t["seed"] for t in table] == [0, 1000] and result.settings["restarts"] == 2
+    assert result.formula == next(t["formula"] for t in table if t["chosen"])
+    assert "seed  1000" in capsys.readouterr().out
+
+
 def test_transformers_example_trains_with_the_found_activation(found):
     pytest.importorskip("transformers", reason="needs the hf extra: pip install grafs[hf]")
     loss = load("transformers_config").main(["--tiny", "--result", str(found[0])])

@@ -168,6 +168,8 @@ def test_an_interrupted_race_resumes_to_the_same_result(tmp_path, dies_in):
 
 def test_pick_epoch_is_checked():
     from grafs.tasks import get_task
+    with pytest.raises(GrafsError, match="falls in the warm start"):
+        search_restarts(model(), data(), restarts=2, pick_epoch=0, warmstart_epochs=1, **KW)
     with pytest.raises(GrafsError, match="pick_epoch must be None or an int >= 0"):
         run_restarts(lambda *a: None, 0, 2, None, None, -1)
     with pytest.raises(GrafsError, match="restart_pick_epoch must be None or an epoch after the warm start"):
