@@ -51,7 +51,7 @@ def test_report_tables_verdicts_settings_and_plot(study, tmp_path):
     md = study.report([str(path)], plots=str(tmp_path / "img"))
     lines = md.splitlines()
     # the variant's settings include the recorded overrides
-    assert "{'arch_lr': 0.03, 'normalize': True, 'epochs': 30}" in lines[0]
+    assert "{'arch_lr': 0.03, 'normalize': True, 'restarts': 1, 'epochs': 30}" in lines[0]
     header = next(l for l in lines if l.startswith("| teacher |"))
     sep = lines[lines.index(header) + 1]
     assert header.count("|") == sep.count("|")          # a table markdown renders
