@@ -6,6 +6,7 @@ dynamo exporter costs seconds per call (torch rebuilds its translation table, an
 costs per op), so its check exports one model holding the paper's formulas, the ops the
 legacy exporter lacks and the families; the legacy exporter is fast and is checked op by op.
 """
+import copy
 import numpy as np
 import pytest
 import sympy as sp
@@ -43,6 +44,13 @@ def close(got: np.ndarray, want: torch.Tensor) -> None:
     np.testing.assert_allclose(got, want.detach().numpy(), equal_nan=True, **TOL)
 
 
+def exact(ref, x: torch.Tensor) -> torch.Tensor:
+    """A hand-written reference in float64: in float32, GELU's far tail (x = -5: 1 + erf(x/√2)
+    cancels to ~6e-7) differs by 25 % between torch's kernels on different CPUs, and
+    (0.4662 sinh(x) + 0.5338)·GELU(x) multiplies that by -34, past the tolerance."""
+    return ref(x.double())
+
+
 class Bank(nn.Module):
     """Many activations side by side: one export for all of them."""
 
@@ -61,9 +69,9 @@ def test_dynamo_export_of_paper_formulas_and_families_matches_torch(tmp_path):
     bank = Bank(formulas).eval()
     got = run(export_onnx(bank, tmp_path / "bank.onnx", X), X)
     for i, ref in enumerate(refs):                        # the 15 paper formulas, by hand
-        close(got[i], ref(X))
-    with torch.no_grad():
-        want = bank(X)
+        close(got[i], exact(ref, X))
+    with torch.no_grad():       # in float64, for the reason of exact()
+        want = copy.deepcopy(bank).double()(X.double())
     for i, f in enumerate(formulas):
         np.testing.assert_allclose(got[i], want[i].numpy(), equal_nan=True, err_msg=f, **TOL)
 
@@ -72,7 +80,7 @@ def test_dynamo_export_of_paper_formulas_and_families_matches_torch(tmp_path):
 def test_legacy_export_of_each_paper_formula_matches_its_reference(tmp_path, name):
     formula, ref = PAPER_FORMULAS[name]
     path = export_onnx(formula, tmp_path / "f.onnx", EXAMPLE, dynamo=False)
-    close(run(path, X), ref(X))
+    close(run(path, X), exact(ref, X))
 
 
 @pytest.mark.parametrize("formula", UNARY + OTHERS + FAMILIES[1:])
