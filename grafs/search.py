@@ -367,7 +367,8 @@ def search_task(task, *, seed: int = 0, epochs: int | None = None, space=None, p
         from grafs.restarts import RESTART_SEED_STRIDE
         i = (s - seed) // RESTART_SEED_STRIDE
         desc = "GRAFS search" if cfg.restarts == 1 else f"restart {i + 1}/{cfg.restarts} (seed {s})"
-        return search(task.make_model(seed=s), (xt, yt), (xv, yv), space=space, epochs=epochs,
+        data = task.search_split(seed=s) if cfg.restart_splits and s != seed else ((xt, yt), (xv, yv))
+        return search(task.make_model(seed=s), *data, space=space, epochs=epochs,
                       warmstart_epochs=warm,
                       shrink_start=max(1, min(cfg.shrink_start_epoch, epochs - 1)) if epochs > 1 else None,
                       seed=s, batch_size=cfg.batch_size, loss_fn=task.loss_fn,

@@ -343,3 +343,26 @@ def test_a_race_winner_that_diverges_after_the_pick_hands_over_to_the_next_best(
     assert r.formula == plain[second].formula
     table = {t["seed"]: t for t in r.history["restarts"]}
     assert table[second]["chosen"] and "error" in table[first]
+
+
+@pytest.mark.filterwarnings("ignore::grafs.errors.GrafsWarning")    # a tiny search
+def test_restart_splits_gives_each_restart_its_own_split():
+    from grafs.search import search_task
+    from grafs.tasks import get_task
+    small = dict(teacher="tanh(x)", num_train=256, num_test=32, width=8, epochs=3,
+                 warmstart_epochs=1, shrink_start_epoch=1, restarts=2)
+    space = SearchSpace("U(x)", unary=["relu", "tanh", "square"], binary=["add"])
+    task = get_task("teacher", **small, restart_splits=True)
+    table = search_task(task, seed=0, space=space, progress=False).history["restarts"]
+    shared = search_task(get_task("teacher", **small), seed=0, space=space,
+                         progress=False).history["restarts"]
+    assert table[0] == {**shared[0], "search_seconds": table[0]["search_seconds"]}  # restart 0: as before
+    plain = search(task.make_model(seed=1000), *task.search_split(seed=1000), space=space,
+                   epochs=3, warmstart_epochs=1, shrink_start=1, seed=1000, batch_size=128,
+                   loss_fn=task.loss_fn, optimizer=task.search_config.make_optimizer,
+                   scheduler=lambda opt: task.search_config.make_scheduler(opt, 3 * 2),
+                   arch_lr=task.search_config.arch_lr, progress=False)
+    assert table[1]["val_loss"] == plain.history["val_loss"][-1]
+    assert table[1]["val_loss"] != shared[1]["val_loss"]
+    with pytest.raises(GrafsError, match="restart_splits must be True or False"):
+        get_task("teacher", restart_splits="yes")

@@ -215,6 +215,9 @@ class SearchConfig(TrainConfig):
         restart_pick_epoch: with restarts, compare them after this epoch (0-based) and run
             only the best one on (a race: cheaper than full restarts); None, or an epoch at
             or past the last: compare at the end.
+        restart_splits: each restart on its own training/validation split (made with its
+            seed) instead of one shared split; the losses compared are then estimates of the
+            same loss on different validation data.
     """
 
     arch_lr: float = 1e-3
@@ -228,6 +231,7 @@ class SearchConfig(TrainConfig):
     single_level: bool = False
     restarts: int = 1
     restart_pick_epoch: int | None = None
+    restart_splits: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -256,7 +260,7 @@ class SearchConfig(TrainConfig):
                 or not 0 < self.train_fraction < 1):
             raise GrafsError(f"{owner}.train_fraction must be a float in (0, 1), "
                              f"got {self.train_fraction!r}")
-        for name in ("normalize", "single_level"):
+        for name in ("normalize", "single_level", "restart_splits"):
             if not isinstance(getattr(self, name), bool):
                 raise GrafsError(f"{owner}.{name} must be True or False, "
                                  f"got {getattr(self, name)!r}")
