@@ -156,7 +156,7 @@ def add_search_commands(sub) -> None:
                    help="run K searches (seeds SEED, SEED+1000, …) on one split and keep the one "
                         "with the lowest validation loss: at the end, or with the task's "
                         "restart_pick_epoch a race compared at that epoch (default: the task's; "
-                        "3 in a race on --task teacher, 1 elsewhere)")
+                        "3 in a race, each on its own split, on --task teacher; 1 elsewhere)")
     s.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help=_SET_HELP)
     s.add_argument("--out", default=None, help="directory for checkpoint and result")
     s.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")

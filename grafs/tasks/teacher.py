@@ -155,10 +155,11 @@ SEARCH_DEFAULTS = SearchConfig(
     schedule="cosine", min_lr=0.0,
     arch_lr=3e-2, arch_weight_decay=1e-3, warmstart_epochs=2, shrink_start_epoch=8,
     train_fraction=0.75, normalize=True,
-    # a race of three restarts compared after epoch 20 (grafs.restarts): 1.8× a single
-    # search; it recovered 14 of 15 teacher shapes up to the input scale against 11, and 12
-    # students no worse than every baseline against 9 (docs/results-teacher.md)
-    restarts=3, restart_pick_epoch=19)
+    # a race of three restarts, each on its own split, compared after epoch 20
+    # (grafs.restarts): 1.8× a single search; it recovered 14 of 15 teacher shapes up to the
+    # input scale against 11, and 13 students no worse than every baseline against 9
+    # (docs/results-teacher.md)
+    restarts=3, restart_pick_epoch=19, restart_splits=True)
 
 EVAL_DEFAULTS = TrainConfig(
     epochs=60, batch_size=128, optimizer="adam", lr=3e-3, weight_decay=0.0,
