@@ -201,17 +201,24 @@ def _checkpoint(folder: Path | None) -> tuple[dict, float] | None:
 
 
 def search_restarts(model, train_data, val_data=None, *, restarts: int = 3, seed: int = 0,
-                    pick_epoch: int | None = None, train_fraction: float = 0.75,
-                    checkpoint_dir=None, resume=None, **kwargs) -> SearchResult:
+                    pick_epoch: int | None = None, own_splits: bool = False,
+                    train_fraction: float = 0.75, checkpoint_dir=None, resume=None,
+                    **kwargs) -> SearchResult:
     """:func:`grafs.search` ``restarts`` times (seeds ``seed``, ``seed + 1000``, …) from copies
     of ``model`` in its current state, on one training/validation split (with no
     ``val_data``, the training data split with ``seed``); returns the search with the lowest
     final validation loss, every restart listed in ``history["restarts"]``. Costs ``restarts``
-    searches, or less with ``pick_epoch`` (a race, see :func:`run_restarts`); ``kwargs`` go
-    to :func:`grafs.search`."""
+    searches, or less with ``pick_epoch`` (a race, see :func:`run_restarts`). ``own_splits``
+    (with no ``val_data``): each restart splits the training data with its own seed, so a
+    bad split cannot trap every restart (on the teacher task this reached a teacher that every
+    one-split study missed). ``kwargs`` go to :func:`grafs.search`."""
     from grafs.search import search
     from grafs.search_data import split_dataset
     restart_seeds(seed, restarts)      # a bad count is an error before any data is touched
+    if own_splits and val_data is not None:
+        raise GrafsError("own_splits splits the training data per restart; it cannot be used "
+                         "with val_data (leave val_data out, or own_splits=False)")
+    data = train_data
     if val_data is None:
         train_data, val_data = split_dataset(train_data, train_fraction, seed)
     defaults = inspect.signature(search).parameters
@@ -225,7 +232,8 @@ def search_restarts(model, train_data, val_data=None, *, restarts: int = 3, seed
         pick_epoch = None       # at or past the last epoch: that is comparing at the end
 
     def one(s, ck, res, stop):     # ``model`` itself stays as it is: each restart gets a copy
-        return search(copy.deepcopy(model), train_data, val_data, seed=s, checkpoint_dir=ck,
+        tr, va = split_dataset(data, train_fraction, s) if own_splits else (train_data, val_data)
+        return search(copy.deepcopy(model), tr, va, seed=s, checkpoint_dir=ck,
                       resume=res, _stop_after_epoch=stop, **kwargs)
     return run_restarts(one, seed, restarts, checkpoint_dir, resume, pick_epoch,
                         kwargs.get("distributed"))

@@ -366,3 +366,12 @@ def test_restart_splits_gives_each_restart_its_own_split():
     assert table[1]["val_loss"] != shared[1]["val_loss"]
     with pytest.raises(GrafsError, match="restart_splits must be True or False"):
         get_task("teacher", restart_splits="yes")
+
+
+def test_search_restarts_own_splits_splits_with_each_restarts_seed():
+    r = search_restarts(model(), data(), restarts=2, seed=0, own_splits=True, **KW)
+    for t in r.history["restarts"]:
+        plain = search(model(), *split_dataset(data(), 0.75, t["seed"]), seed=t["seed"], **KW)
+        assert plain.history["val_loss"][-1] == t["val_loss"]
+    with pytest.raises(GrafsError, match="own_splits splits the training data per restart"):
+        search_restarts(model(), data(), data(), restarts=2, own_splits=True, **KW)
