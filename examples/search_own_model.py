@@ -70,9 +70,10 @@ def main(argv: list[str] | None = None) -> grafs.SearchResult:
     # 75/25 train/validation split of (x, y); one warm-start epoch with the original ReLU
     kwargs = dict(epochs=args.epochs, batch_size=64, seed=args.seed, progress=not args.tiny)
     if args.restarts > 1:
-        # a search can end in a poor basin, and then its validation loss says so: run several
-        # and race them (only the best after a third of the epochs runs on)
-        result = grafs.search_restarts(model, (x, y), restarts=args.restarts,
+        # a search can end in a poor basin, and then its validation loss says so: run several,
+        # each on its own split, and race them (only the best after a third of the epochs
+        # runs on)
+        result = grafs.search_restarts(model, (x, y), restarts=args.restarts, own_splits=True,
                                        pick_epoch=max(1, args.epochs // 3), **kwargs)
         for r in result.history["restarts"]:
             print(f"{'*' if r['chosen'] else ' '} seed {r['seed']:>5}  val {r['val_loss']}  {r['formula']}")
