@@ -25,7 +25,7 @@ from torch import nn
 
 from grafs.errors import GrafsError
 from grafs.rng import _rng_state, _set_rng_state, seed_everything
-from grafs.runtime.discretize import found_formula
+from grafs.runtime.discretize import centred, found_formula
 from grafs.runtime.schedule import shrink_schedule
 from grafs.search_data import _Batches, resolve_device, split_dataset
 from grafs.search_result import SearchResult, _atomic_torch_save, _json_default
@@ -284,7 +284,12 @@ def search(model: nn.Module, train_data, val_data=None, *, space=None, epochs: i
         # normalisation layers (mnist1d) sinks a ResNet whose activation follows the residual
         # sum (textures), so both forms are kept (docs/results-textures.md)
         keep_x = found is not cell.discretize()          # (Exprs are interned)
-        history["unscaled_formula"] = str(cell.discretize(keep_x=keep_x, scaled=False))
+        history["unscaled_formula"] = str(centred(cell.discretize(keep_x=keep_x, scaled=False)))
+    if centred(found) is not found:
+        # minus its value at 0 (the next layer's bias absorbs a constant, a network trained
+        # from scratch does not: grafs.runtime.discretize.centred); the cell's own is kept
+        history["uncentred_formula"] = str(found)
+        found = centred(found)
     result = SearchResult(str(found), history, settings, time.perf_counter() - t_start,
                           {k: v.detach().cpu() for k, v in cell.state_dict().items()})
     cbs.on_search_end(result)

@@ -19,7 +19,8 @@ class SearchResult:
 
     ``formula``: the discretized activation, exact (parses with grafs.parse into the same
     function; if the highest-α ops give a formula without x, the closest one with x and a
-    GrafsWarning, see grafs.runtime.discretize); ``display``: it rounded; ``history``: per epoch the
+    GrafsWarning, see grafs.runtime.discretize), minus its value at 0 when that is not 0
+    (``history["uncentred_formula"]`` keeps the cell's own; grafs.runtime.discretize.centred); ``display``: it rounded; ``history``: per epoch the
     α of every hole, γ, losses, accuracies, active-op counts, the leading formula and per hole
     the normalised entropy of the Dirichlet mean (grafs.callbacks.normalized_entropy), plus the
     dropped ops with their epochs; ``settings``: the arguments of the run.
