@@ -94,7 +94,8 @@ def run_restarts(one: Callable[..., SearchResult], seed: int, restarts: int,
                  checkpoint_dir: str | os.PathLike | None = None,
                  resume: str | os.PathLike | None = None,
                  pick_epoch: int | None = None,
-                 distributed: bool | None = None) -> SearchResult:
+                 distributed: bool | None = None,
+                 epochs: int | None = None) -> SearchResult:
     """``one(seed_i, checkpoint_dir_i, resume_i, stop_after_epoch)`` for every restart, then
     :func:`pick_best`. Restart i checkpoints to (and resumes from) ``<dir>/restart-<i>``; with
     ``resume`` and no ``checkpoint_dir``, into ``resume`` (as :func:`grafs.search`). A run that
@@ -102,7 +103,8 @@ def run_restarts(one: Callable[..., SearchResult], seed: int, restarts: int,
     ``checkpoint_dir``, so that a later ``resume`` never mixes in another run's restarts.
     ``distributed``: as :func:`grafs.search`'s (a race then needs a shared ``checkpoint_dir``).
 
-    ``pick_epoch``: compare the restarts after this epoch (0-based) instead of at the end:
+    ``pick_epoch``: compare the restarts after this epoch (0-based) instead of at the end (a
+    pick at or past the last of ``epochs``, when given, is the end):
     every restart runs to it, only the one with the lowest validation loss then runs on (a
     race; K restarts of E epochs cost K·(pick_epoch + 1) + E − pick_epoch − 1 epochs). The
     others are listed in ``history["restarts"]`` with their loss and leading formula at
@@ -111,6 +113,8 @@ def run_restarts(one: Callable[..., SearchResult], seed: int, restarts: int,
     if pick_epoch is not None and (not isinstance(pick_epoch, int) or isinstance(pick_epoch, bool)
                                    or pick_epoch < 0):
         raise GrafsError(f"pick_epoch must be None or an int >= 0, got {pick_epoch!r}")
+    if pick_epoch is not None and epochs is not None and pick_epoch >= epochs - 1:
+        pick_epoch = None       # at or past the last epoch: that is comparing at the end
     from grafs import distributed as gdist
     if resume is not None:
         if not (Path(resume) / "restart-0" / "checkpoint.pt").exists():   # restart 0 runs first
@@ -127,7 +131,7 @@ def run_restarts(one: Callable[..., SearchResult], seed: int, restarts: int,
             raise GrafsError("a race of restarts (pick_epoch) under torch.distributed needs a "
                              "checkpoint_dir that every process can read (a shared filesystem)")
         with tempfile.TemporaryDirectory(prefix="grafs-restarts-") as tmp:
-            return run_restarts(one, seed, restarts, tmp, None, pick_epoch, distributed)
+            return run_restarts(one, seed, restarts, tmp, None, pick_epoch, distributed, epochs)
     if checkpoint_dir is not None and resume is None and gdist.rank() == 0:
         # a fresh run: an earlier run's restart checkpoints (other settings, other restart
         # counts) must not be taken for this run's by a later resume
@@ -150,12 +154,13 @@ def run_restarts(one: Callable[..., SearchResult], seed: int, restarts: int,
     heads = []        # each restart up to pick_epoch: a result whose history ends there
     latest = []       # where each restart's latest checkpoint is (the winner runs on from it)
     for i, s in enumerate(seeds):
-        done = _checkpoint(resume_dir(i))
-        latest.append(resume_dir(i))
+        res = resume_dir(i)
+        done = _checkpoint(res)
+        latest.append(res)
         if done is None or done[0]["epochs"][-1] < pick_epoch:
             latest[i] = dirs[i]
             try:
-                r = _attempt(lambda: one(s, dirs[i], resume_dir(i), pick_epoch))
+                r = _attempt(lambda: one(s, dirs[i], res, pick_epoch))
             except _Interrupted:
                 pass
             else:       # failed, or a search with no more than pick_epoch + 1 epochs
@@ -228,15 +233,13 @@ def search_restarts(model, train_data, val_data=None, *, restarts: int = 3, seed
         raise GrafsError(f"pick_epoch ({pick_epoch}) falls in the warm start (warmstart_epochs="
                          f"{warm}), where every restart still trains the original activation; "
                          f"give a later epoch or None")
-    if pick_epoch is not None and pick_epoch >= epochs - 1:
-        pick_epoch = None       # at or past the last epoch: that is comparing at the end
 
     def one(s, ck, res, stop):     # ``model`` itself stays as it is: each restart gets a copy
         tr, va = split_dataset(data, train_fraction, s) if own_splits else (train_data, val_data)
         return search(copy.deepcopy(model), tr, va, seed=s, checkpoint_dir=ck,
                       resume=res, _stop_after_epoch=stop, **kwargs)
     return run_restarts(one, seed, restarts, checkpoint_dir, resume, pick_epoch,
-                        kwargs.get("distributed"))
+                        kwargs.get("distributed"), epochs)
 
 
 __all__ = ["RESTART_SEED_STRIDE", "final_val_loss", "pick_best", "restart_seeds",

@@ -285,11 +285,12 @@ def search(model: nn.Module, train_data, val_data=None, *, space=None, epochs: i
         # sum (textures), so both forms are kept (docs/results-textures.md)
         keep_x = found is not cell.discretize()          # (Exprs are interned)
         history["unscaled_formula"] = str(centred(cell.discretize(keep_x=keep_x, scaled=False)))
-    if centred(found) is not found:
+    zeroed = centred(found)
+    if zeroed is not found:
         # minus its value at 0 (the next layer's bias absorbs a constant, a network trained
         # from scratch does not: grafs.runtime.discretize.centred); the cell's own is kept
         history["uncentred_formula"] = str(found)
-        found = centred(found)
+        found = zeroed
     result = SearchResult(str(found), history, settings, time.perf_counter() - t_start,
                           {k: v.detach().cpu() for k, v in cell.state_dict().items()})
     cbs.on_search_end(result)
@@ -391,10 +392,8 @@ def search_task(task, *, seed: int = 0, epochs: int | None = None, space=None, p
         result = one(seed, checkpoint_dir, resume)
     else:   # grafs.restarts: the restart with the lowest validation loss (at the end, or a race)
         from grafs.restarts import run_restarts
-        pick = cfg.restart_pick_epoch
         result = run_restarts(one, seed, cfg.restarts, checkpoint_dir, resume,
-                              pick if pick is not None and pick < epochs - 1 else None,
-                              distributed)
+                              cfg.restart_pick_epoch, distributed, epochs)
     result.settings["task"] = task.name
     _warn_if_untrainable(task, result, seed)
     return result

@@ -141,18 +141,26 @@ def varies_with_x(e: E.Expr) -> bool:
     if not e.depends_on_x():
         return False
     import torch
-    from grafs.compiler.eager import run_expr
-    from grafs.errors import GrafsError
-    xs = torch.linspace(-20.0, 20.0, 4001, dtype=torch.float64)
-    try:
-        with torch.no_grad():
-            v = run_expr(e, xs, {}).double().expand_as(xs)
-    except (GrafsError, RuntimeError):   # an op the interpreter cannot run: trust the structure
+    v = _values(e, torch.linspace(-20.0, 20.0, 4001, dtype=torch.float64))
+    if v is None:                        # an op the interpreter cannot run: trust the structure
         return True
     v = v[torch.isfinite(v)]
     if v.numel() < 2:
         return False
     return float(v.max() - v.min()) > 1e-9 * max(1.0, float(v.abs().max()))
+
+
+def _values(e: E.Expr, xs):
+    """``e`` at the float64 points ``xs`` (eager interpreter, no grad); None when it cannot be
+    run here (an op without an eager form, a trainable family's parameters)."""
+    import torch
+    from grafs.compiler.eager import run_expr
+    from grafs.errors import GrafsError
+    try:
+        with torch.no_grad():
+            return run_expr(e, xs, {}).double().expand_as(xs)
+    except (GrafsError, RuntimeError, KeyError, TypeError):
+        return None
 
 
 def _is_affine(e: E.Expr) -> bool:
@@ -207,14 +215,8 @@ def centred(e: E.Expr) -> E.Expr:
     import math
 
     import torch
-
-    from grafs.compiler.eager import run_expr
-    from grafs.errors import GrafsError
-    try:
-        with torch.no_grad():
-            v = float(run_expr(e, torch.zeros(1, dtype=torch.float64), {}).double().reshape(-1)[0])
-    except (GrafsError, RuntimeError, KeyError, TypeError):
-        return e
+    at0 = _values(e, torch.zeros(1, dtype=torch.float64))
+    v = float(at0[0]) if at0 is not None else math.nan
     if not math.isfinite(v) or v == 0.0:
         return e
     return E.call("sub", e, E.const(v))
