@@ -53,7 +53,8 @@ def get_task(name: str, seed: int = 0, **overrides: Any) -> Task:
     text: block_size, max_chars, test_fraction, dropout; textures: classes, scales, stride,
     test_fraction, train_per_class, test_per_class, noise, split_seed, width; inr: image,
     size, test_fraction, split_seed, frequencies, hidden, depth; teacher: teacher (a
-    formula), in_dim, width, num_train, num_test, preact_std, noise, data_seed, student_norm); any
+    formula), in_dim, width, num_train, num_test, preact_std, noise, data_seed, student_norm,
+    student_init); any
     :class:`TrainConfig` /
     :class:`SearchConfig` field (``epochs=3``, ``lr=...``, ``arch_lr=...``) — applied to
     both the search and the evaluation config where the field exists; or

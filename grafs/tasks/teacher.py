@@ -47,7 +47,13 @@ DATA_DEFAULTS: dict[str, Any] = {
     # affine): the previous layer can then no longer absorb an input scale or shift, so the
     # student's only symmetry is the output affine map that shape_error fits
     "student_norm": False,
+    # the student's initial weights: "torch" (nn.Linear's default, pre-activations of std
+    # about 0.6) or "teacher" (the teacher's scale: hidden weights N(0, preact_std²/fan_in),
+    # output N(0, 1/fan_in), biases 0, so the activation starts on the teacher's range)
+    "student_init": "torch",
 }
+
+STUDENT_INITS = ("torch", "teacher")
 
 
 def mse(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -75,11 +81,19 @@ class PreactNorm(nn.BatchNorm1d):
         return f"{super().extra_repr()}, std={self.std}"
 
 
-def _mlp(in_dim: int, width: int, activation, preact_std: float | None = None) -> nn.Sequential:
+def _mlp(in_dim: int, width: int, activation, preact_std: float | None = None,
+         init_std: float | None = None) -> nn.Sequential:
     def norm() -> list[nn.Module]:
         return [] if preact_std is None else [PreactNorm(width, preact_std)]
-    return nn.Sequential(nn.Linear(in_dim, width), *norm(), activation(),
-                         nn.Linear(width, width), *norm(), activation(), nn.Linear(width, 1))
+    layers = [nn.Linear(in_dim, width), nn.Linear(width, width), nn.Linear(width, 1)]
+    if init_std is not None:
+        # the teacher's weight distribution (before its per-unit normalisation on the data)
+        with torch.no_grad():
+            for layer, std in zip(layers, (init_std, init_std, 1.0)):
+                layer.weight.normal_(0.0, std / layer.in_features ** 0.5)
+                layer.bias.zero_()
+    return nn.Sequential(layers[0], *norm(), activation(),
+                         layers[1], *norm(), activation(), layers[2])
 
 
 @functools.lru_cache(maxsize=16)
@@ -167,8 +181,8 @@ EVAL_DEFAULTS = TrainConfig(
 
 
 def _build_model(activation, *, in_dim: int, width: int,
-                 preact_std: float | None = None) -> nn.Module:
-    return _mlp(in_dim, width, activation, preact_std)
+                 preact_std: float | None = None, init_std: float | None = None) -> nn.Module:
+    return _mlp(in_dim, width, activation, preact_std, init_std)
 
 
 def make_teacher_task(seed: int = 0, **overrides: Any) -> Task:
@@ -195,7 +209,11 @@ def make_teacher_task(seed: int = 0, **overrides: Any) -> Task:
     if not isinstance(opts["student_norm"], bool):
         raise GrafsError(f"task 'teacher' option student_norm must be true or false, "
                          f"got {opts['student_norm']!r}")
+    if opts["student_init"] not in STUDENT_INITS:
+        raise GrafsError(f"task 'teacher' option student_init must be one of "
+                         f"{', '.join(STUDENT_INITS)}, got {opts['student_init']!r}")
     norm_std = float(opts["preact_std"]) if opts["student_norm"] else None
+    init_std = float(opts["preact_std"]) if opts["student_init"] == "teacher" else None
     train_x, train_y, test_x, test_y = _generate(str(expr), in_dim, width, n_tr, n_te,
                                                  float(opts["preact_std"]),
                                                  float(opts["noise"]), seed_d)
@@ -204,11 +222,12 @@ def make_teacher_task(seed: int = 0, **overrides: Any) -> Task:
         description=(f"teacher-student regression: {in_dim}->{width}->{width}->1 MLP teacher "
                      f"with {expr}, {n_tr} train / {n_te} test Gaussian inputs; student: the "
                      f"same MLP with ReLU"
-                     f"{', pre-activations normalised' if norm_std else ''}, MSE"),
+                     f"{', pre-activations normalised' if norm_std else ''}"
+                     f"{', initialised at the teacher scale' if init_std else ''}, MSE"),
         train_x=train_x.clone(), train_y=train_y.clone(), test_x=test_x.clone(),
         test_y=test_y.clone(),
         model_builder=functools.partial(_build_model, in_dim=in_dim, width=width,
-                                        preact_std=norm_std),
+                                        preact_std=norm_std, init_std=init_std),
         default_activation=nn.ReLU, activation_types=(nn.ReLU,),
         search_config=search, eval_config=evaluation, loss_fn=mse, metric=mse,
         metric_name="mse", higher_is_better=False, num_classes=0, seed=seed,

@@ -57,6 +57,8 @@ def test_bad_teachers_and_options_raise_grafs_errors():
         get_task("teacher", teacher="tanh(x)", teachr="relu(x)")
     with pytest.raises(GrafsError, match="student_norm must be true or false"):
         get_task("teacher", teacher="tanh(x)", student_norm="yes", **SMALL)
+    with pytest.raises(GrafsError, match="student_init must be one of torch, teacher"):
+        get_task("teacher", teacher="tanh(x)", student_init="he", **SMALL)
 
 
 def test_student_norm_pins_the_preactivations_like_the_teachers():
@@ -85,6 +87,29 @@ def test_student_norm_pins_the_preactivations_like_the_teachers():
     want = (one - norm.running_mean) / torch.sqrt(norm.running_var + norm.eps) * 1.5
     torch.testing.assert_close(norm(one), want)
     torch.testing.assert_close(norm.running_mean, before)
+
+
+def test_student_init_teacher_draws_the_teachers_weight_distribution():
+    """student_init="teacher": hidden weights N(0, preact_std²/fan_in), output N(0, 1/fan_in),
+    biases 0 — the teacher's distribution — so the student's pre-activations start on the
+    teacher's range (std about preact_std on Gaussian inputs) instead of torch's ~0.6."""
+    big = dict(num_train=64, num_test=32, width=512, in_dim=256)
+    task = get_task("teacher", teacher="tanh(x)", student_init="teacher", preact_std=1.5, **big)
+    torch.manual_seed(0)
+    net = task.model_builder(torch.nn.Identity)
+    for layer, std in ((net[0], 1.5), (net[2], 1.5), (net[4], 1.0)):
+        w = layer.weight.detach().double()
+        want = std / layer.in_features ** 0.5
+        assert abs(float(w.std()) / want - 1) < 0.05          # 512·256 draws: about 0.3 %
+        assert abs(float(w.mean())) < 0.05 * want
+        assert not layer.bias.detach().any()
+    pre = net[0](task.train_x)
+    assert 1.2 < float(pre.std()) < 1.8
+    assert "teacher scale" in task.description
+    torch.manual_seed(0)
+    plain = get_task("teacher", teacher="tanh(x)", **big).model_builder(torch.nn.Identity)
+    assert float(plain[0](task.train_x).std()) < 0.8               # torch's default: ~1/sqrt(3)
+    assert plain[0].bias.detach().any()
 
 
 def _ref_shape_error(f, t):
