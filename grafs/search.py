@@ -46,7 +46,7 @@ def search(model: nn.Module, train_data, val_data=None, *, space=None, epochs: i
            scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
            arch_lr: float = 1e-3, arch_weight_decay: float = 1e-3,
            arch_betas: tuple[float, float] = (0.5, 0.999), arch_steps: int = 1,
-           single_level: bool = False, grad_accumulation: int = 1,
+           arch_batch_size: int | None = None, single_level: bool = False, grad_accumulation: int = 1,
            activation_types: Sequence[type] = DEFAULT_TYPES, cell_mode: str = "auto",
            device: str | torch.device | None = None, checkpoint_dir: str | os.PathLike | None = None,
            resume: str | os.PathLike | None = None, progress: bool = True,
@@ -78,6 +78,9 @@ def search(model: nn.Module, train_data, val_data=None, *, space=None, epochs: i
     ``callbacks``: :class:`grafs.Callback` instances told of every step and epoch (experiment
     tracking, e.g. :class:`grafs.TensorBoardLogger`; see grafs.callbacks).
     ``arch_steps``: arch steps (each on its own validation batch) per weight step.
+    ``arch_batch_size``: examples per validation batch of an arch step (default
+    ``batch_size``); a larger one averages the α gradient over more examples (less noise in
+    the ops' ranking) for little more time where the cell's per-call cost dominates.
     ``single_level``: after warm start, one joint step per training batch trains the weights
     and α/γ from the same forward/backward (half the passes; the validation data then only
     gives the per-epoch validation loss). Not the paper's method, and it recovered fewer
@@ -95,6 +98,10 @@ def search(model: nn.Module, train_data, val_data=None, *, space=None, epochs: i
     if not isinstance(arch_steps, int) or arch_steps < 1:
         raise GrafsError(f"arch_steps (arch steps per weight step) must be an int >= 1, "
                          f"got {arch_steps!r}")
+    if arch_batch_size is not None and (not isinstance(arch_batch_size, int)
+                                        or isinstance(arch_batch_size, bool) or arch_batch_size < 1):
+        raise GrafsError(f"arch_batch_size (examples per validation batch of an arch step) must "
+                         f"be an int >= 1 or None (the batch_size), got {arch_batch_size!r}")
     if not isinstance(single_level, bool):
         raise GrafsError(f"single_level must be True or False, got {single_level!r}")
     if single_level and arch_steps != 1:
@@ -124,6 +131,8 @@ def search(model: nn.Module, train_data, val_data=None, *, space=None, epochs: i
                     max_steps_per_epoch=max_steps_per_epoch, amp=amp,
                     **({"normalize": True} if getattr(space, "normalize", False) else {}),
                     **({"arch_steps": arch_steps} if arch_steps != 1 else {}),
+                    **({"arch_batch_size": arch_batch_size}
+                       if arch_batch_size not in (None, batch_size) else {}),
                     **({"single_level": True} if single_level else {}))
     world = 1 if dist is None else dist.world_size
     if dist is not None:
@@ -134,7 +143,10 @@ def search(model: nn.Module, train_data, val_data=None, *, space=None, epochs: i
         train_data, val_data = split_dataset(train_data, train_fraction, seed)
     shard = None if dist is None else dist.shard
     train = _Batches(train_data, batch_size, seed, 0, "train_data", dev, shard)
-    val = _Batches(val_data, batch_size, seed, 1, "val_data", dev, shard)
+    if arch_batch_size not in (None, batch_size) and isinstance(val_data, torch.utils.data.DataLoader):
+        raise GrafsError("arch_batch_size applies to tensors or a Dataset as val_data; a DataLoader "
+                         "brings its own batch size (set it there)")
+    val = _Batches(val_data, arch_batch_size or batch_size, seed, 1, "val_data", dev, shard)
 
     model = model.to(dev)
     cell = space.relax(mode=cell_mode, seed=seed).to(dev)
@@ -382,7 +394,7 @@ def search_task(task, *, seed: int = 0, epochs: int | None = None, space=None, p
                       scheduler=lambda opt: cfg.make_scheduler(opt, epochs * spe),
                       arch_lr=cfg.arch_lr, arch_weight_decay=cfg.arch_weight_decay,
                       arch_betas=tuple(cfg.arch_betas), arch_steps=cfg.arch_steps,
-                      single_level=cfg.single_level,
+                      arch_batch_size=cfg.arch_batch_size, single_level=cfg.single_level,
                       grad_accumulation=cfg.grad_accum_steps,
                       activation_types=task.activation_types, cell_mode=cell_mode,
                       checkpoint_dir=ck, resume=res, progress=progress,

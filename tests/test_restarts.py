@@ -183,6 +183,7 @@ def test_pick_epoch_is_checked():
     # epoch 20 of 60 (docs/results-teacher.md); the other tasks run one search, as the paper
     sc = get_task("teacher").search_config
     assert (sc.restarts, sc.restart_pick_epoch, sc.restart_splits, sc.epochs) == (3, 19, True, 60)
+    assert sc.arch_batch_size == 512 and get_task("mnist1d", num_samples=200).search_config.arch_batch_size is None
     assert get_task("mnist1d", num_samples=200).search_config.restarts == 1
 
 

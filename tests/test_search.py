@@ -90,6 +90,45 @@ def test_more_arch_steps_per_weight_step(tmp_path):
         SearchConfig(arch_steps=0)
 
 
+def test_arch_batch_size_sets_the_validation_batches_of_the_arch_steps(tmp_path):
+    """arch_batch_size=60: every arch step's validation batch has 60 examples (the 60
+    validation examples of a 240-example 75/25 split: one full batch per step), the training
+    batches keep batch_size; deterministic, resumable, recorded in the settings."""
+    seen = []
+
+    def loss_fn(out, y):
+        seen.append(len(y))
+        return nn.functional.cross_entropy(out, y)
+
+    big = run(arch_batch_size=60, loss_fn=loss_fn)
+    assert big.settings["arch_batch_size"] == 60
+    assert set(seen) == {32, 60, 20}      # 180 training examples: batches of 32 and a last 20
+    seen.clear()
+    one = run(loss_fn=loss_fn)
+    assert "arch_batch_size" not in one.settings and 60 not in seen and len(seen) > 0
+    assert run(arch_batch_size=32).history["alpha"] == one.history["alpha"]  # = batch_size
+    assert big.history["alpha"] != one.history["alpha"]
+    assert run(arch_batch_size=60).history["alpha"] == big.history["alpha"]
+    with pytest.raises(_Interrupted):
+        run(arch_batch_size=60, checkpoint_dir=tmp_path / "cut", _stop_after_epoch=2)
+    resumed = run(arch_batch_size=60, checkpoint_dir=tmp_path / "cut", resume=tmp_path / "cut")
+    assert resumed.history["alpha"] == big.history["alpha"]
+    with pytest.raises(GrafsError, match="other settings"):
+        run(resume=tmp_path / "cut")
+    for bad in (0, 1.5, "64", True):
+        with pytest.raises(GrafsError, match="arch_batch_size"):
+            run(arch_batch_size=bad)
+    x, y = data()
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x[200:], y[200:]),
+                                         batch_size=8)
+    with pytest.raises(GrafsError, match="DataLoader brings its own batch size"):
+        search(model(), (x[:200], y[:200]), loader, space=SearchSpace(**SPACE), epochs=3,
+               arch_batch_size=16, progress=False)
+    from grafs.tasks.base import SearchConfig
+    with pytest.raises(GrafsError, match="arch_batch_size"):
+        SearchConfig(arch_batch_size=0)
+
+
 def test_resume_with_other_settings_is_refused(tmp_path):
     with pytest.raises(_Interrupted):
         run(checkpoint_dir=tmp_path, _stop_after_epoch=1)

@@ -206,6 +206,8 @@ class SearchConfig(TrainConfig):
             (grafs.runtime.normalize; not in the paper, see docs/results-teacher.md).
         arch_steps: architecture steps (each on its own validation batch) per weight step
             (the paper: 1).
+        arch_batch_size: examples per validation batch of an arch step; None: batch_size
+            (the paper).
         single_level: train α/γ on the training batches, in one joint forward/backward with
             the weights (half a bilevel step's passes; not the paper's method, which is
             bilevel: see docs/results-teacher.md for the ablation).
@@ -228,6 +230,7 @@ class SearchConfig(TrainConfig):
     train_fraction: float = 0.75
     normalize: bool = False
     arch_steps: int = 1
+    arch_batch_size: int | None = None
     single_level: bool = False
     restarts: int = 1
     restart_pick_epoch: int | None = None
@@ -239,6 +242,8 @@ class SearchConfig(TrainConfig):
         if not isinstance(self.arch_steps, int) or isinstance(self.arch_steps, bool) \
                 or self.arch_steps < 1:
             raise GrafsError(f"{owner}.arch_steps must be an int >= 1, got {self.arch_steps!r}")
+        if self.arch_batch_size is not None:
+            _check_pos_int(owner, "arch_batch_size", self.arch_batch_size)
         if not isinstance(self.arch_lr, (int, float)) or not self.arch_lr > 0:
             raise GrafsError(f"{owner}.arch_lr must be > 0, got {self.arch_lr!r}")
         _check_nonneg(owner, "arch_weight_decay", self.arch_weight_decay)
