@@ -85,15 +85,16 @@ def _mlp(in_dim: int, width: int, activation, preact_std: float | None = None,
          init_std: float | None = None) -> nn.Sequential:
     def norm() -> list[nn.Module]:
         return [] if preact_std is None else [PreactNorm(width, preact_std)]
-    layers = [nn.Linear(in_dim, width), nn.Linear(width, width), nn.Linear(width, 1)]
+    net = nn.Sequential(nn.Linear(in_dim, width), *norm(), activation(),
+                        nn.Linear(width, width), *norm(), activation(), nn.Linear(width, 1))
     if init_std is not None:
         # the teacher's weight distribution (before its per-unit normalisation on the data)
+        layers = [m for m in net if isinstance(m, nn.Linear)]
         with torch.no_grad():
             for layer, std in zip(layers, (init_std, init_std, 1.0)):
                 layer.weight.normal_(0.0, std / layer.in_features ** 0.5)
                 layer.bias.zero_()
-    return nn.Sequential(layers[0], *norm(), activation(),
-                         layers[1], *norm(), activation(), layers[2])
+    return net
 
 
 @functools.lru_cache(maxsize=16)
