@@ -176,8 +176,8 @@ SEARCH_DEFAULTS = SearchConfig(
     # (docs/results-teacher.md)
     restarts=3, restart_pick_epoch=19, restart_splits=True,
     # validation batches of 512 for the arch steps (the α gradient's noise halved; 1.5× the
-    # time here): over 30 searches on one machine, 28 shapes up to the input scale against 23
-    # and as many students better than every baseline (24 against 23)
+    # time here): over 45 searches on one machine, 39 shapes up to the input scale against 33,
+    # students no better (33 better than every baseline against 34)
     arch_batch_size=512)
 
 EVAL_DEFAULTS = TrainConfig(
