@@ -102,6 +102,8 @@ def search(model: nn.Module, train_data, val_data=None, *, space=None, epochs: i
                                         or isinstance(arch_batch_size, bool) or arch_batch_size < 1):
         raise GrafsError(f"arch_batch_size (examples per validation batch of an arch step) must "
                          f"be an int >= 1 or None (the batch_size), got {arch_batch_size!r}")
+    if arch_batch_size == batch_size:
+        arch_batch_size = None          # the default, spelt out: the same run and settings
     if not isinstance(single_level, bool):
         raise GrafsError(f"single_level must be True or False, got {single_level!r}")
     if single_level and arch_steps != 1:
@@ -131,8 +133,7 @@ def search(model: nn.Module, train_data, val_data=None, *, space=None, epochs: i
                     max_steps_per_epoch=max_steps_per_epoch, amp=amp,
                     **({"normalize": True} if getattr(space, "normalize", False) else {}),
                     **({"arch_steps": arch_steps} if arch_steps != 1 else {}),
-                    **({"arch_batch_size": arch_batch_size}
-                       if arch_batch_size not in (None, batch_size) else {}),
+                    **({"arch_batch_size": arch_batch_size} if arch_batch_size else {}),
                     **({"single_level": True} if single_level else {}))
     world = 1 if dist is None else dist.world_size
     if dist is not None:
@@ -143,7 +144,7 @@ def search(model: nn.Module, train_data, val_data=None, *, space=None, epochs: i
         train_data, val_data = split_dataset(train_data, train_fraction, seed)
     shard = None if dist is None else dist.shard
     train = _Batches(train_data, batch_size, seed, 0, "train_data", dev, shard)
-    if arch_batch_size not in (None, batch_size) and isinstance(val_data, torch.utils.data.DataLoader):
+    if arch_batch_size and isinstance(val_data, torch.utils.data.DataLoader):
         raise GrafsError("arch_batch_size applies to tensors or a Dataset as val_data; a DataLoader "
                          "brings its own batch size (set it there)")
     val = _Batches(val_data, arch_batch_size or batch_size, seed, 1, "val_data", dev, shard)

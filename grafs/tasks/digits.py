@@ -20,7 +20,8 @@ from torch import nn
 
 from grafs.errors import GrafsError
 from grafs.models.resnet import resnet_small
-from grafs.tasks.base import SearchConfig, Task, TrainConfig, apply_overrides, check_option
+from grafs.tasks.base import Task, apply_overrides, check_option
+from grafs.tasks.config import SearchConfig, TrainConfig
 
 __all__ = ["load_digits", "make_digits_task", "DATA_DEFAULTS"]
 

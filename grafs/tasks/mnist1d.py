@@ -24,7 +24,8 @@ from torch import nn
 
 from grafs.errors import GrafsError
 from grafs.models.small import conv1d_net
-from grafs.tasks.base import SearchConfig, Task, TrainConfig, apply_overrides, check_option
+from grafs.tasks.base import Task, apply_overrides, check_option
+from grafs.tasks.config import SearchConfig, TrainConfig
 
 __all__ = ["load_mnist1d", "make_mnist1d_task", "DATA_DEFAULTS"]
 

@@ -42,7 +42,8 @@ from torch import nn
 from grafs.errors import GrafsError
 from grafs.models.resnet import CifarResNet
 from grafs.tasks._skimage import BUNDLED, load_gray
-from grafs.tasks.base import SearchConfig, Task, TrainConfig, apply_overrides, check_option
+from grafs.tasks.base import Task, apply_overrides, check_option
+from grafs.tasks.config import SearchConfig, TrainConfig
 
 __all__ = ["load_textures", "patch_boxes", "make_textures_task", "DATA_DEFAULTS", "PATCH"]
 
