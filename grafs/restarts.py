@@ -7,7 +7,9 @@ the search's own last validation loss (the discretized network, on the validatio
 weights never trained on) is a free criterion to pick among restarts: for each of the five
 teachers, the search with the lowest one trained the best student from scratch or one within
 its SEM (docs/results-teacher.md). DARTS kept the best of four runs too, but picked by a short
-training from scratch; this costs nothing extra.
+training from scratch; the validation loss costs nothing extra. A built-in task can pick the
+DARTS way (``SearchConfig.restart_select="scratch"``: each restart's formula trained once from
+scratch, :func:`grafs.search.scratch_val_loss`), passed here as ``score``.
 
 Restart ``i`` of a search with seed ``s`` runs with seed ``s + 1000·i`` (restart 0 is the plain
 search) on the same training/validation split, so the validation losses compare.
@@ -20,6 +22,7 @@ import json
 import math
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -44,15 +47,30 @@ def final_val_loss(result: SearchResult) -> float:
     return float(v) if v is not None and math.isfinite(float(v)) else math.inf
 
 
-def pick_best(results: Sequence[SearchResult], seeds: Sequence[int]) -> SearchResult:
-    """The result with the lowest final validation loss (the first on ties), with every
-    restart recorded in ``history["restarts"]`` and ``search_seconds`` the sum of all of
-    them (what the user waited for)."""
+def pick_best(results: Sequence[SearchResult], seeds: Sequence[int],
+              score: Callable[[SearchResult], float] | None = None) -> SearchResult:
+    """The result with the lowest ``score`` (default: the final validation loss; the first on
+    ties), with every restart recorded in ``history["restarts"]`` and ``search_seconds`` the
+    sum of all of them (what the user waited for)."""
     if not results or len(results) != len(seeds):
         raise GrafsError(f"pick_best needs one seed per result, got {len(results)} results "
                          f"and {len(seeds)} seeds")
-    losses = [final_val_loss(r) for r in results]
-    return _record(results, seeds, losses, min(range(len(results)), key=lambda i: losses[i]))
+    t0 = time.perf_counter()
+    scores = _scores(results, score)
+    return _record(results, seeds, scores, min(range(len(results)), key=lambda i: scores[i]),
+                   scored=score is not None, select_seconds=time.perf_counter() - t0)
+
+
+def _scores(results: Sequence[SearchResult],
+            score: Callable[[SearchResult], float] | None) -> list[float]:
+    """``score`` of each result (inf for a failed restart or a non-finite score)."""
+    if score is None:
+        return [final_val_loss(r) for r in results]
+    out = []
+    for r in results:
+        v = math.inf if "error" in r.settings or not r.formula else float(score(r))
+        out.append(v if math.isfinite(v) else math.inf)
+    return out
 
 
 def _failed(err: Exception) -> SearchResult:
@@ -69,24 +87,35 @@ def _attempt(run: Callable[[], SearchResult]) -> SearchResult:
         return _failed(err)
 
 
-def _record(results, seeds, losses, best: int, raced: bool = False) -> SearchResult:
-    """``results[best]``, chosen on ``losses``, with every restart in its history; if every
-    restart failed, the first one's error."""
+def _record(results, seeds, scores, best: int, raced: bool = False,
+            scored: bool = False, select_seconds: float = 0.0) -> SearchResult:
+    """``results[best]``, chosen on ``scores``, with every restart in its history; if every
+    restart failed, the first one's error. ``scored``: the scores are not the validation
+    losses (restart_select="scratch"), so both are recorded, and the ``select_seconds`` the
+    scoring took count in ``search_seconds``."""
     from grafs.errors import SearchError
     chosen = results[best]
     if "error" in chosen.settings:
         raise SearchError(f"every one of the {len(results)} restarts failed; the first: "
                           f"{results[0].settings['error']}")
+
+    def loss(r, v):
+        v = final_val_loss(r) if scored else v
+        return None if math.isinf(v) else v
     chosen.history["restarts"] = [
-        {"seed": s, "formula": r.formula or None, "val_loss": None if math.isinf(v) else v,
+        {"seed": s, "formula": r.formula or None, "val_loss": loss(r, v),
+         **({"score": None if math.isinf(v) else v} if scored else {}),
          "search_seconds": r.search_seconds, "chosen": i == best,
          **({"error": r.settings["error"]} if "error" in r.settings else {}),
          # a raced restart that lost stopped after the epoch its loss was taken at
          **({"stopped_at": len(r.history["val_loss"]) - 1}
             if raced and i != best and "error" not in r.settings else {})}
-        for i, (s, r, v) in enumerate(zip(seeds, results, losses))]
+        for i, (s, r, v) in enumerate(zip(seeds, results, scores))]
     chosen.settings["restarts"] = len(results)
     chosen.search_seconds = sum(r.search_seconds for r in results)
+    if scored:      # the free default's comparison is not timed; a training per restart is
+        chosen.search_seconds += select_seconds
+        chosen.settings["restart_select_seconds"] = select_seconds
     return chosen
 
 
@@ -95,13 +124,17 @@ def run_restarts(one: Callable[..., SearchResult], seed: int, restarts: int,
                  resume: str | os.PathLike | None = None,
                  pick_epoch: int | None = None,
                  distributed: bool | None = None,
-                 epochs: int | None = None) -> SearchResult:
+                 epochs: int | None = None,
+                 score: Callable[[SearchResult], float] | None = None) -> SearchResult:
     """``one(seed_i, checkpoint_dir_i, resume_i, stop_after_epoch)`` for every restart, then
     :func:`pick_best`. Restart i checkpoints to (and resumes from) ``<dir>/restart-<i>``; with
     ``resume`` and no ``checkpoint_dir``, into ``resume`` (as :func:`grafs.search`). A run that
     does not resume first removes the ``restart-<i>/checkpoint.pt`` files an earlier run left in
     ``checkpoint_dir``, so that a later ``resume`` never mixes in another run's restarts.
     ``distributed``: as :func:`grafs.search`'s (a race then needs a shared ``checkpoint_dir``).
+
+    ``score``: what the restarts are compared on, lower is better (default: the validation
+    loss; e.g. the loss of the formula trained from scratch, ``restart_select="scratch"``).
 
     ``pick_epoch``: compare the restarts after this epoch (0-based) instead of at the end (a
     pick at or past the last of ``epochs``, when given, is the end):
@@ -131,7 +164,8 @@ def run_restarts(one: Callable[..., SearchResult], seed: int, restarts: int,
             raise GrafsError("a race of restarts (pick_epoch) under torch.distributed needs a "
                              "checkpoint_dir that every process can read (a shared filesystem)")
         with tempfile.TemporaryDirectory(prefix="grafs-restarts-") as tmp:
-            return run_restarts(one, seed, restarts, tmp, None, pick_epoch, distributed, epochs)
+            return run_restarts(one, seed, restarts, tmp, None, pick_epoch, distributed, epochs,
+                                score)
     if checkpoint_dir is not None and resume is None and gdist.rank() == 0:
         # a fresh run: an earlier run's restart checkpoints (other settings, other restart
         # counts) must not be taken for this run's by a later resume
@@ -149,7 +183,7 @@ def run_restarts(one: Callable[..., SearchResult], seed: int, restarts: int,
 
     if pick_epoch is None or restarts == 1:
         return pick_best([_attempt(lambda: one(s, dirs[i], resume_dir(i), None))
-                          for i, s in enumerate(seeds)], seeds)
+                          for i, s in enumerate(seeds)], seeds, score)
     from grafs.search import _Interrupted
     heads = []        # each restart up to pick_epoch: a result whose history ends there
     latest = []       # where each restart's latest checkpoint is (the winner runs on from it)
@@ -181,7 +215,9 @@ def run_restarts(one: Callable[..., SearchResult], seed: int, restarts: int,
         heads.append(SearchResult(hist["formula"][cut - 1],
                                   {k: hist[k][:cut] for k in ("val_loss", "formula")},
                                   search_seconds=seconds))
-    losses = [final_val_loss(h) for h in heads]
+    t0 = time.perf_counter()
+    losses = _scores(heads, score)
+    select_seconds = time.perf_counter() - t0
     # the winner runs on from its checkpoint at pick_epoch (or from where a stopped run left
     # it); if it fails on the way, the next best does
     for best in sorted(range(restarts), key=lambda i: losses[i]):
@@ -191,7 +227,8 @@ def run_restarts(one: Callable[..., SearchResult], seed: int, restarts: int,
         heads[best] = final
         if "error" not in final.settings:
             break
-    picked = _record(heads, seeds, losses, best, raced=True)
+    picked = _record(heads, seeds, losses, best, raced=True, scored=score is not None,
+                     select_seconds=select_seconds)
     picked.settings["restart_pick_epoch"] = pick_epoch
     return picked
 

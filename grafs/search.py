@@ -36,7 +36,7 @@ from grafs.sites import DEFAULT_TYPES, Act, SearchSite, replace_activations
 # The search is split by job: sites.py (model surgery), search_data.py (batching),
 # search_step.py (one step), search_result.py, rng.py; the names stay importable from here.
 __all__ = ["search", "search_task", "SearchResult", "Act", "SearchSite", "replace_activations",
-           "resolve_device", "split_dataset", "seed_everything", "DEFAULT_TYPES"]
+           "resolve_device", "split_dataset", "seed_everything", "DEFAULT_TYPES", "scratch_val_loss"]
 
 
 def search(model: nn.Module, train_data, val_data=None, *, space=None, epochs: int = 10,
@@ -369,7 +369,8 @@ def search_task(task, *, seed: int = 0, epochs: int | None = None, space=None, p
     ``search_config.restarts`` > 1, that many searches on one split (grafs.restarts), each
     checkpointed under ``checkpoint_dir/restart-<i>``; the one with the lowest final
     validation loss is returned (with ``restart_pick_epoch``, compared at that epoch and only
-    the best one run on)."""
+    the best one run on; with ``restart_select="scratch"``, the one whose formula trained
+    from scratch on the search split reaches the lowest validation loss)."""
     from grafs.distributed import world_size
     cfg = task.search_config
     epochs = cfg.epochs if epochs is None else epochs
@@ -405,11 +406,45 @@ def search_task(task, *, seed: int = 0, epochs: int | None = None, space=None, p
         result = one(seed, checkpoint_dir, resume)
     else:   # grafs.restarts: the restart with the lowest validation loss (at the end, or a race)
         from grafs.restarts import run_restarts
+        score = None
+        if cfg.restart_select == "scratch":
+            from grafs import distributed as gdist
+            dev = resolve_device(device) if device is not None else torch.device("cpu")
+            ctx = gdist.context(distributed, dev, device is not None)
+
+            def score(r: SearchResult) -> float:
+                def run() -> float:
+                    return scratch_val_loss(task, r.formula, ((xt, yt), (xv, yv)), seed=seed,
+                                            device=ctx.device if ctx is not None else dev)
+                # every process must pick the same restart: rank 0 trains, the others hear it
+                return run() if ctx is None else ctx.from_rank0(run)
         result = run_restarts(one, seed, cfg.restarts, checkpoint_dir, resume,
-                              cfg.restart_pick_epoch, distributed, epochs)
+                              cfg.restart_pick_epoch, distributed, epochs, score)
+        result.settings["restart_select"] = cfg.restart_select
     result.settings["task"] = task.name
     _warn_if_untrainable(task, result, seed)
     return result
+
+
+def scratch_val_loss(task, formula: str, split, *, seed: int = 0,
+                     device: torch.device | str | None = None) -> float:
+    """The validation loss of ``task``'s model with ``formula`` trained from scratch (the
+    evaluation's configuration and seed ``seed``) on ``split = ((x_train, y_train), (x_val,
+    y_val))``; inf when it does not train (a non-finite loss). What ``restart_select="scratch"``
+    compares restarts on: the quantity a user cares about, which the search's own validation
+    loss (a relaxed or freshly discretized network on warm-started weights) only estimates."""
+    from grafs.errors import GrafsError
+    from grafs.evaluate import _factory
+    (xt, yt), val = split
+    model = task.make_model(_factory(formula, "eager"), seed=seed)
+    if device is not None:
+        model = model.to(device)
+    try:
+        task.fit(model, data=(xt, yt), seed=seed)
+    except GrafsError:        # Task.fit raises on a non-finite training loss
+        return math.inf
+    loss = task.evaluate(model, val, device=device)["loss"]
+    return float(loss) if math.isfinite(loss) else math.inf
 
 
 def _clipped_formula(task, formula: str) -> str | None:

@@ -41,7 +41,7 @@ VARIANTS = {
     "single": {"single_level": True},                   # the task's defaults, single-level steps
 }
 # every variant but `default` is one search (as when it was measured: the teacher task's
-# default became a race of three restarts later, docs/results-teacher.md)
+# default became three restarts later, docs/results-teacher.md)
 for _name, _v in VARIANTS.items():
     if _name != "default":
         _v["restarts"] = 1

@@ -179,10 +179,13 @@ def test_pick_epoch_is_checked():
     # past the last epoch: compared at the end, so a shorter run still works
     assert get_task("teacher", restarts=3, restart_pick_epoch=10_000, epochs=5) is not None
     assert get_task("teacher", restarts=3, restart_pick_epoch=20).search_config.restart_pick_epoch == 20
-    # the teacher task's default is a race of three, each on its own split, compared after
-    # epoch 20 of 60 (docs/results-teacher.md); the other tasks run one search, as the paper
+    # the teacher task's default: three restarts of 60 epochs, each on its own split, picked
+    # by training their formulas from scratch (docs/results-teacher.md); the other tasks run
+    # one search, as the paper
     sc = get_task("teacher").search_config
-    assert (sc.restarts, sc.restart_pick_epoch, sc.restart_splits, sc.epochs) == (3, 19, True, 60)
+    assert (sc.restarts, sc.restart_pick_epoch, sc.restart_splits, sc.epochs) == (3, None, True, 60)
+    assert sc.restart_select == "scratch"
+    assert get_task("mnist1d", num_samples=200).search_config.restart_select == "val_loss"
     assert sc.arch_batch_size == 512 and get_task("mnist1d", num_samples=200).search_config.arch_batch_size is None
     assert get_task("mnist1d", num_samples=200).search_config.restarts == 1
 
@@ -301,11 +304,12 @@ def test_a_distributed_race_without_a_shared_checkpoint_dir_is_a_clear_error(tmp
 
 def test_one_search_ignores_an_unused_restart_pick_epoch():
     from grafs.tasks import get_task
-    # the teacher's default pick (19) is no reason to refuse a single search's longer warm start
-    sc = get_task("teacher", restarts=1, warmstart_epochs=25, shrink_start_epoch=30).search_config
+    # a pick at 19 is no reason to refuse a single search's longer warm start
+    sc = get_task("teacher", restarts=1, restart_pick_epoch=19, warmstart_epochs=25,
+                  shrink_start_epoch=30).search_config
     assert (sc.restarts, sc.warmstart_epochs) == (1, 25)
     with pytest.raises(GrafsError, match="give a later restart_pick_epoch, or None"):
-        get_task("teacher", warmstart_epochs=25, shrink_start_epoch=30)
+        get_task("teacher", restart_pick_epoch=19, warmstart_epochs=25, shrink_start_epoch=30)
 
 
 @pytest.mark.parametrize("pick", [None, 1])
@@ -376,3 +380,57 @@ def test_search_restarts_own_splits_splits_with_each_restarts_seed():
         assert plain.history["val_loss"][-1] == t["val_loss"]
     with pytest.raises(GrafsError, match="own_splits splits the training data per restart"):
         search_restarts(model(), data(), data(), restarts=2, own_splits=True, **KW)
+
+
+def test_pick_best_with_a_score_compares_on_it_and_records_both():
+    rs = [fake("relu(x)", [0.5]), fake("tanh(x)", [0.3]), fake("abs(x)", [0.6]),
+          SearchResult("", {"val_loss": []}, {"error": "boom"})]
+    scores = {"relu(x)": 0.2, "tanh(x)": 0.9, "abs(x)": math.nan}
+    called = []
+
+    def score(r):
+        called.append(r.formula)
+        return scores[r.formula]
+    best = pick_best(rs, [0, 1, 2, 3], score)
+    assert best.formula == "relu(x)"               # the score decides, not the val loss
+    assert called == ["relu(x)", "tanh(x)", "abs(x)"]   # a failed restart is never scored
+    table = best.history["restarts"]
+    assert [t["score"] for t in table] == [0.2, 0.9, None, None]   # NaN: never chosen
+    assert [t["val_loss"] for t in table] == [0.5, 0.3, 0.6, None]
+    assert best.settings["restart_select_seconds"] >= 0
+    assert "score" not in pick_best(rs[:3], [0, 1, 2]).history["restarts"][0]
+
+
+def test_restart_select_scratch_picks_the_restart_whose_formula_trains_best(tmp_path):
+    from grafs.search import scratch_val_loss, search_task
+    from grafs.tasks import get_task
+    small = dict(teacher="tanh(x)", num_train=256, num_test=32, width=8, epochs=3,
+                 warmstart_epochs=1, shrink_start_epoch=1, eval_epochs=2, restarts=3)
+    space = SearchSpace("U(x)", unary=["relu", "tanh", "square"], binary=["add"])
+    task = get_task("teacher", **small, restart_select="scratch")
+    r = search_task(task, seed=0, space=space, progress=False)
+    plain = search_task(get_task("teacher", **small), seed=0, space=space, progress=False)
+    table = r.history["restarts"]
+    # the same three searches as the default selection; only the pick differs
+    assert [t["formula"] for t in table] == [t["formula"] for t in plain.history["restarts"]]
+    split = task.search_split(seed=0)
+    for t in table:     # each score: its formula trained from scratch, scored on the split
+        assert t["score"] == scratch_val_loss(task, t["formula"], split, seed=0)
+    assert r.formula == min(table, key=lambda t: t["score"])["formula"]
+    assert r.settings["restart_select"] == "scratch"
+    # the trainings that picked it are part of what the user waited for
+    assert r.settings["restart_select_seconds"] > 0
+    assert r.search_seconds == pytest.approx(sum(t["search_seconds"] for t in table)
+                                             + r.settings["restart_select_seconds"])
+    with pytest.raises(GrafsError, match="restart_select must be one of 'val_loss', 'scratch'"):
+        get_task("teacher", restart_select="best")
+
+
+def test_scratch_val_loss_is_inf_for_a_formula_that_does_not_train():
+    from grafs.search import scratch_val_loss
+    from grafs.tasks import get_task
+    task = get_task("teacher", num_train=64, num_test=8, width=4, eval_epochs=1)
+    split = task.search_split(seed=0)
+    assert scratch_val_loss(task, "exp(exp(exp(x)))*1e30", split) == math.inf
+    ok = scratch_val_loss(task, "tanh(x)", split)
+    assert math.isfinite(ok) and ok == scratch_val_loss(task, "tanh(x)", split)   # seeded

@@ -17,10 +17,12 @@ import torch
 
 from grafs.errors import GrafsError
 
-__all__ = ["TrainConfig", "SearchConfig", "OPTIMIZERS", "SCHEDULES"]
+__all__ = ["TrainConfig", "SearchConfig", "OPTIMIZERS", "SCHEDULES", "RESTART_SELECTS"]
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "multistep")
+#: how restarts are compared (SearchConfig.restart_select)
+RESTART_SELECTS = ("val_loss", "scratch")
 
 
 def _check_pos_int(owner: str, name: str, v: Any, allow_none: bool = False) -> None:
@@ -208,6 +210,11 @@ class SearchConfig(TrainConfig):
         restart_splits: each restart on its own training/validation split (made with its
             seed) instead of one shared split; the losses compared are then estimates of the
             same loss on different validation data.
+        restart_select: how restarts are compared: ``"val_loss"`` (the search's own
+            validation loss, free) or ``"scratch"`` (each restart's formula trained from
+            scratch once with the evaluation's configuration on the task's search split,
+            scored by its validation loss: the quantity a user cares about, at the cost of one
+            evaluation run per restart; grafs.restarts).
     """
 
     arch_lr: float = 1e-3
@@ -223,6 +230,7 @@ class SearchConfig(TrainConfig):
     restarts: int = 1
     restart_pick_epoch: int | None = None
     restart_splits: bool = False
+    restart_select: str = "val_loss"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -264,6 +272,9 @@ class SearchConfig(TrainConfig):
                 or self.restarts < 1:
             raise GrafsError(f"{owner}.restarts must be an int >= 1 (1: a single search), "
                              f"got {self.restarts!r}")
+        if self.restart_select not in RESTART_SELECTS:
+            raise GrafsError(f"{owner}.restart_select must be one of "
+                             f"{', '.join(map(repr, RESTART_SELECTS))}, got {self.restart_select!r}")
         pick = self.restart_pick_epoch
         # (the warm-start bound only where there is a race: one search ignores the pick;
         # no upper bound: a pick at or after the last epoch compares at the end, so a

@@ -171,14 +171,13 @@ SEARCH_DEFAULTS = SearchConfig(
     schedule="cosine", min_lr=0.0,
     arch_lr=3e-2, arch_weight_decay=1e-3, warmstart_epochs=2, shrink_start_epoch=8,
     train_fraction=0.75, normalize=True,
-    # a race of three restarts, each on its own split, compared after epoch 20
-    # (grafs.restarts): 1.8× a single search; it recovered 14 of 15 teacher shapes up to the
-    # input scale against 11, and 13 students no worse than every baseline against 9
-    # (docs/results-teacher.md)
-    restarts=3, restart_pick_epoch=19, restart_splits=True,
-    # validation batches of 512 for the arch steps (the α gradient's noise halved; 1.5× the
-    # time here): over 45 searches on one machine, 39 shapes up to the input scale against 33,
-    # students no better (33 better than every baseline against 34)
+    # three restarts, each on its own split, run to the end; the one whose formula trains
+    # best from scratch (one evaluation run each on the search split) is kept: 180 search
+    # epochs and three student runs, against the race picked by validation loss's 100.
+    # Over 45 searches it recovered 44 teacher shapes up to the input scale against 39 for a
+    # race picked by the search's validation loss, and 40 students no worse than every
+    # baseline against 37 (docs/results-teacher.md)
+    restarts=3, restart_pick_epoch=None, restart_splits=True, restart_select="scratch",
     arch_batch_size=512)
 
 EVAL_DEFAULTS = TrainConfig(
