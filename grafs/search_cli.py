@@ -87,12 +87,16 @@ def _search(args, dev, main: bool, world: int) -> int:
     if restarts:
         from grafs.grammar.display import display
         pick = result.settings.get("restart_pick_epoch")
+        scratch = result.settings.get("restart_select") == "scratch"
         print(f"{len(restarts)} restarts (kept: the lowest validation loss "
+              + ("of its formula trained from scratch " if scratch else "")
               + ("at the end)" if pick is None else f"after epoch {pick + 1}, the only one run on)"))
         for r in restarts:
             vl = "   nan" if r["val_loss"] is None else f"{r['val_loss']:.4f}"
+            sc = "" if not scratch else (
+                "  from scratch    nan" if r.get("score") is None else f"  from scratch {r['score']:.4f}")
             what = f"failed: {r['error']}" if r.get("error") else display(r["formula"])
-            print(f"  {'*' if r['chosen'] else ' '} seed {r['seed']:>5}  val {vl}  {what}")
+            print(f"  {'*' if r['chosen'] else ' '} seed {r['seed']:>5}  val {vl}{sc}  {what}")
     print(f"search took {result.search_seconds:.1f} s")
     print(f"found activation: {result.display}")   # rounded; the exact one parses the same
     print(f"exact formula:    {result.formula}")
@@ -155,8 +159,10 @@ def add_search_commands(sub) -> None:
     s.add_argument("--restarts", type=int, default=None, metavar="K",
                    help="run K searches (seeds SEED, SEED+1000, …) on one split and keep the one "
                         "with the lowest validation loss: at the end, or with the task's "
-                        "restart_pick_epoch a race compared at that epoch (default: the task's; "
-                        "3 in a race, each on its own split, on --task teacher; 1 elsewhere)")
+                        "restart_pick_epoch a race compared at that epoch; --set "
+                        "restart_select=scratch compares their formulas trained from scratch "
+                        "(default: the task's; on --task teacher 3, each on its own split, "
+                        "picked from scratch; 1 elsewhere)")
     s.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help=_SET_HELP)
     s.add_argument("--out", default=None, help="directory for checkpoint and result")
     s.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
