@@ -111,14 +111,22 @@ def test_search_restarts_flag_prints_every_restart_and_saves_the_pick(tmp_path, 
     out = tmp_path / "run"
     code, msg, _ = run(capsys, "search", "--task", "teacher", "--restarts", "2", "--set", "epochs=3",
                        "num_train=256", "width=8", "--out", str(out), "--quiet")
-    assert code == 0 and "2 restarts (kept: the lowest validation loss at the end)" in msg
+    # the teacher task picks by training each restart's formula from scratch
+    assert code == 0 and ("2 restarts (kept: the lowest validation loss of its formula trained "
+                          "from scratch at the end)") in msg
     res = grafs.SearchResult.load(out)
     table = res.history["restarts"]
     assert [t["seed"] for t in table] == [0, 1000] and sum(t["chosen"] for t in table) == 1
     assert res.formula == next(t["formula"] for t in table if t["chosen"])
     assert (out / "restart-0" / "checkpoint.pt").exists() and (out / "restart-1" / "checkpoint.pt").exists()
-    for line in (f"seed {t['seed']:>5}  val {t['val_loss']:.4f}" for t in table):
+    for line in (f"seed {t['seed']:>5}  val {t['val_loss']:.4f}  from scratch {t['score']:.4f}"
+                 for t in table):
         assert line in msg
+    code, msg, _ = run(capsys, "search", "--task", "teacher", "--restarts", "2", "--set", "epochs=3",
+                       "num_train=256", "width=8", "restart_select=val_loss", "--quiet",
+                       "--out", str(tmp_path / "val"))
+    assert code == 0 and "2 restarts (kept: the lowest validation loss at the end)" in msg
+    assert "from scratch" not in msg
     code, msg, _ = run(capsys, "search", "--task", "teacher", "--restarts", "2", "--set", "epochs=4",
                        "num_train=256", "width=8", "restart_pick_epoch=2", "--quiet",
                        "--out", str(tmp_path / "race"))
