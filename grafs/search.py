@@ -436,14 +436,20 @@ def scratch_val_loss(task, formula: str, split, *, seed: int = 0,
     from grafs.errors import GrafsError
     from grafs.evaluate import _factory
     (xt, yt), val = split
-    model = task.make_model(_factory(formula, "eager"), seed=seed)
-    if device is not None:
-        model = model.to(device)
-    try:
-        task.fit(model, data=(xt, yt), seed=seed)
-    except GrafsError:        # Task.fit raises on a non-finite training loss
-        return math.inf
-    loss = task.evaluate(model, val, device=device)["loss"]
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    # seeded as an evaluation run (grafs.eval_runs.run_one): what the model draws from the
+    # global RNG (dropout) does not depend on what ran before (a resumed search scores as the
+    # uninterrupted one), and the caller's RNG state is left as it was
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        torch.manual_seed(seed)
+        model = task.make_model(_factory(formula, "eager"), seed=seed)
+        if device is not None:
+            model = model.to(device)
+        try:
+            task.fit(model, data=(xt, yt), seed=seed)
+        except GrafsError:        # Task.fit raises on a non-finite training loss
+            return math.inf
+        loss = task.evaluate(model, val, device=device)["loss"]
     return float(loss) if math.isfinite(loss) else math.inf
 
 

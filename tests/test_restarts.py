@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 
+from grafs.callbacks import Callback
 from grafs.errors import GrafsError
 from grafs.restarts import (final_val_loss, pick_best, restart_seeds, run_restarts,
                             search_restarts)
@@ -434,3 +435,71 @@ def test_scratch_val_loss_is_inf_for_a_formula_that_does_not_train():
     assert scratch_val_loss(task, "exp(exp(exp(x)))*1e30", split) == math.inf
     ok = scratch_val_loss(task, "tanh(x)", split)
     assert math.isfinite(ok) and ok == scratch_val_loss(task, "tanh(x)", split)   # seeded
+
+
+def _dropout_teacher(**kw):
+    """The teacher task with dropout in front of its network: a model that draws from the
+    global RNG while it trains."""
+    import dataclasses
+
+    from grafs.tasks import get_task
+    task = get_task("teacher", **kw)
+    base = task.model_builder
+    return dataclasses.replace(
+        task, model_builder=lambda act: torch.nn.Sequential(torch.nn.Dropout(0.2), base(act)))
+
+
+def test_scratch_val_loss_is_seeded_whatever_ran_before_and_leaves_the_rng_alone():
+    from grafs.search import scratch_val_loss
+    task = _dropout_teacher(num_train=64, num_test=8, width=4, eval_epochs=1)
+    split = task.search_split(seed=0)
+    torch.manual_seed(1)
+    a = scratch_val_loss(task, "tanh(x)", split)
+    torch.manual_seed(2)
+    state = torch.get_rng_state()
+    assert scratch_val_loss(task, "tanh(x)", split) == a
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+class _Killed(Exception):
+    pass
+
+
+class _KillAfter(Callback):
+    """A callback that stops the process, as a kill would, after the ``n``-th epoch of any
+    of its searches (each epoch's checkpoint is written before)."""
+
+    def __init__(self, n):
+        self.n, self.ends = n, 0
+
+    def on_epoch_end(self, info):
+        self.ends += 1
+        if self.ends == self.n:
+            raise _Killed()
+
+
+@pytest.mark.filterwarnings("ignore::grafs.errors.GrafsWarning")    # a tiny search
+@pytest.mark.parametrize("pick,killed_after", [
+    (None, 6),      # inside restart 1 (3 restarts of 4 epochs)
+    (1, 3),         # inside restart 1's head (heads of 2 epochs)
+    (1, 7),         # in the winner's run on: the heads are read back, not run again
+])
+def test_restart_select_scratch_resumes_to_the_uninterrupted_result(tmp_path, pick, killed_after):
+    from grafs.search import search_task
+    task = _dropout_teacher(teacher="tanh(x)", num_train=256, num_test=32, width=8, epochs=4,
+                            warmstart_epochs=1, shrink_start_epoch=1, eval_epochs=2,
+                            restarts=3, restart_select="scratch", restart_pick_epoch=pick)
+    space = SearchSpace("U(x)", unary=["relu", "tanh", "square"], binary=["add"])
+    full = search_task(task, seed=0, space=space, progress=False)
+    with pytest.raises(_Killed):
+        search_task(task, seed=0, space=space, progress=False, checkpoint_dir=tmp_path,
+                    callbacks=[_KillAfter(killed_after)])
+    torch.manual_seed(12345)        # a fresh process: its RNG is not where the first one's was
+    again = search_task(task, seed=0, space=space, progress=False, checkpoint_dir=tmp_path,
+                        resume=tmp_path)
+
+    def table(r):
+        return [{k: v for k, v in t.items() if k != "search_seconds"} for t in r.history["restarts"]]
+    assert table(again) == table(full)
+    assert again.formula == full.formula
+    assert again.history["val_loss"] == full.history["val_loss"]
