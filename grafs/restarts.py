@@ -50,15 +50,24 @@ def final_val_loss(result: SearchResult) -> float:
 def pick_best(results: Sequence[SearchResult], seeds: Sequence[int],
               score: Callable[[SearchResult], float] | None = None) -> SearchResult:
     """The result with the lowest ``score`` (default: the final validation loss; the first on
-    ties), with every restart recorded in ``history["restarts"]`` and ``search_seconds`` the
-    sum of all of them (what the user waited for)."""
+    ties, one that failed or found no formula only when nothing else is left), with every
+    restart recorded in ``history["restarts"]`` and ``search_seconds`` the sum of all of them
+    (what the user waited for)."""
     if not results or len(results) != len(seeds):
         raise GrafsError(f"pick_best needs one seed per result, got {len(results)} results "
                          f"and {len(seeds)} seeds")
     t0 = time.perf_counter()
     scores = _scores(results, score)
-    return _record(results, seeds, scores, min(range(len(results)), key=lambda i: scores[i]),
+    return _record(results, seeds, scores, _ranked(results, scores)[0],
                    scored=score is not None, select_seconds=time.perf_counter() - t0)
+
+
+def _ranked(results: Sequence[SearchResult], scores: Sequence[float]) -> list[int]:
+    """The restarts' indices, best first: the lowest score, then (on ties, e.g. every score
+    inf) one that did not fail and has a formula before one that did, then the first: a failed
+    restart comes first only when every restart failed."""
+    return sorted(range(len(results)), key=lambda i: (
+        scores[i], "error" in results[i].settings or not results[i].formula))
 
 
 def _scores(results: Sequence[SearchResult],
@@ -220,7 +229,7 @@ def run_restarts(one: Callable[..., SearchResult], seed: int, restarts: int,
     select_seconds = time.perf_counter() - t0
     # the winner runs on from its checkpoint at pick_epoch (or from where a stopped run left
     # it); if it fails on the way, the next best does
-    for best in sorted(range(restarts), key=lambda i: losses[i]):
+    for best in _ranked(heads, losses):
         if "error" in heads[best].settings:
             break
         final = _attempt(lambda: one(seeds[best], dirs[best], latest[best], None))

@@ -503,3 +503,36 @@ def test_restart_select_scratch_resumes_to_the_uninterrupted_result(tmp_path, pi
     assert table(again) == table(full)
     assert again.formula == full.formula
     assert again.history["val_loss"] == full.history["val_loss"]
+
+
+@pytest.mark.parametrize("pick", [None, 1])
+def test_when_no_restart_scores_the_first_that_did_not_fail_is_kept(pick):
+    """Every formula that was found fails to train from scratch (score inf) and restart 0
+    failed: a restart that did not fail is kept, not restart 0's error raised as if all had."""
+    from grafs.errors import SearchError
+    failed = SearchResult("", {"val_loss": []}, {"error": "boom"})
+    best = pick_best([failed, fake("", [0.1]), fake("relu(x)", [0.5]), fake("tanh(x)", [0.3])],
+                     [0, 1, 2, 3], lambda r: math.inf)
+    assert best.formula == "relu(x)"        # not the empty formula either
+    assert [t["score"] for t in best.history["restarts"]] == [None] * 4
+    assert pick_best([failed, fake("a(x)", [math.nan])], [0, 1]).formula == "a(x)"
+    tr, va = split_dataset(data(), 0.75, 0)
+    scored = []
+
+    def one(s, ck, res, stop):
+        if s == 0:
+            raise SearchError("non-finite validation loss (nan) at epoch 1, step 3")
+        return search(model(), tr, va, seed=s, checkpoint_dir=ck, resume=res,
+                      _stop_after_epoch=stop, **KW)
+
+    def score(r):
+        scored.append(r.formula)
+        return math.inf
+    r = run_restarts(one, 0, 3, None, None, pick, epochs=KW["epochs"], score=score)
+    table = r.history["restarts"]
+    assert [t["chosen"] for t in table] == [False, True, False] and r.formula
+    assert "error" in table[0] and len(scored) == 2     # the failed restart is never scored
+    if pick is not None:                                # the kept one ran on to the end
+        assert len(r.history["val_loss"]) == KW["epochs"] and "stopped_at" in table[2]
+    with pytest.raises(SearchError, match="every one of the 2 restarts failed"):
+        pick_best([failed, failed], [0, 1], score)
