@@ -90,6 +90,33 @@ def nan_on_rank(bad_rank, after_calls):
     return loss
 
 
+SCRATCH = dict(teacher="tanh(x)", num_train=256, num_test=32, width=8, epochs=3,
+               warmstart_epochs=1, shrink_start_epoch=1, eval_epochs=2, restarts=2,
+               restart_select="scratch")
+SCRATCH_SPACE = dict(template="U(x)", unary=["relu", "tanh", "square"], binary=["add"])
+
+
+def _scratch_restarts(rank):
+    """search_task with two restarts picked from scratch: rank 0 alone trains each formula
+    (here rank 1 would score the other way round), every rank keeps rank 0's pick."""
+    from grafs.tasks import get_task
+    gsearch = sys.modules["grafs.search"]      # (grafs.search is also the function)
+    orig, calls = gsearch.scratch_val_loss, []
+
+    def scratch(*a, **kw):
+        calls.append(a[1])
+        v = orig(*a, **kw)
+        return v if torch.distributed.get_rank() == 0 else -v
+    gsearch.scratch_val_loss = scratch
+    try:
+        r = gsearch.search_task(get_task("teacher", **SCRATCH), seed=0, progress=False,
+                                space=SearchSpace(**SCRATCH_SPACE))
+    finally:
+        gsearch.scratch_val_loss = orig
+    return {"restarts": r.history["restarts"], "result": r.formula, "calls": calls,
+            "settings": r.settings}
+
+
 def _worker(rank, port, tmp):
     from pathlib import Path
     tmp = Path(tmp)
@@ -120,6 +147,7 @@ def _worker(rank, port, tmp):
         run(loss_fn=nan_on_rank(1, 2 * 7 + 3), checkpoint_dir=tmp / "nan")
     except SearchError as err:
         out["nan_error"] = str(err)
+    out["scratch"] = _scratch_restarts(rank)
     (tmp / f"rank{rank}.json").write_text(json.dumps(out))
     torch.distributed.destroy_process_group()
 
@@ -207,3 +235,21 @@ def test_python_dash_m_grafs_runs_the_cli(monkeypatch, capsys):
     with pytest.raises(SystemExit) as exit_:
         runpy.run_module("grafs", run_name="__main__")
     assert exit_.value.code == 0 and "canonical" in capsys.readouterr().out
+
+
+def test_restarts_picked_from_scratch_are_scored_on_rank_0_and_picked_alike(ranks):
+    from grafs.search import scratch_val_loss
+    from grafs.tasks import get_task
+    _, (r0, r1) = ranks
+    a, b = r0["scratch"], r1["scratch"]
+    assert a["settings"]["world_size"] == 2 and a["settings"]["restart_select"] == "scratch"
+    assert [t["formula"] for t in a["restarts"]] == [t["formula"] for t in b["restarts"]]
+    assert len(a["calls"]) == 2 and b["calls"] == []    # the trainings run on rank 0 alone
+    strip = [{k: v for k, v in t.items() if k != "search_seconds"} for t in a["restarts"]]
+    assert strip == [{k: v for k, v in t.items() if k != "search_seconds"} for t in b["restarts"]]
+    assert a["result"] == b["result"] and sum(t["chosen"] for t in a["restarts"]) == 1
+    # rank 0's scores: each formula trained from scratch on the whole search split
+    task = get_task("teacher", **SCRATCH)
+    split = task.search_split(seed=0)
+    for t in a["restarts"]:
+        assert t["score"] == scratch_val_loss(task, t["formula"], split, seed=0)
