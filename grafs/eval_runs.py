@@ -53,19 +53,31 @@ def _factory(spec: RunSpec, backend: str):
     return lambda: gcompile(spec.formula, backend=backend)
 
 
+def train_and_evaluate(task, factory, seed: int, device: torch.device, *, cfg=None,
+                       data=None, split="test", max_steps: int | None = None
+                       ) -> tuple[dict[str, float], dict[str, list[float]], float]:
+    """One run from scratch: ``task``'s model with the activations of ``factory``, trained with
+    ``cfg`` (default: the task's evaluation config) on ``data`` (default: its training data),
+    evaluated on ``split``; returns (metrics, fit history, training seconds). Seeded with
+    ``seed`` in a forked global RNG, so what the model draws from it (dropout) does not depend
+    on what ran before and the caller's RNG state is left as it was."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        model = task.make_model(factory, seed=seed).to(device)
+        t0 = time.perf_counter()
+        fit = task.fit(model, cfg, seed=seed, device=device, max_steps=max_steps, data=data)
+        seconds = time.perf_counter() - t0
+        return task.evaluate(model, split, device=device), fit, seconds
+
+
 def run_one(task, spec: RunSpec, cfg, backend: str, device: torch.device,
             max_steps: int | None) -> RunResult:
     """Train and test one model; an exception becomes a failed :class:`RunResult`."""
     try:
-        factory = _factory(spec, backend)
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(spec.seed)
-            model = task.make_model(factory, seed=spec.seed).to(device)
-            t0 = time.perf_counter()
-            fit = task.fit(model, cfg, seed=spec.seed, device=device, max_steps=max_steps)
-            seconds = time.perf_counter() - t0
-            score = float(task.evaluate(model, "test", device=device)[task.metric_name])
-        return RunResult(spec, score, seconds, [float(v) for v in fit["train_loss"]])
+        metrics, fit, seconds = train_and_evaluate(task, _factory(spec, backend), spec.seed,
+                                                   device, cfg=cfg, max_steps=max_steps)
+        return RunResult(spec, float(metrics[task.metric_name]), seconds,
+                         [float(v) for v in fit["train_loss"]])
     except Exception as err:  # noqa: BLE001 - reported with the table, the other runs go on
         return RunResult(spec, error=f"{type(err).__name__}: {err}")
 

@@ -66,8 +66,12 @@ def _ranked(results: Sequence[SearchResult], scores: Sequence[float]) -> list[in
     """The restarts' indices, best first: the lowest score, then (on ties, e.g. every score
     inf) one that did not fail and has a formula before one that did, then the first: a failed
     restart comes first only when every restart failed."""
-    return sorted(range(len(results)), key=lambda i: (
-        scores[i], "error" in results[i].settings or not results[i].formula))
+    return sorted(range(len(results)), key=lambda i: (scores[i], _unusable(results[i])))
+
+
+def _unusable(r: SearchResult) -> bool:
+    """A restart that failed or found no formula: never scored, kept only if all are."""
+    return "error" in r.settings or not r.formula
 
 
 def _scores(results: Sequence[SearchResult],
@@ -77,7 +81,7 @@ def _scores(results: Sequence[SearchResult],
         return [final_val_loss(r) for r in results]
     out = []
     for r in results:
-        v = math.inf if "error" in r.settings or not r.formula else float(score(r))
+        v = math.inf if _unusable(r) else float(score(r))
         out.append(v if math.isfinite(v) else math.inf)
     return out
 

@@ -100,7 +100,7 @@ def _scratch_restarts(rank):
     """search_task with two restarts picked from scratch: rank 0 alone trains each formula
     (here rank 1 would score the other way round), every rank keeps rank 0's pick."""
     from grafs.tasks import get_task
-    gsearch = sys.modules["grafs.search"]      # (grafs.search is also the function)
+    gsearch = sys.modules["grafs.search_task"]   # where search_task looks the scorer up
     orig, calls = gsearch.scratch_val_loss, []
 
     def scratch(*a, **kw):
