@@ -32,7 +32,7 @@ sys.path.append(os.path.dirname(__file__))  # after site-packages: bench/ must n
 import grafs  # noqa: E402
 from common import sync, table  # noqa: E402
 from grafs.compiler.inductor_formula import InductorFormula  # noqa: E402
-from paper_formulas import PAPER_FORMULAS  # noqa: E402
+from grafs.testing.paper_formulas import PAPER_FORMULAS  # noqa: E402
 
 
 def _args():

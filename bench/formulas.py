@@ -18,7 +18,7 @@ sys.path.append(os.path.dirname(__file__))  # after site-packages: bench/ must n
 
 import grafs  # noqa: E402
 from common import device, table, time_fwd_bwd  # noqa: E402
-from paper_formulas import PAPER_FORMULAS  # noqa: E402
+from grafs.testing.paper_formulas import PAPER_FORMULAS  # noqa: E402
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """Time per GRAFS search step over time per plain training step, measured side by side in one run.
 
-A *search step* is exactly what ``grafs.search`` runs per batch: ``grafs.search._Stepper.step``
+A *search step* is exactly what ``grafs.search`` runs per batch: ``grafs.searching.step.Stepper.step``
 (arch step on a validation batch with the relaxed cell at every activation site, then the weight
 step on a training batch with the cell; no warm-start), built the way ``search()`` builds it.
 A *plain step* is forward, loss, backward, ``optimizer.step()``, ``zero_grad()`` of the same
@@ -21,7 +21,7 @@ steps, after warm-up; on CUDA the device is synchronized before every clock read
     python bench/search_step.py --no-steps --full-search teacher --full-repeats 3 \
         --set search_epochs=30 shrink_start_epoch=4            # only that (search_: not the eval run)
 
-``--full-search TASK ...`` also runs a full default search (``grafs.search.search_task``) and a
+``--full-search TASK ...`` also runs a full default search (``grafs.protocol.task_search.search_task``) and a
 full default evaluation training run of the task's model with its default activation
 (``Task.fit`` with ``eval_config``, what ``grafs.evaluate`` times per run) and prints the
 search/evaluation wall-time ratio per task.
@@ -51,7 +51,7 @@ from common import sync, table  # noqa: E402
 import grafs  # noqa: E402
 from grafs.runtime.space import SearchSpace  # noqa: E402
 from grafs.models import resnet20, vit_tiny  # noqa: E402
-from grafs.search import DEFAULT_TYPES, SearchSite, _Stepper, replace_activations  # noqa: E402
+from grafs.searching import DEFAULT_TYPES, SearchSite, Stepper, replace_activations  # noqa: E402
 
 STAGES = (110, 54, 24, 6)
 
@@ -183,7 +183,7 @@ class PlainStep:
 
 
 class SearchStep:
-    """The pieces of grafs.search.search() around one _Stepper."""
+    """The pieces of grafs.searching.search() around one Stepper."""
 
     def __init__(self, conf: Config, dev, mode: str, space: SearchSpace):
         model = conf.make_model().to(dev).train()
@@ -199,8 +199,8 @@ class SearchStep:
         self.model, self.arch_params = model, arch_params
         # n_sites: the cell draws one batch of samples per pass (grafs versions that have it)
         extra = ({"n_sites": self.n_sites}
-                 if "n_sites" in inspect.signature(_Stepper).parameters else {})
-        self.stepper = _Stepper(model, cell, state, weights, arch_params, w_opt, a_opt, None,
+                 if "n_sites" in inspect.signature(Stepper).parameters else {})
+        self.stepper = Stepper(model, cell, state, weights, arch_params, w_opt, a_opt, None,
                                 conf.loss_fn, dev, **extra)
 
     def __call__(self, xb, yb, xv, yv):
@@ -391,7 +391,7 @@ def full_search(names, dev, overrides=None, repeats: int = 1) -> None:
     """Per task: ``repeats`` × (a full search, then a full evaluation run), interleaved so that
     drift on a busy machine hits both; the ratio uses the medians."""
     import statistics
-    from grafs.search import search_task
+    from grafs.protocol.task_search import search_task
     from grafs.tasks import get_task
     rows = []
     for name in names:

@@ -75,11 +75,11 @@ def main() -> int:
     sys.path.append(os.path.dirname(_HERE))      # the repository, for tests/paper_formulas.py
 
     import grafs
-    from grafs.compiler import triton_backend as tb, triton_ops
+    from grafs.compiler.triton import backend as tb, triton_ops
     from grafs.runtime.space import SearchSpace
 
     try:
-        from tests.paper_formulas import PAPER_FORMULAS
+        from grafs.testing.paper_formulas import PAPER_FORMULAS
     except ImportError:  # running outside the repository
         PAPER_FORMULAS = {}
 

@@ -2,23 +2,32 @@
 
 Write activations as strings, compile them to fused PyTorch modules, and run a GRAFS search
 (gradient-based activation function search, Strack et al.) over a space of such formulas.
+
+The formula layers (grammar, compiler) are imported here; the search stack, the tracking
+and the integrations are imported on first use of their names, so that ``import
+grafs.grammar`` loads neither the search nor TensorBoard or ONNX code.
 """
+from importlib import import_module
+
 from grafs.errors import (ArityError, CompileError, GrafsError, ParseError, SearchError,
                           SearchSpaceError, UnknownFunctionError)
 from grafs.grammar import Expr, parse
 from grafs.compiler import Activation, compile, to_python
-from grafs.runtime.schedule import shrink_schedule
-from grafs.runtime.space import SearchSpace
-from grafs.runtime.cell import RelaxedCell
-from grafs.search import Act, SearchResult, replace_activations, search
-from grafs.restarts import search_restarts
-from grafs.callbacks import Callback
-from grafs.tensorboard_logger import TensorBoardLogger  # imports tensorboard only when created
-from grafs.integrations import register, registered, unregister  # transformers/timm by name
-from grafs.onnx_export import export_onnx
 import grafs.activations.terms  # noqa: F401  (registers xielu, pwlu, dyn, anact, … as grammar terms)
 
 __version__ = "0.1.0"
+
+#: public name -> the module that defines it (imported when the name is first used)
+_LAZY = {
+    "SearchSpace": "grafs.runtime.space", "RelaxedCell": "grafs.runtime.cell",
+    "shrink_schedule": "grafs.runtime.schedule",
+    "search": "grafs.searching.loop", "search_restarts": "grafs.searching.restarts",
+    "SearchResult": "grafs.searching.result", "replace_activations": "grafs.searching.sites",
+    "Act": "grafs.searching.sites",
+    "Callback": "grafs.callbacks.events", "TensorBoardLogger": "grafs.callbacks.tensorboard",
+    "register": "grafs.integrations.registry", "registered": "grafs.integrations.registry",
+    "unregister": "grafs.integrations.registry", "export_onnx": "grafs.integrations.onnx",
+}
 
 __all__ = [
     "parse", "Expr", "compile", "to_python", "Activation",
@@ -28,3 +37,15 @@ __all__ = [
     "GrafsError", "ParseError", "ArityError", "UnknownFunctionError", "CompileError",
     "SearchError", "SearchSpaceError",
 ]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'grafs' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

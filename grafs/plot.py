@@ -68,7 +68,7 @@ def activations_figure(exprs: Sequence, labels: Sequence[str] | None = None,
 def plot_alpha_history(result, path: str, space=None) -> str:
     """Per hole, the α of every op over the epochs (dropped ops end where they were dropped),
     and, dashed on the right axis, the normalised entropy of the Dirichlet mean
-    (grafs.callbacks.normalized_entropy: 1 = the ops are not told apart yet). ``space``: the
+    (grafs.runtime.entropy.normalized_entropy: 1 = the ops are not told apart yet). ``space``: the
     search's SearchSpace (default: the result's template with the default GRAFS ops)."""
     plt = _plt()
     hist = result.history

@@ -53,7 +53,7 @@ def _search_one(task_name: str, teacher: str | None, seed: int, variant: str,
                 extra: dict | None = None) -> dict:
     import torch
     torch.set_num_threads(1)
-    from grafs.search import search_task
+    from grafs.protocol.task_search import search_task
     from grafs.tasks import get_task
     from grafs.testing.sampling import mean_samples
     opts = {"teacher": teacher} if teacher else {}
@@ -111,7 +111,7 @@ def run(args) -> None:
         return
     import torch
     torch.set_num_threads(1)
-    from grafs.evaluate import evaluate, scaled_baselines
+    from grafs.protocol.evaluate import evaluate, scaled_baselines
     from grafs.tasks import get_task
     from grafs.tasks.base import evaluation_overrides
     # the task as searched (its data/model options, e.g. student_norm) with its own evaluation

@@ -9,9 +9,10 @@ import torch
 from torch import nn
 
 import grafs
-from grafs.callbacks import Callback, normalized_entropy
+from grafs.callbacks import Callback
+from grafs.runtime.entropy import normalized_entropy
 from grafs.errors import GrafsError
-from grafs.evaluate import evaluate
+from grafs.protocol.evaluate import evaluate
 from grafs.runtime.space import SearchSpace
 from grafs.tasks import SearchConfig, Task, TrainConfig
 
@@ -216,7 +217,7 @@ def test_evaluate_callbacks_and_tensorboard(tmp_path):
 def test_cli_tensorboard_flags_build_the_logger(tmp_path):
     pytest.importorskip("tensorboard", reason="needs the tensorboard extra: pip install 'grafs[tensorboard]'")
     from grafs.cli import build_parser
-    from grafs.search_cli import _callbacks
+    from grafs.cli.search_commands import _callbacks
     for cmd in ("search", "evaluate"):
         args = build_parser().parse_args([cmd, "--tensorboard", str(tmp_path / cmd)])
         (logger,) = _callbacks(args)

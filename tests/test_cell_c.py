@@ -1,4 +1,4 @@
-"""The C cell (grafs.compiler.c_cell, mode "c", ``auto`` on x86-64 Linux CPUs) against the
+"""The C cell (grafs.compiler.cell.c_build, mode "c", ``auto`` on x86-64 Linux CPUs) against the
 reference interpreter, with the tolerances of tests/test_cell_lean.py (anchored on a float64
 reference):
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import grafs.compiler.c_cell as c_cell
+import grafs.compiler.cell.c_build as c_cell
 from grafs.errors import CompileError
 from grafs.runtime.space import SearchSpace
 from tests.test_cell_lean import (_CountOps, _assert_agree, _call, _drop_to, _inputs, _randomize,
@@ -166,7 +166,7 @@ def test_prelude_math_matches_float64(isa, monkeypatch):
     (4 ulp) from -300 to 300 and over 60 decades, including inf, NaN, the branch points, the
     overflow edges, underflow to 0 and the sign of zero."""
     import ctypes
-    from grafs.compiler.c_emit import prelude
+    from grafs.compiler.cell.c_emit import prelude
     if isa == "avx2" and c_cell._isa() != "avx2":
         pytest.skip("this CPU has no AVX2")
     monkeypatch.setattr(c_cell, "_isa", lambda: isa)

@@ -1,4 +1,4 @@
-"""The lean cell path (grafs.compiler.lean_cell) against the reference interpreter, and the
+"""The lean cell path (grafs.compiler.cell.lean) against the reference interpreter, and the
 batched Dirichlet sampler (grafs.runtime.sampling) against torch's Dirichlet.
 
 * every affine search op's declared ``linear`` form equals its ``build`` (what lean folds);
@@ -22,7 +22,7 @@ from torch.distributions.dirichlet import _Dirichlet_backward
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import grafs  # noqa: F401  (registers the trainable-family search ops)
-import grafs.compiler.lean_cell as lean_cell
+import grafs.compiler.cell.lean as lean_cell
 from grafs.compiler.eager import run_program
 from grafs.compiler.lower import lower
 from grafs.errors import GrafsError

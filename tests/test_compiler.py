@@ -11,9 +11,10 @@ import torch.nn.functional as F
 from torch._dynamo.utils import counters
 
 import grafs
+from grafs.compiler.eager import run_expr
 from grafs.compiler import lower
 from grafs.ops import OPS
-from tests.paper_formulas import PAPER_FORMULAS
+from grafs.testing.paper_formulas import PAPER_FORMULAS
 
 NAMES = list(PAPER_FORMULAS)
 
@@ -384,9 +385,9 @@ def test_all_ops_inductor_matches_eager():
     act = grafs.compile(text)
     with torch.no_grad():   # forward only: one compile (gradients: the paper-formula tests)
         y = act(x)
-    want = grafs.parse(text).evaluate(x.double())
+    want = run_expr(grafs.parse(text), x.double())
     # each term is evaluated in fp32: bound the error by the sum of the terms' magnitudes
-    scale = sum(grafs.parse(t).evaluate(x.double()).abs() for t in terms)
+    scale = sum(run_expr(grafs.parse(t), x.double()).abs() for t in terms)
     assert ((y.double() - want).abs() <= 1e-5 * torch.clamp(scale, min=1.0)).all()
     # with clipping on, the inductor program clips as the eager one does
     actc = grafs.compile("exp(x) + x^2 + gelu(x)*silu(x) + 0.5*x", clip=True)

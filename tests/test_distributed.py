@@ -29,10 +29,11 @@ import torch.nn.functional as F
 from torch import nn
 
 import grafs
-import grafs.distributed
+import grafs.searching.distributed
 from grafs.errors import GrafsError, SearchError
 from grafs.runtime.space import SearchSpace
-from grafs.search import _Interrupted, search
+from grafs.searching.checkpoint import Interrupted
+from grafs.searching import search
 from grafs.testing.sampling import mean_samples
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available()
@@ -100,7 +101,7 @@ def _scratch_restarts(rank):
     """search_task with two restarts picked from scratch: rank 0 alone trains each formula
     (here rank 1 would score the other way round), every rank keeps rank 0's pick."""
     from grafs.tasks import get_task
-    gsearch = sys.modules["grafs.search_task"]   # where search_task looks the scorer up
+    gsearch = sys.modules["grafs.protocol.task_search"]   # where search_task looks the scorer up
     orig, calls = gsearch.scratch_val_loss, []
 
     def scratch(*a, **kw):
@@ -123,14 +124,14 @@ def _worker(rank, port, tmp):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    grafs.distributed.BUCKET_NUMEL = 64   # several flat buckets per all-reduce (real: 16M elements)
+    grafs.searching.distributed.BUCKET_NUMEL = 64   # several flat buckets per all-reduce (real: 16M elements)
     out = {}
     # distributed=True initialises the group from torchrun's variables; the ranks start from
     # different initial weights, the search must start every rank from rank 0's
     out["full"] = summary(run(model_seed=rank, distributed=True, checkpoint_dir=tmp / "full"))
     try:
         run(checkpoint_dir=tmp / "cut", _stop_after_epoch=1)
-    except _Interrupted:
+    except Interrupted:
         pass
     out["resumed"] = summary(run(checkpoint_dir=tmp / "cut", resume=tmp / "cut"))
     with mean_samples():
@@ -238,7 +239,7 @@ def test_python_dash_m_grafs_runs_the_cli(monkeypatch, capsys):
 
 
 def test_restarts_picked_from_scratch_are_scored_on_rank_0_and_picked_alike(ranks):
-    from grafs.search import scratch_val_loss
+    from grafs.protocol.task_search import scratch_val_loss
     from grafs.tasks import get_task
     _, (r0, r1) = ranks
     a, b = r0["scratch"], r1["scratch"]

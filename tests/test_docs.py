@@ -54,6 +54,6 @@ def test_readme_section_extraction():
 def test_sphinx_roles_become_code():
     pytest.importorskip("griffe", reason=DOCS_EXTRA)
     roles = _load("griffe_sphinx_roles")
-    assert roles.strip_roles("see :class:`RelaxedCell` and :func:`~grafs.search.search`, "
+    assert roles.strip_roles("see :class:`RelaxedCell` and :func:`~grafs.searching.search`, "
                              ":py:data:`grafs.ops.OPS`") == \
         "see `RelaxedCell` and `search`, `grafs.ops.OPS`"

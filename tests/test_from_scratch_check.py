@@ -1,11 +1,11 @@
-"""A found formula that cannot be trained from scratch is flagged (grafs.evaluate.from_scratch_problem)
+"""A found formula that cannot be trained from scratch is flagged (grafs.protocol.evaluate.from_scratch_problem)
 and a search on a built-in task warns about it."""
 import warnings
 
 import pytest
 
 from grafs.errors import GrafsWarning
-from grafs.evaluate import from_scratch_problem
+from grafs.protocol.evaluate import from_scratch_problem
 from grafs.tasks import get_task
 
 
@@ -44,9 +44,9 @@ def test_a_formula_that_blows_up_in_its_first_steps_is_named():
 
 
 def test_search_task_warns_and_records(monkeypatch, teacher):
-    import grafs.evaluate
+    import grafs.protocol.evaluate
     from grafs.runtime.space import SearchSpace
-    from grafs.search import search_task
+    from grafs.protocol.task_search import search_task
     space = SearchSpace("U(x)", unary=["relu", "tanh"], binary=["add"])
     task = get_task("teacher", teacher="tanh(x)", num_train=256, num_test=32, width=16,
                     epochs=3, warmstart_epochs=1, shrink_start_epoch=2)
@@ -54,7 +54,7 @@ def test_search_task_warns_and_records(monkeypatch, teacher):
         warnings.simplefilter("always")
         r = search_task(task, seed=0, space=space, progress=False)
     assert not [x for x in w if "trained from scratch" in str(x.message)]
-    monkeypatch.setattr(grafs.evaluate, "from_scratch_problem",
+    monkeypatch.setattr(grafs.protocol.evaluate, "from_scratch_problem",
                         lambda task, formula, seed=0: "gives a non-finite loss (nan) at initialisation")
     with pytest.warns(GrafsWarning, match="non-finite loss .* will fail"):
         r = search_task(task, seed=0, space=space, progress=False)
@@ -64,27 +64,27 @@ def test_search_task_warns_and_records(monkeypatch, teacher):
 def test_an_overflowing_found_formula_gets_its_clipped_form():
     """docs/results.md, mnist1d seed 0: a sinh² formula overflows at the first step of training
     from scratch; with the search's bounded-op clipping written out (clamp) it trains."""
-    from grafs.search import _clipped_formula
+    from grafs.protocol.task_search import clipped_formula
     task = get_task("mnist1d")
     formula = ("1.000360131263733*max(0.5795313715934753*(1.000360131263733*max(1.6727933883666992"
                "*silu(x), 0.5845244526863098*sinh(x)))^2, 1.6727933883666992*silu(x))")
     assert "non-finite" in from_scratch_problem(task, formula)
-    clipped = _clipped_formula(task, formula)
+    clipped = clipped_formula(task, formula)
     assert "sinh(clamp(x, -2.99822295029797, 2.99822295029797))" in clipped
     assert from_scratch_problem(task, clipped) is None
-    assert _clipped_formula(task, "relu(x)") is None          # nothing to clip
+    assert clipped_formula(task, "relu(x)") is None          # nothing to clip
 
 
 def test_search_task_returns_the_clipped_formula_when_only_that_trains(monkeypatch, teacher):
     import grafs
-    import grafs.evaluate
+    import grafs.protocol.evaluate
     from grafs.compiler.lower import clip_expr
     from grafs.runtime.space import SearchSpace
-    from grafs.search import search_task
+    from grafs.protocol.task_search import search_task
     space = SearchSpace("U(x)", unary=["exp", "sinh"], binary=["add"], normalize=True)
     task = get_task("teacher", teacher="tanh(x)", num_train=256, num_test=32, width=16,
                     epochs=3, warmstart_epochs=1, shrink_start_epoch=2)
-    monkeypatch.setattr(grafs.evaluate, "from_scratch_problem",
+    monkeypatch.setattr(grafs.protocol.evaluate, "from_scratch_problem",
                         lambda task, formula, seed=0: None if "clamp" in formula else "overflows")
     with pytest.warns(GrafsWarning, match="returning it with the search's clipping written out"):
         r = search_task(task, seed=0, space=space, progress=False)

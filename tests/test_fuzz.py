@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import grafs
+from grafs.compiler.eager import run_expr
 from grafs.errors import CompileError, GrafsError, GrafsWarning
 from grafs.grammar import sympy_bridge
 from grafs.testing import fuzz as F
@@ -322,8 +323,8 @@ def test_derivative_case_from_the_issue():
                     "- max(x/({0.84}*x), exp(min(x, {1.69})))")
     assert F.check_derivative(e, X) > 20
     xt = X.clone().requires_grad_(True)
-    (g,) = torch.autograd.grad(e.evaluate(xt).sum(), xt)
-    d = e.derivative().evaluate(X)
+    (g,) = torch.autograd.grad(run_expr(e, xt).sum(), xt)
+    d = run_expr(e.derivative(), X)
     pos = X > 0.05
     torch.testing.assert_close(d[pos], g[pos])
 
@@ -359,7 +360,7 @@ def test_search_sqrt_keeps_its_floor_in_the_formula():
     e = SEARCH_OPS["sqrt"].build([var()], [], None)       # unclipped: the discretized form
     assert str(e) == "sqrt(max(x, 0.001))"
     x = torch.tensor([-1.0, 0.0, 1e-4, 4.0], dtype=torch.float64, requires_grad=True)
-    y = e.evaluate(x)
+    y = run_expr(e, x)
     torch.testing.assert_close(y.detach(), torch.tensor([0.001, 0.001, 0.001, 4.0]).sqrt().double())
     (g,) = torch.autograd.grad(y.sum(), x)
     assert torch.isfinite(g).all()
@@ -368,14 +369,14 @@ def test_search_sqrt_keeps_its_floor_in_the_formula():
     x = torch.tensor([-1.0, -0.5, 0.5, 2.0], dtype=torch.float64)
     for floor, finite in (("0", False), ("0.001", True)):
         xi = x.clone().requires_grad_(True)
-        y = grafs.parse(f"sqrt(max(relu(x)*tanh(x), {floor}))").evaluate(xi)
+        y = run_expr(grafs.parse(f"sqrt(max(relu(x)*tanh(x), {floor}))"), xi)
         (g,) = torch.autograd.grad(y.sum(), xi)
         assert bool(torch.isfinite(g[:2]).all()) == finite
 
 
 # -- baselines by the names users type -------------------------------------------------------------
 def test_baseline_names_accept_formula_spellings():
-    from grafs.evaluate import baseline_names
+    from grafs.protocol.evaluate import baseline_names
     assert baseline_names(["gelu", "relu"]) == ["GELU", "ReLU"]
     assert baseline_names(["LeakyReLU", "leaky_relu", "lrelu", "SWISH", "elu"]) == \
         ["LeakyReLU", "SiLU", "ELU"]
@@ -385,7 +386,7 @@ def test_baseline_names_accept_formula_spellings():
 
 def test_evaluate_checks_baseline_names_before_training():
     """``grafs evaluate --baselines gelu relu`` passes its names to evaluate() as typed."""
-    from grafs.evaluate import evaluate
+    from grafs.protocol.evaluate import evaluate
     with pytest.raises(GrafsError, match="unknown baseline.*'nope'"):
         evaluate(object(), ["x"], baselines=["gelu", "nope"], progress=False)
 
@@ -455,7 +456,7 @@ def test_keep_x_sees_a_formula_constant_by_its_values():
         found = found_formula(cell)
     assert varies_with_x(found)
     x = torch.linspace(-3, 3, 61, dtype=torch.float64)
-    assert found.evaluate(x).std() > 0.1
+    assert run_expr(found, x).std() > 0.1
     assert varies_with_x(grafs.parse("min(abs(x), 0.5)")) and not varies_with_x(grafs.parse("x - x"))
 
 
@@ -465,7 +466,7 @@ def test_search_result_display_and_exact_formula():
     assert r.display == "0.4692*gelu(x) + 0.5308*silu(x)"
     assert grafs.parse(r.formula) is grafs.parse(r.formula)     # the exact one is untouched
     x = torch.linspace(-3, 3, 50, dtype=torch.float64)
-    torch.testing.assert_close(grafs.parse(r.display).evaluate(x), r.expr.evaluate(x),
+    torch.testing.assert_close(run_expr(grafs.parse(r.display), x), run_expr(r.expr, x),
                                rtol=1e-3, atol=1e-3)
 
 

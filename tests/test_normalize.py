@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import grafs
+from grafs.compiler.eager import run_expr
 from grafs.runtime.normalize import op_scale
 from grafs.runtime.space import SearchSpace
 
@@ -84,14 +85,14 @@ def test_scaled_baselines_carry_one_over_rms_on_a_standard_normal():
     a quadrature of the density (√2 for ReLU, Kaiming's gain) to the Monte Carlo error."""
     import math
     import grafs
-    from grafs.evaluate import scaled_baselines
+    from grafs.protocol.evaluate import scaled_baselines
     z = torch.linspace(-12, 12, 200001, dtype=torch.float64)
     phi = torch.exp(-z * z / 2) / math.sqrt(2 * math.pi)
     got = scaled_baselines()
     assert list(got) == ["1.412·ReLU", "1.530·GELU", "1.673·SiLU", "1.243·ELU", "1.412·LeakyReLU"]
     for name, formula in got.items():
         c, op = formula.split("*", 1)
-        f = grafs.parse(op).evaluate(z)
+        f = run_expr(grafs.parse(op), z)
         want = 1 / math.sqrt(float(torch.trapezoid(f * f * phi, z)))
         assert math.isclose(float(c), want, rel_tol=5e-3), name
     assert math.isclose(float(got["1.412·ReLU"].split("*")[0]), math.sqrt(2), rel_tol=5e-3)

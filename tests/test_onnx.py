@@ -15,8 +15,8 @@ from torch import nn
 
 import grafs
 from grafs import ops
-from grafs.onnx_export import export_onnx
-from tests.paper_formulas import PAPER_FORMULAS
+from grafs.integrations.onnx import export_onnx
+from grafs.testing.paper_formulas import PAPER_FORMULAS
 
 ort = pytest.importorskip("onnxruntime", reason="needs the onnx extra: pip install grafs[onnx]")
 pytest.importorskip("onnxscript", reason="needs the onnx extra: pip install grafs[onnx]")
@@ -106,7 +106,7 @@ def test_an_op_without_onnx_equivalent_is_named(tmp_path, monkeypatch):
     # a registry op (as a user could add one) that torch has no ONNX translation for
     lgamma = ops.Op("lgamma", 1, torch.lgamma, sp.loggamma, None, "torch.lgamma({0})")
     monkeypatch.setitem(ops.OPS, "lgamma", lgamma)
-    monkeypatch.setitem(ops._LOOKUP, "lgamma", "lgamma")
+    monkeypatch.setitem(ops.registry._LOOKUP, "lgamma", "lgamma")
     with pytest.raises(grafs.CompileError, match=r"aten::lgamma has no ONNX equivalent.*"
                                                  r"grafs op 'lgamma' in '1\.5\*lgamma\(x\)'"):
         export_onnx("1.5*lgamma(x)", tmp_path / "f.onnx", dynamo=False)

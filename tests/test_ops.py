@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import grafs
+from grafs.compiler.eager import run_expr
 from grafs.grammar.expr import call, const, param, var
 from grafs.ops import GRAFS_BINARY, GRAFS_UNARY, OPS, SEARCH_OPS, GammaInit
 
@@ -136,7 +137,7 @@ def test_unary_declared_derivative(name):
         xt = t64(x)
         e = call(name, var(), *sc)
         d = e.derivative()
-        got = d.evaluate(xt).numpy()
+        got = run_expr(d, xt).numpy()
         (auto,) = autograd_partials(lambda t: op.torch(t, *sc), xt)
         # torch's hardsigmoid backward multiplies by a float32 1/6 even in float64
         rtol = 1e-7 if name == "hardsigmoid" else 1e-10
@@ -177,7 +178,7 @@ def test_unary_symbolic_function_and_export(name, tmp_path):
         ns = {}
         exec(compile(src, str(tmp_path / f"{name}.py"), "exec"), ns)  # trusted generated source
         xt = t64(x)
-        close(ns["M"]()(xt).numpy(), e.evaluate(xt).numpy(), rtol=0, atol=0)
+        close(ns["M"]()(xt).numpy(), run_expr(e, xt).numpy(), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("name", sorted(n for n in UNARY if OPS[n].scalars))
@@ -225,8 +226,8 @@ def test_pow_negative_base_integer_exponent():
         xx = x[np.abs(x) > 0.05] if k < 0 else x
         want = lambdify(A ** int(k), [A])(xx)
         close(OPS["pow"].torch(t64(xx), k).numpy(), want)
-        close(grafs.parse(f"x^{k:g}").evaluate(t64(xx)).numpy(), want)
-        d = grafs.parse(f"x^{k:g}").derivative().evaluate(t64(xx)).numpy()
+        close(run_expr(grafs.parse(f"x^{k:g}"), t64(xx)).numpy(), want)
+        d = run_expr(grafs.parse(f"x^{k:g}").derivative(), t64(xx)).numpy()
         close(d, k * xx ** (k - 1))
 
 
@@ -251,7 +252,7 @@ def test_binary_declared_derivative(name):
                 x = x[np.abs(x - c) > KINK_GAP]
             xt = t64(x)
             args = [var(), const(c)] if pos == 0 else [const(c), var()]
-            d = call(name, *args).derivative().evaluate(xt).numpy()
+            d = run_expr(call(name, *args).derivative(), xt).numpy()
             full = [xt, torch.full_like(xt, c)] if pos == 0 else [torch.full_like(xt, c), xt]
             auto = autograd_partials(op.torch, *full)[pos]
             close(d, auto.numpy(), rtol=1e-10, atol=1e-12)
@@ -271,8 +272,8 @@ def test_binary_derivative_both_args_depend_on_x(name):
         uu, vv = xt + 0.3, 0.5 * xt ** 2 - 0.4
         keep = (uu - vv).abs() > KINK_GAP
         xt = xt[keep]
-    got = e.derivative().evaluate(xt)
-    (auto,) = autograd_partials(lambda t: e.evaluate(t), xt)
+    got = run_expr(e.derivative(), xt)
+    (auto,) = autograd_partials(lambda t: run_expr(e, t), xt)
     close(got.numpy(), auto.numpy(), rtol=1e-10, atol=1e-12)
 
 
@@ -359,29 +360,29 @@ def test_search_unary_op_matches_reference(name, gamma):
     gexpr = [param("g", gamma)] if s.gammas else []
     gt = torch.tensor(gamma, dtype=torch.float64)
     e = grafs.grammar.expr.as_expr(s.build([var()], gexpr, ELL))
-    got = e.evaluate(X20)
+    got = run_expr(e, X20)
     want = ref_unary(name, X20, gt)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
     # the learnable gamma is a real parameter of the built formula
     if s.gammas:
         assert e.params() == {"g": gamma}
-        got2 = e.evaluate(X20, {"g": torch.tensor(2.5, dtype=torch.float64)})
+        got2 = run_expr(e, X20, {"g": torch.tensor(2.5, dtype=torch.float64)})
         torch.testing.assert_close(got2, ref_unary(name, X20, torch.tensor(2.5, dtype=torch.float64)),
                                    rtol=1e-12, atol=1e-12)
     # float gammas are accepted too (a discretized formula freezes them)
     if s.gammas:
         e_f = grafs.grammar.expr.as_expr(s.build([var()], [gamma], ELL))
-        torch.testing.assert_close(e_f.evaluate(X20), want, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(run_expr(e_f, X20), want, rtol=1e-12, atol=1e-12)
     # ell=None: the unclipped op (sqrt keeps its domain guard)
     e_u = grafs.grammar.expr.as_expr(s.build([var()], gexpr, None))
     want_u = UNCLIPPED[name](X20) if name in UNCLIPPED else want
-    torch.testing.assert_close(e_u.evaluate(X20), want_u, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(run_expr(e_u, X20), want_u, rtol=1e-12, atol=1e-12)
 
 
 def test_search_unary_clipping_bounds():
     for name in ("square", "cube", "exp", "sinh"):
         e = SEARCH_OPS[name].build([var()], [], ELL)
-        v = e.evaluate(X20)
+        v = run_expr(e, X20)
         assert v.abs().max().item() <= ELL * (1 + 1e-12), name
         assert v.abs().max().item() >= ELL * (1 - 1e-12), name
 
@@ -399,17 +400,17 @@ def test_search_binary_op_matches_reference(name):
         for bt, bf in zip(B_TEXT, B_OF_X):
             bexpr = grafs.parse(bt)
             e = grafs.grammar.expr.as_expr(s.build([var(), bexpr], gexpr, ELL))
-            got = e.evaluate(X20)
+            got = run_expr(e, X20)
             want = ref_binary(name, X20, bf(X20), gt)
             torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
             e_u = grafs.grammar.expr.as_expr(s.build([var(), bexpr], gexpr, None))
             want_u = X20 * bf(X20) if name == "mul" else want
-            torch.testing.assert_close(e_u.evaluate(X20), want_u, rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(run_expr(e_u, X20), want_u, rtol=1e-12, atol=1e-12)
 
 
 def test_search_mix_init_is_half_half():
     e = SEARCH_OPS["mix"].build([grafs.parse("relu(x)"), grafs.parse("gelu(x)")], [param("g", 0.0)], ELL)
-    torch.testing.assert_close(e.evaluate(X20), 0.5 * torch.relu(X20) + 0.5 * F.gelu(X20),
+    torch.testing.assert_close(run_expr(e, X20), 0.5 * torch.relu(X20) + 0.5 * F.gelu(X20),
                                rtol=1e-12, atol=1e-12)
 
 

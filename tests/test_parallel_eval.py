@@ -9,7 +9,7 @@ from torch import nn
 import grafs.tasks
 from grafs.cli import main
 from grafs.errors import GrafsError
-from grafs.evaluate import evaluate
+from grafs.protocol.evaluate import evaluate
 from grafs.tasks import SearchConfig, Task, TrainConfig
 
 FORMULAS = ["0.5*relu(x) + 0.5*gelu(x)", "log(x)"]   # log(x): NaN at the first step, fails
@@ -71,7 +71,7 @@ def test_jobs_needs_a_picklable_task_and_a_positive_count():
 def test_the_run_cache_ignores_search_settings_but_not_training_ones():
     """An evaluation run depends on the data, the model and the training settings: a search
     override (or a new search setting in a later grafs) keeps the cached runs valid."""
-    from grafs.eval_runs import RunSpec, run_key
+    from grafs.protocol.runs import RunSpec, run_key
     spec = RunSpec(0, "F1", "relu(x)", 0)
     cpu = torch.device("cpu")
 

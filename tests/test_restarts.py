@@ -1,4 +1,4 @@
-"""Restarts (grafs.restarts): several searches on one split, the lowest final validation loss wins."""
+"""Restarts (grafs.searching.restarts): several searches on one split, the lowest final validation loss wins."""
 import math
 
 import pytest
@@ -6,11 +6,11 @@ import torch
 
 from grafs.callbacks import Callback
 from grafs.errors import GrafsError
-from grafs.restarts import (final_val_loss, pick_best, restart_seeds, run_restarts,
+from grafs.searching.restarts import (final_val_loss, pick_best, restart_seeds, run_restarts,
                             search_restarts)
 from grafs.runtime.space import SearchSpace
-from grafs.search import search, split_dataset
-from grafs.search_result import SearchResult
+from grafs.searching import search, split_dataset
+from grafs.searching.result import SearchResult
 from tests.test_search import SPACE, data, model
 
 
@@ -77,7 +77,7 @@ def test_search_restarts_runs_each_seed_on_one_split_and_leaves_the_model_alone(
 
 def test_resumed_restarts_equal_the_uninterrupted_run(tmp_path):
     """A run stopped inside its second restart resumes it and runs the third from scratch."""
-    from grafs.search import _Interrupted
+    from grafs.searching.checkpoint import Interrupted
     full = search_restarts(model(), data(), restarts=3, seed=0, **KW)
     calls = []
 
@@ -87,7 +87,7 @@ def test_resumed_restarts_equal_the_uninterrupted_run(tmp_path):
         stop = 1 if s == 1000 and res is None else None
         return search(model(), *split_dataset(data(), 0.75, 0), seed=s, checkpoint_dir=ck,
                       resume=res, _stop_after_epoch=stop, **KW)
-    with pytest.raises(_Interrupted):
+    with pytest.raises(Interrupted):
         run_restarts(one, 0, 3, tmp_path)
     again = run_restarts(one, 0, 3, tmp_path, resume=tmp_path)
     assert again.formula == full.formula
@@ -99,7 +99,7 @@ def test_resumed_restarts_equal_the_uninterrupted_run(tmp_path):
 
 @pytest.mark.filterwarnings("ignore::grafs.errors.GrafsWarning")    # a tiny search
 def test_task_restarts_come_from_the_search_config(tmp_path):
-    from grafs.search import search_task
+    from grafs.protocol.task_search import search_task
     from grafs.tasks import get_task
     small = dict(teacher="tanh(x)", num_train=256, num_test=32, width=8, epochs=3,
                  warmstart_epochs=1, shrink_start_epoch=1)
@@ -140,7 +140,7 @@ def test_a_race_compares_the_restarts_at_pick_epoch_and_runs_only_the_best_on(tm
 
 @pytest.mark.parametrize("dies_in", ["a head", "the winner's run on"])
 def test_an_interrupted_race_resumes_to_the_same_result(tmp_path, dies_in):
-    from grafs.search import _Interrupted
+    from grafs.searching.checkpoint import Interrupted
     full = search_restarts(model(), data(), restarts=3, seed=0, pick_epoch=1, **KW)
     tr, va = split_dataset(data(), 0.75, 0)
     calls = []
@@ -153,7 +153,7 @@ def test_an_interrupted_race_resumes_to_the_same_result(tmp_path, dies_in):
             stop = 2                                   # stopped one epoch past the pick
         return search(model(), tr, va, seed=s, checkpoint_dir=ck, resume=res,
                       _stop_after_epoch=stop, **KW)
-    with pytest.raises((RuntimeError, _Interrupted)):
+    with pytest.raises((RuntimeError, Interrupted)):
         run_restarts(lambda *a: one(*a, crash=True), 0, 3, tmp_path, None, 1)
     calls.clear()
     again = run_restarts(one, 0, 3, tmp_path, tmp_path, 1)
@@ -198,10 +198,10 @@ def _crashing_one(tr, va, kw, crash_seed=None):
     second epoch."""
     def one(s, ck, res, stop):
         if s == crash_seed:
-            from grafs.search import _Interrupted
+            from grafs.searching.checkpoint import Interrupted
             try:
                 search(model(), tr, va, seed=s, checkpoint_dir=ck, resume=res, _stop_after_epoch=0, **kw)
-            except _Interrupted:
+            except Interrupted:
                 raise RuntimeError("killed") from None
         return search(model(), tr, va, seed=s, checkpoint_dir=ck, resume=res,
                       _stop_after_epoch=stop, **kw)
@@ -284,15 +284,15 @@ def test_a_head_read_past_pick_epoch_counts_its_time_up_to_pick_epoch(tmp_path):
 
 
 def test_a_distributed_race_without_a_shared_checkpoint_dir_is_a_clear_error(tmp_path, monkeypatch):
-    import grafs.distributed as gdist
-    from grafs.search import _Interrupted
+    import grafs.searching.distributed as gdist
+    from grafs.searching.checkpoint import Interrupted
     monkeypatch.setattr(gdist, "env_world_size", lambda: 2)       # torchrun, group not yet made
     with pytest.raises(GrafsError, match="needs a checkpoint_dir that every process can read"):
         run_restarts(lambda *a: None, 0, 2, None, None, 1, distributed=True)
 
     def one(s, ck, res, stop):      # a rank that does not see what rank 0 wrote
         if stop is not None:
-            raise _Interrupted(stop)
+            raise Interrupted(stop)
         return fake("x", [0.1])
     def ran(*a):
         raise LookupError("ran")
@@ -353,7 +353,7 @@ def test_a_race_winner_that_diverges_after_the_pick_hands_over_to_the_next_best(
 
 @pytest.mark.filterwarnings("ignore::grafs.errors.GrafsWarning")    # a tiny search
 def test_restart_splits_gives_each_restart_its_own_split():
-    from grafs.search import search_task
+    from grafs.protocol.task_search import search_task
     from grafs.tasks import get_task
     small = dict(teacher="tanh(x)", num_train=256, num_test=32, width=8, epochs=3,
                  warmstart_epochs=1, shrink_start_epoch=1, restarts=2)
@@ -403,7 +403,7 @@ def test_pick_best_with_a_score_compares_on_it_and_records_both():
 
 
 def test_restart_select_scratch_picks_the_restart_whose_formula_trains_best(tmp_path):
-    from grafs.search import scratch_val_loss, search_task
+    from grafs.protocol.task_search import scratch_val_loss, search_task
     from grafs.tasks import get_task
     small = dict(teacher="tanh(x)", num_train=256, num_test=32, width=8, epochs=3,
                  warmstart_epochs=1, shrink_start_epoch=1, eval_epochs=2, restarts=3)
@@ -430,7 +430,7 @@ def test_restart_select_scratch_picks_the_restart_whose_formula_trains_best(tmp_
 
 
 def test_scratch_val_loss_is_inf_for_a_formula_that_does_not_train():
-    from grafs.search import scratch_val_loss
+    from grafs.protocol.task_search import scratch_val_loss
     from grafs.tasks import get_task
     task = get_task("teacher", num_train=64, num_test=8, width=4, eval_epochs=1)
     split = task.search_split(seed=0)
@@ -452,7 +452,7 @@ def _dropout_teacher(**kw):
 
 
 def test_scratch_val_loss_is_seeded_whatever_ran_before_and_leaves_the_rng_alone():
-    from grafs.search import scratch_val_loss
+    from grafs.protocol.task_search import scratch_val_loss
     task = _dropout_teacher(num_train=64, num_test=8, width=4, eval_epochs=1)
     split = task.search_split(seed=0)
     torch.manual_seed(1)
@@ -487,7 +487,7 @@ class _KillAfter(Callback):
     (1, 7),         # in the winner's run on: the heads are read back, not run again
 ])
 def test_restart_select_scratch_resumes_to_the_uninterrupted_result(tmp_path, pick, killed_after):
-    from grafs.search import search_task
+    from grafs.protocol.task_search import search_task
     task = _dropout_teacher(teacher="tanh(x)", num_train=256, num_test=32, width=8, epochs=4,
                             warmstart_epochs=1, shrink_start_epoch=1, eval_epochs=2,
                             restarts=3, restart_select="scratch", restart_pick_epoch=pick)

@@ -7,10 +7,12 @@ import torch
 from torch import nn
 
 import grafs
+from grafs.compiler.eager import run_expr
 from grafs.errors import GrafsError, SearchError
 from grafs.runtime.space import SearchSpace
-from grafs.search import (Act, SearchSite, _Batches, _Interrupted, replace_activations,
-                          search, split_dataset)
+from grafs.searching import Act, SearchSite, replace_activations, search, split_dataset
+from grafs.searching.data import Batches
+from grafs.searching.checkpoint import Interrupted
 
 SPACE = dict(template="B(U(B(U(x), U(x))), U(x))",
              unary=["identity", "relu", "gelu", "silu", "tanh", "square", "mul_gamma"],
@@ -61,7 +63,7 @@ def test_same_seed_same_formula_and_history():
 
 def test_resume_equals_uninterrupted(tmp_path):
     full = run(checkpoint_dir=tmp_path / "full")
-    with pytest.raises(_Interrupted):
+    with pytest.raises(Interrupted):
         run(checkpoint_dir=tmp_path / "cut", _stop_after_epoch=2)
     ck = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)
     assert ck["epoch"] == 2
@@ -78,7 +80,7 @@ def test_more_arch_steps_per_weight_step(tmp_path):
     assert two.settings["arch_steps"] == 2 and "arch_steps" not in one.settings
     assert two.history["alpha"] == again.history["alpha"] and two.formula == again.formula
     assert two.history["alpha"] != one.history["alpha"]
-    with pytest.raises(_Interrupted):
+    with pytest.raises(Interrupted):
         run(arch_steps=2, checkpoint_dir=tmp_path / "cut", _stop_after_epoch=2)
     resumed = run(arch_steps=2, checkpoint_dir=tmp_path / "cut", resume=tmp_path / "cut")
     assert resumed.history["alpha"] == two.history["alpha"]
@@ -109,7 +111,7 @@ def test_arch_batch_size_sets_the_validation_batches_of_the_arch_steps(tmp_path)
     assert run(arch_batch_size=32).history["alpha"] == one.history["alpha"]  # = batch_size
     assert big.history["alpha"] != one.history["alpha"]
     assert run(arch_batch_size=60).history["alpha"] == big.history["alpha"]
-    with pytest.raises(_Interrupted):
+    with pytest.raises(Interrupted):
         run(arch_batch_size=60, checkpoint_dir=tmp_path / "cut", _stop_after_epoch=2)
     resumed = run(arch_batch_size=60, checkpoint_dir=tmp_path / "cut", resume=tmp_path / "cut")
     assert resumed.history["alpha"] == big.history["alpha"]
@@ -130,7 +132,7 @@ def test_arch_batch_size_sets_the_validation_batches_of_the_arch_steps(tmp_path)
 
 
 def test_resume_with_other_settings_is_refused(tmp_path):
-    with pytest.raises(_Interrupted):
+    with pytest.raises(Interrupted):
         run(checkpoint_dir=tmp_path, _stop_after_epoch=1)
     with pytest.raises(GrafsError, match="other settings"):
         run(resume=tmp_path, epochs=6)
@@ -158,7 +160,7 @@ def test_warmstart_weight_step_uses_original_activation_and_clean_grads():
            optimizer=lambda ps: Spy(ps, lr=0.1))
     ref = model()
     ref.load_state_dict(init)
-    xb, yb = next(iter(_Batches((xt, yt), 32, 1, 0, "t").epoch(0)))
+    xb, yb = next(iter(Batches((xt, yt), 32, 1, 0, "t").epoch(0)))
     nn.functional.cross_entropy(ref(xb), yb).backward()
     for got, p in zip(Spy.seen[0], ref.parameters()):
         torch.testing.assert_close(got, p.grad)
@@ -296,7 +298,7 @@ def test_search_under_bf16_autocast_keeps_the_cell_in_fp32():
 def test_bad_amp_and_device_are_clear_errors():
     with pytest.raises(GrafsError, match="amp"):
         run(amp="int8")
-    from grafs.search import resolve_device
+    from grafs.searching import resolve_device
     with pytest.raises(GrafsError, match="unknown device"):
         resolve_device("toaster")
     if not torch.cuda.is_available():
@@ -351,16 +353,16 @@ def test_search_runs_to_a_discrete_cell_with_nothing_left_to_learn():
 
 
 def stepper(net, w_opt, a_opt, **kw):
-    """A search step (grafs.search._Stepper) on ``net`` with a lean cell at its ReLUs:
+    """A search step (grafs.searching.step.Stepper) on ``net`` with a lean cell at its ReLUs:
     (stepper, weights, arch parameters); ``w_opt``/``a_opt`` make the optimizers."""
-    from grafs.search import _Stepper
+    from grafs.searching.step import Stepper
     cell = SearchSpace(**SPACE).relax("lean", seed=0)
     state = {"use_cell": True}
     n = replace_activations(net, lambda o: SearchSite(o, cell, state))
     arch = list(cell.arch_parameters())
     ids = {id(p) for p in arch}
     ws = [p for p in net.parameters() if id(p) not in ids]
-    return (_Stepper(net, cell, state, ws, arch, w_opt(ws), a_opt(arch), None,
+    return (Stepper(net, cell, state, ws, arch, w_opt(ws), a_opt(arch), None,
                      nn.functional.cross_entropy, torch.device("cpu"), n_sites=n, **kw), ws, arch)
 
 
@@ -392,7 +394,7 @@ def test_warns_when_ops_are_dropped_before_alpha_moved():
 def test_no_unlearned_warning_once_alpha_has_spread():
     import warnings
     from grafs.errors import GrafsWarning
-    from grafs.search import _warn_if_unlearned
+    from grafs.searching.searcher import warn_if_unlearned
     cell = SearchSpace(**SPACE).relax(mode="eager", seed=0)
     with torch.no_grad():
         for a in cell.alpha:
@@ -400,7 +402,7 @@ def test_no_unlearned_warning_once_alpha_has_spread():
     history: dict = {}
     with warnings.catch_warnings():
         warnings.simplefilter("error", GrafsWarning)
-        _warn_if_unlearned(cell, 2, history)
+        warn_if_unlearned(cell, 2, history)
     assert "warnings" not in history
 
 
@@ -420,8 +422,8 @@ def test_a_normalised_search_keeps_its_formula_without_the_op_constants_too():
     op = r.formula.split("*")[1].split("(")[0]
     assert r.history["unscaled_formula"] == f"{op}(x)"
     z = torch.linspace(-3, 3, 31, dtype=torch.float64)
-    torch.testing.assert_close(grafs.parse(r.formula).evaluate(z),
-                               float(r.formula.split("*")[0]) * grafs.parse(f"{op}(x)").evaluate(z))
+    torch.testing.assert_close(run_expr(grafs.parse(r.formula), z),
+                               float(r.formula.split("*")[0]) * run_expr(grafs.parse(f"{op}(x)"), z))
     assert abs(float(r.formula.split("*")[0]) - op_scale(op, sp.ell)) < 1e-6
     plain = grafs.search(torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.ReLU(),
                                              torch.nn.Linear(8, 1)), (x, y),
@@ -482,7 +484,7 @@ def test_single_level_search_runs_half_the_passes_and_is_recorded(tmp_path):
     assert one.history["alpha"] != two.history["alpha"]
     again = run(single_level=True, warmstart_epochs=1)
     assert again.formula == run(single_level=True, warmstart_epochs=1).formula
-    with pytest.raises(_Interrupted):
+    with pytest.raises(Interrupted):
         run(single_level=True, checkpoint_dir=tmp_path / "cut", _stop_after_epoch=2)
     resumed = run(single_level=True, checkpoint_dir=tmp_path / "cut", resume=tmp_path / "cut")
     assert resumed.history["alpha"] == run(single_level=True).history["alpha"]
@@ -542,16 +544,16 @@ def test_single_level_search_runs_to_a_discrete_cell_under_fp16():
 
 def test_single_level_fp16_step_with_no_arch_gradient_and_a_non_fused_optimizer():
     """The single-level joint step under fp16 with an arch optimizer that is not fused (what
-    grafs.search_step.arch_optimizer builds on devices other than CPU/CUDA) and a cell with
+    grafs.searching.step.arch_optimizer builds on devices other than CPU/CUDA) and a cell with
     one op per hole (eager mode: α and γ get no gradient at all) must not fail."""
-    from grafs.search import _Stepper
+    from grafs.searching.step import Stepper
     net = model()
     cell = SearchSpace("B(U(x), U(x))", unary=["relu"], binary=["add"]).relax("eager", seed=0)
     state = {"use_cell": True}
     n = replace_activations(net, lambda o: SearchSite(o, cell, state))
     arch = list(cell.arch_parameters())
     ws = [p for p in net.parameters() if id(p) not in {id(q) for q in arch}]
-    st = _Stepper(net, cell, state, ws, arch, torch.optim.SGD(ws, 0.1),
+    st = Stepper(net, cell, state, ws, arch, torch.optim.SGD(ws, 0.1),
                   torch.optim.Adam(arch, 1e-3, fused=False), None, nn.functional.cross_entropy,
                   torch.device("cpu"), amp="fp16", n_sites=n, single_level=True)
     x, y = data(64)
@@ -561,9 +563,9 @@ def test_single_level_fp16_step_with_no_arch_gradient_and_a_non_fused_optimizer(
 
 def test_single_level_averages_the_arch_gradients_over_the_ranks():
     """Data-parallel single-level step: the weights' and α/γ's gradients are both averaged
-    over the ranks (grafs.distributed.Dist.average_grads) before the optimizers step, once
+    over the ranks (grafs.searching.distributed.Dist.average_grads) before the optimizers step, once
     per update (not on a grad-accumulation micro-step)."""
-    class Ranks:            # the two calls a step makes of grafs.distributed.Dist
+    class Ranks:            # the two calls a step makes of grafs.searching.distributed.Dist
         def __init__(self):
             self.calls = []
 

@@ -128,7 +128,7 @@ def test_random_formulas_take_the_argmax_of_seeded_normal_draws():
 def test_a_resumed_study_evaluates_searches_its_table_lacks(study, tmp_path, monkeypatch):
     """More seeds on an evaluated study: the evaluation is redone with the new found formula
     (its finished runs come from the cache); a complete table is kept as it is."""
-    import grafs.evaluate
+    import grafs.protocol.evaluate
 
     class FakeTable:
         def __init__(self, named):
@@ -150,7 +150,7 @@ def test_a_resumed_study_evaluates_searches_its_table_lacks(study, tmp_path, mon
         calls.append(dict(found))
         return FakeTable(found)
 
-    monkeypatch.setattr(grafs.evaluate, "evaluate", fake_evaluate)
+    monkeypatch.setattr(grafs.protocol.evaluate, "evaluate", fake_evaluate)
     search = {"kind": "search", "task": "teacher", "teacher": "tanh(x)", "variant": "default",
               "overrides": {}, "seconds": 1.0, "first_drop_entropy": 0.9, "shape_error": 0.0}
     out = tmp_path / "s.json"

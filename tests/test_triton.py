@@ -1,4 +1,4 @@
-"""The triton backend (grafs.compiler.triton_backend and its parts): generated forward/backward
+"""The triton backend (grafs.compiler.triton.backend and its parts): generated forward/backward
 kernels against the eager backend for the paper formulas, random expressions (hypothesis),
 learnable parameters, fp16/bf16, numerically delicate points and ties; the relaxed cell as one kernel pair against the
 eager RelaxedCell at several shrink stages; torch.compile / torch.library registration; the
@@ -42,18 +42,20 @@ from contextlib import redirect_stdout  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import sympy as sp  # noqa: E402
+
+from grafs.compiler.eager import run_expr  # noqa: E402
 import torch  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import grafs  # noqa: E402
 from grafs.compiler import lower  # noqa: E402
-from grafs.compiler import triton_backend as tb  # noqa: E402
-from grafs.compiler import triton_ops  # noqa: E402
+from grafs.compiler.triton import backend as tb  # noqa: E402
+from grafs.compiler.triton import autograd as triton_ops  # noqa: E402
 from grafs.errors import CompileError  # noqa: E402
 from grafs.grammar import expr as E  # noqa: E402
 from grafs.runtime.space import SearchSpace  # noqa: E402
-from tests.paper_formulas import PAPER_FORMULAS  # noqa: E402
+from grafs.testing.paper_formulas import PAPER_FORMULAS  # noqa: E402
 
 pytestmark = pytest.mark.gpu    # runs on the GPU where there is one: `pytest -m gpu`
 DEV = torch.device("cuda" if _ON_GPU else "cpu")
@@ -343,15 +345,15 @@ def test_op_without_template_names_the_op():
     try:
         e = E.call(name, E.var()) + E.call("gelu", E.var())
         x = torch.linspace(-2, 2, 9, device=DEV)
-        assert_close(e.evaluate(x), torch.sin(x) * torch.cos(x) + torch.nn.functional.gelu(x))
+        assert_close(run_expr(e, x), torch.sin(x) * torch.cos(x) + torch.nn.functional.gelu(x))
         with pytest.raises(CompileError, match=name):
             tb.TritonFormula(lower(e))
         with pytest.raises(CompileError, match=name):
             tb.triton_source(e)
     finally:
         ops.OPS.pop(name, None)
-        for k in [k for k, v in ops._LOOKUP.items() if v == name]:
-            del ops._LOOKUP[k]
+        for k in [k for k, v in ops.registry._LOOKUP.items() if v == name]:
+            del ops.registry._LOOKUP[k]
 
 
 # -- generated source: CLI and content-hash cache -------------------------------------------------
@@ -393,7 +395,7 @@ def test_interpreter_after_triton_import():
         pytest.skip("interpreter-order check runs on CPU machines")
     code = (
         "import os, sys\n"
-        "import grafs, grafs.compiler.triton_backend as tb\n"
+        "import grafs, grafs.compiler.triton.backend as tb\n"
         "src = tb.triton_source('gelu(x)')\n"           # generating source needs no triton
         "assert 'triton' not in sys.modules, 'import grafs must not import triton'\n"
         "import triton, torch\n"

@@ -2,7 +2,7 @@
 
 Backends: ``eager`` (interpret the lowered program with torch ops: the reference),
 ``inductor`` (Inductor kernels of that program, the default; grafs.compiler.inductor_formula)
-and ``triton`` (grafs' own generated Triton kernels, see grafs.compiler.triton_backend).
+and ``triton`` (grafs' own generated Triton kernels, see grafs.compiler.triton.backend).
 ``python`` export is :func:`to_python`.
 """
 from __future__ import annotations
@@ -132,7 +132,7 @@ class Activation(nn.Module):
                                                  fallback=bool(len(self.terms)))
             return self._compiled(x, self._args())
         if self._triton is None:
-            from grafs.compiler.triton_backend import TritonFormula
+            from grafs.compiler.triton.backend import TritonFormula
             self._triton = TritonFormula(self.program)
         return self._triton(x, self.params)
 

@@ -5,8 +5,8 @@ program handles a block of elements, every value is a block (or a scalar the tar
 and the code is a list of assignments inside uniform ``if`` blocks. :class:`Emitter` writes
 those statements once per node and scope (CSE); a :class:`Dialect` says how a statement, a
 literal, an op template, a load or a reduction is spelled. The Triton dialect lives in
-grafs.compiler.triton_emit, the C one in grafs.compiler.c_emit; the relaxed cell's kernels are
-written against this interface by grafs.compiler.cell_emit.
+grafs.compiler.triton.emit, the C one in grafs.compiler.cell.c_emit; the relaxed cell's kernels are
+written against this interface by grafs.compiler.cell.plan.
 """
 from __future__ import annotations
 
@@ -20,10 +20,12 @@ __all__ = ["Dialect", "Emitter"]
 
 class Dialect:
     """How one target language spells kernel statements. Subclasses set ``name``, ``field``
-    (the :class:`grafs.ops.Op` attribute holding the op templates), ``internal`` (templates of
-    the reverse mode's internal ops) and override the spelling methods."""
+    (the :class:`grafs.ops.Op` attribute holding the templates of ops registered from outside),
+    ``spellings`` (the base ops' templates), ``internal`` (templates of the reverse mode's
+    internal ops) and override the spelling methods."""
     name = ""
     field = ""
+    spellings: dict[str, str] = {}
     comment = "#"
     internal: dict[str, str] = {}
 
@@ -35,7 +37,7 @@ class Dialect:
         if op in self.internal:
             return self.internal[op]
         spec = OPS.get(op)
-        t = getattr(spec, self.field, None) if spec is not None else None
+        t = self.spellings.get(op) or (getattr(spec, self.field, None) if spec is not None else None)
         if not t:
             raise CompileError(f"op {op!r} has no {self.name} template (grafs.ops.Op.{self.field}), "
                                f"so the {self.name} backend cannot compile formulas using it; use "

@@ -25,7 +25,7 @@ FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 # ("p", name) a learnable parameter; ("F", v) the constant v as a tensor shaped like x (a
 # constant where a tensor is needed: a module input, or the tensor argument of an op whose
 # other arguments are learnable scalars); ("w", k) / ("g", k) element k of the relaxed cell's
-# mixture-weight / gamma vectors (see grafs.compiler.cell).
+# mixture-weight / gamma vectors (see grafs.compiler.cell.lower).
 Arg = tuple
 
 

@@ -17,7 +17,7 @@ Numerics of the gradient:
   gradient on ties like ``torch.clamp``; two tensors split it in half like ``torch.maximum``);
 * ``exp(u) − 1`` becomes ``expm1(u)`` and ``1 − σ(u)`` becomes ``σ(−u)``.
 
-Used by the triton backend (grafs.compiler.triton_emit, grafs.compiler.cell_emit).
+Used by the triton backend (grafs.compiler.triton.emit, grafs.compiler.cell.plan).
 """
 from __future__ import annotations
 
@@ -212,7 +212,7 @@ def _scalar_partial(op_name: str, args: Sequence[E.Expr], i: int) -> E.Expr:
 
 def _from_sympy(s, env: dict, op_name: str) -> E.Expr:
     import sympy as sp
-    from grafs.grammar.sympy_bridge import _NATIVE
+    from grafs.grammar.sympy_bridge import NATIVE
 
     def fail():
         return CompileError(f"cannot express the derivative of {op_name!r} w.r.t. its learnable "
@@ -275,8 +275,8 @@ def _from_sympy(s, env: dict, op_name: str) -> E.Expr:
             for u in t.args[1:]:
                 out = S(name, out, conv(u))
             return out
-        if t.func in _NATIVE:
-            return S(_NATIVE[t.func], *[conv(u) for u in t.args])
+        if t.func in NATIVE:
+            return S(NATIVE[t.func], *[conv(u) for u in t.args])
         name = getattr(t.func, "grafs_op", None)
         if name is not None:
             return S(name, *[conv(u) for u in t.args])
@@ -348,7 +348,7 @@ def program_expr(prog: Program) -> E.Expr:
         if k in ("w", "g"):
             raise CompileError("this program refers to the relaxed cell's weight/gamma vectors; "
                                "a formula program cannot; relaxed cells have their own plans "
-                               "(grafs.compiler.cell_emit, grafs.compiler.lean_cell)")
+                               "(grafs.compiler.cell.plan, grafs.compiler.cell.lean)")
         raise CompileError(f"unknown program argument {a!r}")
 
     for ins in prog.instrs:

@@ -15,6 +15,7 @@ import weakref
 from typing import TYPE_CHECKING, Iterator, Sequence
 
 from grafs.errors import GrafsError
+from grafs.ops import get_op
 
 if TYPE_CHECKING:  # pragma: no cover
     import networkx
@@ -149,11 +150,6 @@ class Expr:
         from grafs.grammar.derivative import derivative
         return derivative(self)
 
-    def evaluate(self, x, params: dict | None = None):
-        """Evaluate on a tensor with the eager backend (a convenience for plots and tests)."""
-        from grafs.compiler.eager import run_expr
-        return run_expr(self, x, params)
-
     # -- Python operators build expressions --------------------------------------------
     def __add__(self, o): return call("add", self, as_expr(o))
     def __radd__(self, o): return call("add", as_expr(o), self)
@@ -234,8 +230,6 @@ def call(op: str, *args) -> Expr:
 
     Missing trailing scalar arguments (e.g. the slope of ``leaky_relu``) take their defaults.
     """
-    from grafs.ops import get_op
-
     spec = get_op(op)
     args = [as_expr(a) for a in args]
     n_min, n_max = spec.arity, spec.arity + len(spec.scalars)
@@ -248,3 +242,7 @@ def call(op: str, *args) -> Expr:
             raise GrafsError(f"the {s.name} of {spec.name} must be a number or a learnable "
                              f"{{param}}, not an expression of x")
     return Expr(spec.name, args)
+
+
+# the registry's derivative rules and clips build their expressions through this (grafs.ops.node)
+Expr.call = staticmethod(call)

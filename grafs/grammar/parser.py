@@ -54,7 +54,7 @@ def parse(text: str) -> E.Expr:
     """
     if isinstance(text, E.Expr):
         return text
-    return _convert(_parse_tree(text), text)
+    return convert(_parse_tree(text), text)
 
 
 def _parse_tree(text: str):
@@ -116,7 +116,7 @@ def _pos(node, text) -> tuple[int, int]:
     return 1, 1
 
 
-def _convert(tree, text: str, hook=None) -> E.Expr:
+def convert(tree, text: str, hook=None) -> E.Expr:
     """Post-order walk with an explicit stack (deep chains like ----x must not recurse)."""
     params: dict[str, float] = {}
     auto = [0]

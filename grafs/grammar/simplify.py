@@ -111,9 +111,9 @@ def _unfoldable(e: E.Expr) -> bool:
 
 
 def _sympy_simplify(e: E.Expr) -> E.Expr:
-    from grafs.grammar.sympy_bridge import _deep_recursion, from_sympy, to_sympy
+    from grafs.grammar.sympy_bridge import deep_recursion, from_sympy, to_sympy
 
-    with _deep_recursion():
+    with deep_recursion():
         s = to_sympy(e)
         if sum(1 for _ in sp.preorder_traversal(s)) <= _SYMPY_SIMPLIFY_MAX_OPS:
             s2 = sp.simplify(_float_coefficients(s))

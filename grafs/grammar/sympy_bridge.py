@@ -23,7 +23,7 @@ X = sp.Symbol("x", real=True)
 
 
 @contextlib.contextmanager
-def _deep_recursion(limit: int = 20000):
+def deep_recursion(limit: int = 20000):
     old = sys.getrecursionlimit()
     sys.setrecursionlimit(max(old, limit))
     try:
@@ -97,7 +97,7 @@ def to_sympy(root: E.Expr, elementary: bool = False):
     value: dict[int, float | None] = {}   # float64 value of constant nodes, None otherwise
     odd: set[int] = set()       # nodes whose value already holds a non-finite part
     params = {}
-    with _deep_recursion():
+    with deep_recursion():
         for n in E.topological(root):
             a = [memo[id(c)] for c in n.args]
             value[id(n)] = v64 = _float64(n, [value[id(c)] for c in n.args])
@@ -200,7 +200,7 @@ def _node(n: E.Expr, a: list, params: dict, elementary: bool):
     return sympy_function(n.op)(*a[:keep])
 
 
-_NATIVE = {sp.exp: "exp", sp.log: "log", sp.Abs: "abs", sp.sign: "sign", sp.sin: "sin",
+NATIVE = {sp.exp: "exp", sp.log: "log", sp.Abs: "abs", sp.sign: "sign", sp.sin: "sin",
            sp.cos: "cos", sp.sinh: "sinh", sp.cosh: "cosh", sp.tanh: "tanh", sp.asinh: "asinh",
            sp.atan: "atan", sp.erf: "erf"}
 
@@ -216,7 +216,7 @@ def from_sympy(s) -> E.Expr:
         raise GrafsError(f"cannot convert {_text(part)} back to a grafs formula: {bad[0]} is "
                          f"not a finite real number (e.g. a division by zero or the log of a "
                          f"negative number)")
-    with _deep_recursion():
+    with deep_recursion():
         return _from(s)
 
 
@@ -288,8 +288,8 @@ def _from(s) -> E.Expr:
     if isinstance(s, sp.Heaviside):
         return E.call("step", _from(s.args[0]))
     f = s.func
-    if f in _NATIVE:
-        return E.call(_NATIVE[f], *[_from(a) for a in s.args])
+    if f in NATIVE:
+        return E.call(NATIVE[f], *[_from(a) for a in s.args])
     name = getattr(f, "grafs_op", None)
     if name is not None:
         return E.call(name, *[_from(a) for a in s.args])

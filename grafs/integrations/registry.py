@@ -122,7 +122,7 @@ def registered() -> dict[str, str]:
 
 
 def _check_free(target: ModuleType, mod: ModuleType, name: str) -> None:
-    owner = target.owner(mod, target.key(name))
+    owner = target.owner(mod, target.key(name), is_registered_class)
     if owner is not None and owner != name:
         what = f"registered by grafs as {owner!r}" if owner else "one of its built-in activations"
         raise GrafsError(f"{target.LIBRARY} already has an activation {target.key(name)!r} "

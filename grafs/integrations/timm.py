@@ -10,6 +10,7 @@ imported module. Install with ``pip install grafs[timm]``.
 from __future__ import annotations
 
 from types import ModuleType
+from typing import Callable
 
 LIBRARY = "timm"
 MODULE = "timm.layers.create_act"
@@ -19,12 +20,11 @@ def key(name: str) -> str:
     return name.lower()
 
 
-def owner(mod: ModuleType, k: str) -> str | None:
+def owner(mod: ModuleType, k: str, is_ours: Callable[[object], bool]) -> str | None:
     """None if ``k`` is free, the grafs name if grafs put it there, "" if timm did."""
-    from grafs.integrations.registry import is_registered_class
     for d in (getattr(mod, "_ACT_LAYER_ME", {}), mod._ACT_LAYER_DEFAULT):
         if k in d:
-            return d[k].grafs_name if is_registered_class(d[k]) else ""
+            return d[k].grafs_name if is_ours(d[k]) else ""
     return None
 
 

@@ -9,6 +9,7 @@ the already imported module. Install with ``pip install grafs[hf]``.
 from __future__ import annotations
 
 from types import ModuleType
+from typing import Callable
 
 LIBRARY = "transformers"
 MODULE = "transformers.activations"
@@ -22,14 +23,13 @@ def _dicts(mod: ModuleType) -> list[dict]:
     return [d for d in (getattr(mod, "ACT2FN", None), getattr(mod, "ACT2CLS", None)) if d is not None]
 
 
-def owner(mod: ModuleType, k: str) -> str | None:
+def owner(mod: ModuleType, k: str, is_ours: Callable[[object], bool]) -> str | None:
     """None if ``k`` is free, the grafs name if grafs put it there, "" if transformers did."""
-    from grafs.integrations.registry import is_registered_class
     for d in _dicts(mod):
         if k in d:
             # dict.get: ACT2FN's own __getitem__ would instantiate the activation
             v = dict.get(d, k)
-            return v.grafs_name if is_registered_class(v) else ""
+            return v.grafs_name if is_ours(v) else ""
     return None
 
 

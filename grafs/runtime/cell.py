@@ -7,17 +7,17 @@ object can serve every activation site of a network (shared α and γ, independe
 
 Modes (``"auto"``, the default, is what a search should use; bench/cell.py and
 bench/search_step.py measure the others side by side):
-  ``"lean"``: the eager path of grafs.compiler.lean_cell: each distinct op evaluated once per
+  ``"lean"``: the eager path of grafs.compiler.cell.lean: each distinct op evaluated once per
       call, affine ops folded into one mixing matmul per group of holes, no compile; saves only
       x for backward on large activations (recompute). ``auto`` on CPUs without the C cell and
       for spaces with trainable-family ops.
   ``"c"``: grafs' generated C kernel pair for the active set (SIMD vectors, glibc's vector
-      math; grafs.compiler.c_cell): one call per forward and per backward, saves only x, builds
+      math; grafs.compiler.cell.c_build): one call per forward and per backward, saves only x, builds
       in about a second per active set. Like lean it computes in fp32 whatever x's dtype
       (float64 inputs included; ``eager`` is the float64 reference). ``auto`` on x86-64 Linux CPUs with a C compiler.
   ``"triton"``: grafs' generated Triton kernel pair for the active set (dropped ops have no code
       once the set falls to 60% of the compiled one; until then a mask skips them). ``auto`` on
-      CUDA. CPU only under TRITON_INTERPRET=1 (grafs.compiler.triton_backend.TritonCell).
+      CUDA. CPU only under TRITON_INTERPRET=1 (grafs.compiler.triton.backend.TritonCell).
   ``"eager"``: the reference: the cell program interpreted op by op under autograd. The
       semantics every other mode is tested against.
   ``"fused"``, ``"compile"``: baselines kept for the benches: Inductor-compiled cell code (one
@@ -38,9 +38,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from grafs.compiler.cell import (CellKernels, cell_program, discretized_expr, fused_apply)
+from grafs.compiler.cell.lower import (CellKernels, cell_program, discretized_expr, fused_apply)
 from grafs.compiler.eager import run_program
-from grafs.compiler.lean_cell import LeanPlan, lean_apply
+from grafs.compiler.cell.lean import LeanPlan, lean_apply
 from grafs.errors import GrafsError
 from grafs.ops import OPS, SEARCH_OPS
 from grafs.runtime.cell_code import CompiledCellCode
@@ -242,7 +242,7 @@ class RelaxedCell(CompiledCellCode, nn.Module):
         if device.type == "cpu" and not len(self.terms) and not torch.compiler.is_compiling() \
                 and _has_c():
             return "c"      # (forward() takes lean where x is a torch.func-transformed tensor)
-        from grafs.compiler.lean_cell import RECOMPUTE_FROM
+        from grafs.compiler.cell.lean import RECOMPUTE_FROM
         few = self.num_active() <= self.eager_up_to_ops_per_hole * self.num_holes
         return "eager" if few and 0 < numel < RECOMPUTE_FROM else "lean"
 
@@ -376,7 +376,7 @@ def _functorch_wrapped(x: torch.Tensor) -> bool:
 
 
 def _has_c() -> bool:
-    from grafs.compiler.c_cell import available
+    from grafs.compiler.cell.c_build import available
     return available()
 
 

@@ -9,7 +9,7 @@ bit as the new build computes, until the new one is loaded (:meth:`CompiledCellC
 """
 from __future__ import annotations
 
-from grafs.compiler.cell import CellKernels
+from grafs.compiler.cell.lower import CellKernels
 from grafs.errors import GrafsError
 
 
@@ -55,14 +55,14 @@ class CompiledCellCode:
         asked, key = key, self._code_key(key, self._generated_key[kind])
         self._generated_key[kind] = key
         if (kind, key) not in self._generated:
-            from grafs.compiler.triton_backend import TritonCell
+            from grafs.compiler.triton.backend import TritonCell
             self._generated[(kind, key)] = TritonCell(self.space, self.slot_of, self.gamma_of,
                                                       self.clip, active=key)
         self._generated_last[kind] = (asked, self._generated[(kind, key)])
         return self._generated[(kind, key)]
 
     def _new_c_cell(self, key):
-        from grafs.compiler.c_cell import CCell, unavailable_reason
+        from grafs.compiler.cell.c_build import CCell, unavailable_reason
         if unavailable_reason():
             raise GrafsError(f"cell mode 'c' cannot run here: {unavailable_reason()}; "
                              f"use mode 'auto' (the lean path on this machine)")

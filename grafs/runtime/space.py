@@ -29,7 +29,7 @@ class Hole:
 
 def parse_template(text: str) -> tuple[E.Expr, list[E.Expr]]:
     """Template Expr (holes as ``hole`` nodes) and the hole nodes in evaluation order."""
-    from grafs.grammar.parser import _convert, parse_tree
+    from grafs.grammar.parser import convert, parse_tree
 
     tree = parse_tree(text)
     holes: list[E.Expr] = []
@@ -51,7 +51,7 @@ def parse_template(text: str) -> tuple[E.Expr, list[E.Expr]]:
         return h
 
     try:
-        root = _convert(tree, text, hook)
+        root = convert(tree, text, hook)
     except ParseError:
         raise
     if not holes:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from grafs.errors import GrafsError
 from grafs.models.common import ActivationFactory, check_activation_factory
-from grafs.tasks.config import SearchConfig, TrainConfig, _check_pos_int
+from grafs.tasks.config import SearchConfig, TrainConfig, check_pos_int
 
 __all__ = ["Task", "cross_entropy", "accuracy", "SPLITS", "apply_overrides", "check_option",
            "evaluation_overrides", "parse_overrides"]
@@ -74,7 +74,7 @@ class Task:
     #: of averaged per batch, e.g. PSNR from the split's mean squared error
     split_metrics: dict[str, Callable[[dict[str, float]], float]] = \
         field(default_factory=dict, repr=False)
-    #: factory of the default search space of :func:`grafs.search.search_task` (None: the
+    #: factory of the default search space of :func:`grafs.protocol.task_search.search_task` (None: the
     #: paper's GRAFS space)
     search_space: Callable[[], Any] | None = field(default=None, repr=False)
     num_classes: int = 0
@@ -145,7 +145,7 @@ class Task:
         """
         x, y = self.split(split) if isinstance(split, str) else split
         bs = batch_size or self.eval_config.batch_size
-        _check_pos_int("batches", "batch_size", bs)
+        check_pos_int("batches", "batch_size", bs)
         n = len(x)
         if shuffle:
             g = torch.Generator().manual_seed(self.seed if seed is None else seed)
@@ -209,7 +209,7 @@ class Task:
         """
         cfg = config or self.eval_config
         n_epochs = cfg.epochs if epochs is None else epochs
-        _check_pos_int("fit", "epochs", n_epochs)
+        check_pos_int("fit", "epochs", n_epochs)
         x, y = data if data is not None else self.train_data
         device = device if device is not None else _model_device(model)
         steps_per_epoch = cfg.steps_per_epoch(len(x))

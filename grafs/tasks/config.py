@@ -25,7 +25,7 @@ SCHEDULES = ("constant", "cosine", "multistep")
 RESTART_SELECTS = ("val_loss", "scratch")
 
 
-def _check_pos_int(owner: str, name: str, v: Any, allow_none: bool = False) -> None:
+def check_pos_int(owner: str, name: str, v: Any, allow_none: bool = False) -> None:
     if v is None and allow_none:
         return
     if not isinstance(v, int) or isinstance(v, bool) or v < 1:
@@ -100,10 +100,10 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         owner = type(self).__name__
-        _check_pos_int(owner, "epochs", self.epochs)
-        _check_pos_int(owner, "batch_size", self.batch_size)
-        _check_pos_int(owner, "grad_accum_steps", self.grad_accum_steps)
-        _check_pos_int(owner, "max_steps_per_epoch", self.max_steps_per_epoch, allow_none=True)
+        check_pos_int(owner, "epochs", self.epochs)
+        check_pos_int(owner, "batch_size", self.batch_size)
+        check_pos_int(owner, "grad_accum_steps", self.grad_accum_steps)
+        check_pos_int(owner, "max_steps_per_epoch", self.max_steps_per_epoch, allow_none=True)
         if self.optimizer not in OPTIMIZERS:
             raise GrafsError(f"{owner}.optimizer must be one of {', '.join(OPTIMIZERS)}, "
                              f"got {self.optimizer!r}")
@@ -202,7 +202,7 @@ class SearchConfig(TrainConfig):
             the weights (half a bilevel step's passes; not the paper's method, which is
             bilevel: see docs/results-teacher.md for the ablation).
         restarts: independent searches (seeds s, s + 1000, …, one split) of which the one with
-            the lowest final validation loss is returned (grafs.restarts; costs that many
+            the lowest final validation loss is returned (grafs.searching.restarts; costs that many
             searches; the paper: 1).
         restart_pick_epoch: with restarts, compare them after this epoch (0-based) and run
             only the best one on (a race: cheaper than full restarts); None, or an epoch at
@@ -214,7 +214,7 @@ class SearchConfig(TrainConfig):
             validation loss, free) or ``"scratch"`` (each restart's formula trained from
             scratch once with the evaluation's configuration on the task's search split,
             scored by its validation loss: the quantity a user cares about, at the cost of one
-            evaluation run per restart; grafs.restarts).
+            evaluation run per restart; grafs.searching.restarts).
     """
 
     arch_lr: float = 1e-3
@@ -239,7 +239,7 @@ class SearchConfig(TrainConfig):
                 or self.arch_steps < 1:
             raise GrafsError(f"{owner}.arch_steps must be an int >= 1, got {self.arch_steps!r}")
         if self.arch_batch_size is not None:
-            _check_pos_int(owner, "arch_batch_size", self.arch_batch_size)
+            check_pos_int(owner, "arch_batch_size", self.arch_batch_size)
         if not isinstance(self.arch_lr, (int, float)) or not self.arch_lr > 0:
             raise GrafsError(f"{owner}.arch_lr must be > 0, got {self.arch_lr!r}")
         _check_nonneg(owner, "arch_weight_decay", self.arch_weight_decay)
@@ -288,6 +288,6 @@ class SearchConfig(TrainConfig):
 
     def make_arch_optimizer(self, params: Iterable[torch.Tensor]) -> torch.optim.Optimizer:
         """Adam(arch_lr, arch_betas, arch_weight_decay) over the activation parameters (the
-        search's own, grafs.search_step.arch_optimizer)."""
-        from grafs.search_step import arch_optimizer
+        search's own, grafs.searching.step.arch_optimizer)."""
+        from grafs.searching.step import arch_optimizer
         return arch_optimizer(params, self.arch_lr, self.arch_betas, self.arch_weight_decay)

@@ -101,8 +101,8 @@ def _mlp(in_dim: int, width: int, activation, preact_std: float | None = None,
 @functools.lru_cache(maxsize=16)
 def _generate(teacher: str, in_dim: int, width: int, num_train: int, num_test: int,
               preact_std: float, noise: float, data_seed: int):
-    import grafs
-    act = grafs.compile(teacher, backend="eager")
+    from grafs.compiler import compile as gcompile
+    act = gcompile(teacher, backend="eager")
     g = torch.Generator().manual_seed(data_seed)
     x = torch.randn(num_train + num_test, in_dim, generator=g, dtype=torch.float64)
     h = x
@@ -141,10 +141,10 @@ def shape_error(found: str, teacher: str, lo: float = -3.0, hi: float = 3.0,
     fit ``found(c·x)`` over c in [1/4, 4] (a log grid), which the previous layer's weights
     absorb too (``sigmoid(x)`` is then an exact fit of ``tanh(x)``).
     """
-    import grafs
+    from grafs.compiler import compile as gcompile
     xs = torch.linspace(lo, hi, points, dtype=torch.float64)
-    f_mod = grafs.compile(found, backend="eager").double()
-    t = grafs.compile(teacher, backend="eager").double()(xs).detach().double().expand_as(xs)
+    f_mod = gcompile(found, backend="eager").double()
+    t = gcompile(teacher, backend="eager").double()(xs).detach().double().expand_as(xs)
     if not torch.isfinite(t).all():
         return float("inf")
     denom = torch.linalg.norm(t - t.mean())
@@ -199,8 +199,8 @@ def make_teacher_task(seed: int = 0, **overrides: Any) -> Task:
     teacher = opts["teacher"]
     if not isinstance(teacher, str):
         raise GrafsError(f"task 'teacher' option teacher must be a formula string, got {teacher!r}")
-    import grafs
-    expr = grafs.parse(teacher)               # a ParseError names what is wrong, with a caret
+    from grafs.grammar.parser import parse
+    expr = parse(teacher)               # a ParseError names what is wrong, with a caret
     if not expr.depends_on_x():
         raise GrafsError(f"teacher {teacher!r} does not depend on x")
     in_dim = check_option("teacher", "in_dim", opts["in_dim"])

@@ -483,7 +483,7 @@ def check_discretize(cell) -> int:
 
 
 def _unfolded(cell, chosen: list[str]) -> E.Expr:
-    from grafs.compiler.cell import substitute_holes
+    from grafs.compiler.cell.lower import substitute_holes
     from grafs.ops import SEARCH_OPS
     scale = getattr(cell, "scale", None)
 

@@ -152,7 +152,7 @@ def test_small_search_recovers_the_teacher():
     """A small teacher–student search (the full study: docs/results-teacher.md): a one-hole
     cell whose candidates are the teacher's op and three other shapes."""
     from grafs.runtime.space import SearchSpace
-    from grafs.search import search_task
+    from grafs.protocol.task_search import search_task
     task = get_task("teacher", teacher="tanh(x)", num_train=1024, num_test=64, width=16,
                     epochs=8, warmstart_epochs=1, shrink_start_epoch=2, restarts=1)  # one search
     space = SearchSpace("U(x)", unary=["relu", "tanh", "square", "identity"], binary=["add"],

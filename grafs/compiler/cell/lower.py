@@ -31,7 +31,7 @@ def hole_mixture(space, hole, inputs, active, slot_of, gamma_of, ell, unit: bool
             continue
         spec = SEARCH_OPS[op_name]
         gammas = [E.Expr("gref", value=j) for j in gamma_of[(hole.index, op_name)]]
-        term = _name_modules(spec.build(inputs, gammas, ell), f"{hole.name}_{op_name}", inputs)
+        term = name_modules(spec.build(inputs, gammas, ell), f"{hole.name}_{op_name}", inputs)
         terms.append(term if unit else E.Expr("wref", value=slot_of[(hole.index, op_name)]) * term)
     out = terms[0]
     for t in terms[1:]:
@@ -39,7 +39,7 @@ def hole_mixture(space, hole, inputs, active, slot_of, gamma_of, ell, unit: bool
     return out
 
 
-def _name_modules(term: E.Expr, key: str, inputs) -> E.Expr:
+def name_modules(term: E.Expr, key: str, inputs) -> E.Expr:
     """Trainable-family nodes a candidate op adds get a per-slot name: their module's key."""
     from grafs.ops import OPS
     memo: dict[int, E.Expr] = {id(n): n for i in inputs for n in E.topological(i)}

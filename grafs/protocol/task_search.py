@@ -1,15 +1,15 @@
 """Search on a built-in task (grafs.tasks): :func:`search` with the task's search
-configuration, its restarts (grafs.restarts) and their pick, and the checks after a search
+configuration, its restarts (grafs.searching.restarts) and their pick, and the checks after a search
 (does the found formula train from scratch; if only with the search's clipping, return that).
-Every name here is also importable from ``grafs.search``."""
+The built-in tasks above the search: a task is a model, data and one SearchConfig."""
 from __future__ import annotations
 
 import math
 
 import torch
 
-from grafs.search_data import resolve_device
-from grafs.search_result import SearchResult
+from grafs.searching.data import resolve_device
+from grafs.searching.result import SearchResult
 
 __all__ = ["search_task", "scratch_val_loss"]
 
@@ -21,13 +21,13 @@ def search_task(task, *, seed: int = 0, epochs: int | None = None, space=None, p
                 distributed: bool | None = None) -> SearchResult:
     """Run :func:`search` on a built-in task (grafs.tasks) with its search configuration
     (distributed: the task's batch size per process, see :func:`search`). With
-    ``search_config.restarts`` > 1, that many searches on one split (grafs.restarts), each
+    ``search_config.restarts`` > 1, that many searches on one split (grafs.searching.restarts), each
     checkpointed under ``checkpoint_dir/restart-<i>``; the one with the lowest final
     validation loss is returned (with ``restart_pick_epoch``, compared at that epoch and only
     the best one run on; with ``restart_select="scratch"``, the one whose formula trained
     from scratch on the search split reaches the lowest validation loss)."""
-    from grafs.distributed import world_size
-    from grafs.search import search
+    from grafs.searching.distributed import world_size
+    from grafs.searching import search
     cfg = task.search_config
     epochs = cfg.epochs if epochs is None else epochs
     (xt, yt), (xv, yv) = task.search_split(seed=seed)    # one split for every restart
@@ -40,7 +40,7 @@ def search_task(task, *, seed: int = 0, epochs: int | None = None, space=None, p
         space.normalize = cfg.normalize
 
     def one(s: int, ck, res, stop=None) -> SearchResult:
-        from grafs.restarts import RESTART_SEED_STRIDE
+        from grafs.searching.restarts import RESTART_SEED_STRIDE
         i = (s - seed) // RESTART_SEED_STRIDE
         desc = "GRAFS search" if cfg.restarts == 1 else f"restart {i + 1}/{cfg.restarts} (seed {s})"
         data = task.search_split(seed=s) if cfg.restart_splits and s != seed else ((xt, yt), (xv, yv))
@@ -60,11 +60,11 @@ def search_task(task, *, seed: int = 0, epochs: int | None = None, space=None, p
                       distributed=distributed, _stop_after_epoch=stop, _progress_desc=desc)
     if cfg.restarts == 1:
         result = one(seed, checkpoint_dir, resume)
-    else:   # grafs.restarts: the restart with the lowest validation loss (at the end, or a race)
-        from grafs.restarts import run_restarts
+    else:   # grafs.searching.restarts: the restart with the lowest validation loss (at the end, or a race)
+        from grafs.searching.restarts import run_restarts
         score = None
         if cfg.restart_select == "scratch":
-            from grafs import distributed as gdist
+            from grafs.searching import distributed as gdist
             dev = resolve_device(device) if device is not None else torch.device("cpu")
             ctx = gdist.context(distributed, dev, device is not None)
 
@@ -90,12 +90,12 @@ def scratch_val_loss(task, formula: str, split, *, seed: int = 0,
     compares restarts on: the quantity a user cares about, which the search's own validation
     loss (a relaxed or freshly discretized network on warm-started weights) only estimates."""
     from grafs.errors import GrafsError
-    from grafs.eval_runs import train_and_evaluate
-    from grafs.evaluate import _factory
+    from grafs.protocol.runs import train_and_evaluate
+    from grafs.protocol.baselines import activation_factory
     train, val = split
     dev = torch.device(device) if device is not None else torch.device("cpu")
     try:        # seeded as an evaluation run: a resumed search scores as the uninterrupted one
-        metrics, _, _ = train_and_evaluate(task, _factory(formula, "eager"), seed, dev,
+        metrics, _, _ = train_and_evaluate(task, activation_factory(formula), seed, dev,
                                            data=train, split=val)
     except GrafsError:        # Task.fit raises on a non-finite training loss
         return math.inf
@@ -103,31 +103,32 @@ def scratch_val_loss(task, formula: str, split, *, seed: int = 0,
     return float(loss) if math.isfinite(loss) else math.inf
 
 
-def _clipped_formula(task, formula: str) -> str | None:
+def clipped_formula(task, formula: str) -> str | None:
     """``formula`` with the bounded-op clipping of the task's search space written out
     (``sinh(clamp(x, -2.998, 2.998))``, grafs.compiler.lower.clip_expr): the function the search
     evaluated. None when the space does not clip or nothing in the formula is clipped."""
-    import grafs
+    from grafs.compiler import compile as gcompile
+    from grafs.grammar.parser import parse
     from grafs.compiler.lower import clip_expr
     space = task.make_search_space()
     if not space.clip:
         return None
-    expr = grafs.parse(formula)
+    expr = parse(formula)
     clipped = clip_expr(expr, space.ell)
     return None if clipped is expr else str(clipped)
 
 
 def _warn_if_untrainable(task, result: SearchResult, seed: int) -> None:
     """Warn when the found formula cannot be trained from scratch on the task (one pass and
-    five training steps of a fresh model; grafs.evaluate.from_scratch_problem); when the
+    five training steps of a fresh model; grafs.protocol.evaluate.from_scratch_problem); when the
     formula with the search's clipping written out trains, it replaces the found one."""
     import warnings
 
     from grafs.errors import GrafsWarning
-    from grafs.evaluate import from_scratch_problem
+    from grafs.protocol.evaluate import from_scratch_problem
     problem = from_scratch_problem(task, result.formula, seed=seed)
     if problem:
-        clipped = _clipped_formula(task, result.formula)
+        clipped = clipped_formula(task, result.formula)
         if clipped is not None and not from_scratch_problem(task, clipped, seed=seed):
             # the function the search trained, bounded-op clipping included, does train: return
             # that one (a user's first `grafs search` otherwise hands them a NaN)
@@ -135,7 +136,7 @@ def _warn_if_untrainable(task, result: SearchResult, seed: int) -> None:
             result.formula = clipped
             unscaled = result.history.get("unscaled_formula")
             if unscaled:        # the same ops without their constants: clipped alike
-                result.history["unscaled_formula"] = _clipped_formula(task, unscaled) or unscaled
+                result.history["unscaled_formula"] = clipped_formula(task, unscaled) or unscaled
             msg = (f"the found formula {problem} on task {task.name!r} (the search trained "
                    f"through clipped ops); returning it with the search's clipping written "
                    f"out, which trains: {clipped} (the unclipped one is in "

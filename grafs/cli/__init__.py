@@ -28,7 +28,7 @@ def _cmd_compile(args) -> int:
         from grafs.compiler.python_export import to_python
         print(to_python(e, class_name=args.name, clip=args.clip), end="")
     else:
-        from grafs.compiler.triton_backend import triton_source
+        from grafs.compiler.triton.backend import triton_source
         print(triton_source(e, clip=args.clip), end="")
     return 0
 
@@ -64,11 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--hi", type=float, default=5.0)
     pl.set_defaults(fn=_cmd_plot)
 
-    try:  # the search commands live with the search code
-        from grafs.search_cli import add_search_commands
-        add_search_commands(sub)
-    except ImportError:
-        pass
+    # (a broken import here must fail loudly, not remove the search commands)
+    from grafs.cli.search_commands import add_search_commands
+    add_search_commands(sub)
     return p
 
 

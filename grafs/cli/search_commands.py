@@ -36,14 +36,14 @@ def _callbacks(args) -> list:
     """``--tensorboard DIR``: the built-in TensorBoard logger."""
     if not args.tensorboard:
         return []
-    from grafs.tensorboard_logger import TensorBoardLogger
+    from grafs.callbacks.tensorboard import TensorBoardLogger
     return [TensorBoardLogger(args.tensorboard)]
 
 
 def _cmd_search(args) -> int:
     _threads(args)
-    from grafs import distributed as gdist
-    from grafs.search import resolve_device
+    from grafs.searching import distributed as gdist
+    from grafs.searching import resolve_device
     dev = resolve_device(args.device)
     # under torchrun (WORLD_SIZE > 1) every process runs this: a data-parallel search in which
     # rank 0 alone prints and writes
@@ -60,7 +60,7 @@ def _cmd_search(args) -> int:
 
 
 def _search(args, dev, main: bool, world: int) -> int:
-    from grafs.search import search_task
+    from grafs.protocol.task_search import search_task
     from grafs.tasks import get_task
     task = get_task(args.task, seed=args.seed, **_task_options(args))
     out = Path(args.out) if args.out else Path("grafs_runs") / f"{args.task}-seed{args.seed}"
@@ -113,22 +113,22 @@ def _search(args, dev, main: bool, world: int) -> int:
 
 def _cmd_evaluate(args) -> int:
     _threads(args)
-    from grafs.evaluate import evaluate
+    from grafs.protocol.evaluate import evaluate
     from grafs.tasks import get_task
     task = get_task(args.task, **_task_options(args))
     acts = list(args.activations or [])
     times = []
     for r in args.results or []:
-        from grafs.search import SearchResult
+        from grafs.searching import SearchResult
         res = SearchResult.load(r)
         acts.append(res.formula)
         times.append(res.search_seconds)
     # the ratio of the paper's tables: (mean) search time over the time of one evaluation run
     search_seconds = args.search_seconds or (sum(times) / len(times) if times else None)
-    from grafs.search import resolve_device
+    from grafs.searching import resolve_device
     named: dict[str, str] = {f"F{i + 1}": f for i, f in enumerate(acts)}
     if args.scaled_baselines:
-        from grafs.evaluate import scaled_baselines
+        from grafs.protocol.evaluate import scaled_baselines
         named.update(scaled_baselines(task))
     table = evaluate(task, named, seeds=args.seeds, baselines=args.baselines, epochs=args.epochs,
                      search_seconds=search_seconds, progress=not args.quiet,

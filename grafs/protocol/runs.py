@@ -23,6 +23,7 @@ from typing import Callable, Sequence
 import torch
 
 from grafs.errors import GrafsError
+from grafs.protocol.baselines import activation_factory
 
 
 @dataclass(frozen=True)
@@ -43,14 +44,6 @@ class RunResult:
     train_loss: list[float] = field(default_factory=list)
     error: str | None = None      #: why the run failed (None: it succeeded)
     cached: bool = False          #: read from the cache, not run now
-
-
-def _factory(spec: RunSpec, backend: str):
-    from grafs.evaluate import BASELINES
-    if spec.baseline:
-        return BASELINES[spec.formula]
-    from grafs.compiler import compile as gcompile
-    return lambda: gcompile(spec.formula, backend=backend)
 
 
 def train_and_evaluate(task, factory, seed: int, device: torch.device, *, cfg=None,
@@ -74,7 +67,7 @@ def run_one(task, spec: RunSpec, cfg, backend: str, device: torch.device,
             max_steps: int | None) -> RunResult:
     """Train and test one model; an exception becomes a failed :class:`RunResult`."""
     try:
-        metrics, fit, seconds = train_and_evaluate(task, _factory(spec, backend), spec.seed,
+        metrics, fit, seconds = train_and_evaluate(task, activation_factory(spec.formula, backend, baseline=spec.baseline), spec.seed,
                                                    device, cfg=cfg, max_steps=max_steps)
         return RunResult(spec, float(metrics[task.metric_name]), seconds,
                          [float(v) for v in fit["train_loss"]])
@@ -104,9 +97,9 @@ def _cache_read(path: Path, spec: RunSpec) -> RunResult | None:
 
 
 def _cache_write(path: Path, r: RunResult) -> None:
-    from grafs.search_result import _atomic_write_text
+    from grafs.searching.result import atomic_write_text
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(path, json.dumps({**asdict(r.spec), "score": r.score, "seconds": r.seconds,
+    atomic_write_text(path, json.dumps({**asdict(r.spec), "score": r.score, "seconds": r.seconds,
                                          "train_loss": r.train_loss}, indent=1))
 
 

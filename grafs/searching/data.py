@@ -21,7 +21,7 @@ def _as_dataset(data, name: str):
                      f"got {type(data).__name__}")
 
 
-class _Batches:
+class Batches:
     """Seeded, resumable batching: epoch e uses permutation seeded by (seed, e, stream)."""
 
     # tensor data up to this size is moved to the accelerator once, not batch by batch

@@ -9,7 +9,7 @@ teachers, the search with the lowest one trained the best student from scratch o
 its SEM (docs/results-teacher.md). DARTS kept the best of four runs too, but picked by a short
 training from scratch; the validation loss costs nothing extra. A built-in task can pick the
 DARTS way (``SearchConfig.restart_select="scratch"``: each restart's formula trained once from
-scratch, :func:`grafs.search.scratch_val_loss`), passed here as ``score``.
+scratch, :func:`grafs.protocol.task_search.scratch_val_loss`), passed here as ``score``.
 
 Restart ``i`` of a search with seed ``s`` runs with seed ``s + 1000·i`` (restart 0 is the plain
 search) on the same training/validation split, so the validation losses compare.
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from grafs.errors import GrafsError
-from grafs.search_result import SearchResult
+from grafs.searching.result import SearchResult
 
 #: restart i of a search with seed s uses seed s + RESTART_SEED_STRIDE·i
 RESTART_SEED_STRIDE = 1000
@@ -161,7 +161,7 @@ def run_restarts(one: Callable[..., SearchResult], seed: int, restarts: int,
         raise GrafsError(f"pick_epoch must be None or an int >= 0, got {pick_epoch!r}")
     if pick_epoch is not None and epochs is not None and pick_epoch >= epochs - 1:
         pick_epoch = None       # at or past the last epoch: that is comparing at the end
-    from grafs import distributed as gdist
+    from grafs.searching import distributed as gdist
     if resume is not None:
         if not (Path(resume) / "restart-0" / "checkpoint.pt").exists():   # restart 0 runs first
             single = (Path(resume) / "checkpoint.pt").exists() or Path(resume).is_file()
@@ -197,7 +197,7 @@ def run_restarts(one: Callable[..., SearchResult], seed: int, restarts: int,
     if pick_epoch is None or restarts == 1:
         return pick_best([_attempt(lambda: one(s, dirs[i], resume_dir(i), None))
                           for i, s in enumerate(seeds)], seeds, score)
-    from grafs.search import _Interrupted
+    from grafs.searching.checkpoint import Interrupted
     heads = []        # each restart up to pick_epoch: a result whose history ends there
     latest = []       # where each restart's latest checkpoint is (the winner runs on from it)
     for i, s in enumerate(seeds):
@@ -208,7 +208,7 @@ def run_restarts(one: Callable[..., SearchResult], seed: int, restarts: int,
             latest[i] = dirs[i]
             try:
                 r = _attempt(lambda: one(s, dirs[i], res, pick_epoch))
-            except _Interrupted:
+            except Interrupted:
                 pass
             else:       # failed, or a search with no more than pick_epoch + 1 epochs
                 heads.append(r)
@@ -267,8 +267,8 @@ def search_restarts(model, train_data, val_data=None, *, restarts: int = 3, seed
     (with no ``val_data``): each restart splits the training data with its own seed, so a
     bad split cannot trap every restart (on the teacher task this reached a teacher that every
     one-split study missed). ``kwargs`` go to :func:`grafs.search`."""
-    from grafs.search import search
-    from grafs.search_data import split_dataset
+    from grafs.searching.loop import search
+    from grafs.searching.data import split_dataset
     restart_seeds(seed, restarts)      # a bad count is an error before any data is touched
     if own_splits and val_data is not None:
         raise GrafsError("own_splits splits the training data per restart; it cannot be used "

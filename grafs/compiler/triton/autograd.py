@@ -4,14 +4,14 @@ Inside ``torch.compile`` they run as ``torch.library.custom_op`` s (fake impls a
 registered), so Dynamo traces through them; outside, as plain autograd Functions (a custom op's
 Python dispatch costs tens of microseconds per call, paid at every activation site). Either way
 autograd saves only the input and the small parameter vectors; the kernels are found by the
-key :meth:`grafs.compiler.triton_launch.Compiled.register` gave them.
+key :meth:`grafs.compiler.triton.launch.Compiled.register` gave them.
 """
 from __future__ import annotations
 
 import torch
 from torch.autograd.function import once_differentiable
 
-from grafs.compiler.triton_launch import lookup
+from grafs.compiler.triton.launch import lookup
 
 __all__ = ["formula_fwd", "formula_bwd", "cell_fwd", "cell_bwd", "FormulaFn", "CellFn"]
 

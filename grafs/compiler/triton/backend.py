@@ -5,11 +5,11 @@
 
 * grafs.compiler.reverse — symbolic reverse-mode differentiation over the Expr DAG (usable by
   any backend that emits code);
-* grafs.compiler.triton_emit — Triton source for formulas (the :class:`Emitter`, templates);
-* grafs.compiler.cell_emit — Triton source for the relaxed cell;
-* grafs.compiler.triton_interp — kernel-file preludes, with the interpreter's shims;
-* grafs.compiler.triton_launch — loading, caching and launching the kernels;
-* grafs.compiler.triton_ops — custom ops (for torch.compile) and autograd Functions.
+* grafs.compiler.triton.emit — Triton source for formulas (the :class:`Emitter`, templates);
+* grafs.compiler.cell.plan — Triton source for the relaxed cell;
+* grafs.compiler.triton.interp — kernel-file preludes, with the interpreter's shims;
+* grafs.compiler.triton.launch — loading, caching and launching the kernels;
+* grafs.compiler.triton.autograd — custom ops (for torch.compile) and autograd Functions.
 
 Running: on CUDA, or on any device with ``TRITON_INTERPRET=1`` (Triton's CPU interpreter,
 slow). ``triton`` is imported only when a kernel runs (never at ``import grafs``).
@@ -20,11 +20,11 @@ import torch
 
 from grafs.compiler.lower import Program
 from grafs.compiler.reverse import formula_gradients, program_expr
-from grafs.compiler.cell_emit import cell_source
-from grafs.compiler.triton_emit import triton_source
-from grafs.compiler.triton_launch import (CellKernels, FormulaKernels, interpreting,
+from grafs.compiler.cell.plan import cell_source
+from grafs.compiler.triton.emit import triton_source
+from grafs.compiler.triton.launch import (CellKernels, FormulaKernels, interpreting,
                                           kernel_cache_size)
-from grafs.compiler.triton_ops import CellFn, FormulaFn, cell_fwd, formula_fwd
+from grafs.compiler.triton.autograd import CellFn, FormulaFn, cell_fwd, formula_fwd
 
 __all__ = ["TritonFormula", "TritonCell", "triton_source", "cell_source", "program_expr",
            "formula_gradients", "kernel_cache_size", "interpreting"]

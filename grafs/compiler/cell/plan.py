@@ -26,7 +26,7 @@ from grafs.compiler.lower import fold_constants
 from grafs.compiler.reverse import LEAF, S, is_zero, reverse, rewrite_for_grad
 from grafs.compiler.reverse import leaf as _leaf   # `leaf` names loop variables below
 from grafs.compiler.emit import Dialect, Emitter
-from grafs.compiler.triton_emit import HEAD, TRITON, module_source
+from grafs.compiler.triton.emit import HEAD, TRITON, module_source
 from grafs.grammar import expr as E
 from grafs.ops import SEARCH_OPS
 
@@ -53,7 +53,7 @@ class CellPlan:
 
     def __init__(self, space, slot_of, gamma_of, clip: bool, active=None,
                  dialect: Dialect = TRITON, masked: bool = True):
-        from grafs.compiler.cell import substitute_holes
+        from grafs.compiler.cell.lower import substitute_holes
         self.d = dialect
         # masked: every op of the plan sits in an ``if`` on its mask entry (the kernels serve
         # every subset of ``active``); unmasked: straight-line code for ``active``, each slot's

@@ -17,7 +17,7 @@ import json
 import os
 import warnings
 
-from grafs.callbacks import Callback, EpochInfo, EvalRunInfo, EvalStart, SearchStart, StepInfo
+from grafs.callbacks.events import Callback, EpochInfo, EvalRunInfo, EvalStart, SearchStart, StepInfo
 from grafs.errors import GrafsError
 
 

@@ -20,8 +20,8 @@ import torch
 
 from grafs.compiler.codegen import load_source
 from grafs.compiler.lower import Program
-from grafs.compiler.cell_emit import CellPlan
-from grafs.compiler.triton_emit import formula_source, module_source
+from grafs.compiler.cell.plan import CellPlan
+from grafs.compiler.triton.emit import formula_source, module_source
 from grafs.errors import CompileError
 
 __all__ = ["Compiled", "FormulaKernels", "CellKernels", "lookup", "kernel_cache_size",

@@ -1,7 +1,7 @@
 """The relaxed cell as generated C kernels on the CPU: build, cache, load, call.
 
-:class:`CCell` is the CPU counterpart of grafs.compiler.triton_backend.TritonCell: the same cell
-plan (grafs.compiler.cell_emit), written in C with SIMD vectors (grafs.compiler.c_emit), built
+:class:`CCell` is the CPU counterpart of grafs.compiler.triton.backend.TritonCell: the same cell
+plan (grafs.compiler.cell.plan), written in C with SIMD vectors (grafs.compiler.cell.c_emit), built
 with the system C compiler into a shared library and called through ctypes. One call per
 forward and one per backward, whatever the number of ops; autograd saves only x, w, γ and the
 mask (the backward recomputes); the work is split over torch's intra-op threads (ctypes
@@ -31,8 +31,8 @@ from pathlib import Path
 
 import torch
 
-from grafs.compiler.c_emit import C, ISAS, cell_c_source
-from grafs.compiler.cell_emit import CellPlan
+from grafs.compiler.cell.c_emit import C, ISAS, cell_c_source
+from grafs.compiler.cell.plan import CellPlan
 from grafs.errors import CompileError
 
 __all__ = ["available", "unavailable_reason", "CCell", "CCellKernels", "cache_dir"]
@@ -94,7 +94,7 @@ def available() -> bool:
 
 
 def _probe_source(isa: str) -> str:
-    from grafs.compiler.c_emit import prelude
+    from grafs.compiler.cell.c_emit import prelude
     return prelude(isa) + "void grafs_probe(float *o) { V v = vexp(vasinh(vpow(K(1), K(2))) * K(0) + K(1)); o[0] = v[0]; }\n"
 
 
@@ -351,7 +351,7 @@ class CCellKernels:
 
 class CCell:
     """``CCell(space, slot_of, gamma_of, clip, active=None)(x, w, g, mask) -> y``,
-    differentiable w.r.t. x, w and g (as :class:`grafs.compiler.triton_backend.TritonCell`)."""
+    differentiable w.r.t. x, w and g (as :class:`grafs.compiler.triton.backend.TritonCell`)."""
 
     def __init__(self, space, slot_of, gamma_of, clip: bool, active=None):
         self.space = space
@@ -376,7 +376,7 @@ class CCell:
 
     def __call__(self, x: torch.Tensor, w: torch.Tensor, g: torch.Tensor,
                  mask: torch.Tensor) -> torch.Tensor:
-        from grafs.compiler.triton_ops import CellFn   # kernel-agnostic autograd Function
+        from grafs.compiler.triton.autograd import CellFn   # kernel-agnostic autograd Function
         # (autocast needs no switching off: the kernels compute in fp32 whatever x's dtype)
         return CellFn.apply(x, w, g, mask, self._k, None)
 

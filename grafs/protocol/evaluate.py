@@ -12,38 +12,8 @@ import torch
 from torch import nn
 
 from grafs.errors import GrafsError
-
-#: the baselines of the paper's tables, as native modules (fast) with their formula names
-BASELINES: dict[str, Callable[[], nn.Module]] = {
-    "ReLU": nn.ReLU, "GELU": nn.GELU, "SiLU": nn.SiLU, "ELU": nn.ELU, "LeakyReLU": nn.LeakyReLU,
-}
-
-
-#: the search op of each baseline (its op-normalisation constant, :func:`scaled_baselines`)
-BASELINE_OPS = {"ReLU": "relu", "GELU": "gelu", "SiLU": "silu", "ELU": "elu",
-                "LeakyReLU": "leaky_relu"}
-
-
-def scaled_baselines(task=None) -> dict[str, str]:
-    """The five baselines times their op-normalisation constant, 1/RMS on N(0, 1)
-    (grafs.runtime.normalize.op_scale): ``{"1.412·ReLU": "1.41170...*relu(x)", ...}``.
-
-    A normalised search's single-op formula carries that constant (1.412 is about the √2 of
-    Kaiming's ReLU gain), and in networks without normalisation layers the gain alone can win:
-    on mnist1d every scaled baseline beat its plain one (docs/results.md). Evaluating these
-    beside a found formula separates what it gains by its shape from what it gains by its
-    scale. ``task``: its search space's clipping bound, if any, is used as in the search."""
-    from grafs.runtime.normalize import op_scale
-    ell = None
-    if task is not None:
-        space = task.make_search_space()
-        ell = space.ell if space.clip else None
-    out = {}
-    for name, op in BASELINE_OPS.items():
-        c = op_scale(op, ell)
-        out[f"{c:.3f}·{name}"] = f"{c!r}*{op}(x)"
-    return out
-
+from grafs.protocol.baselines import (BASELINE_OPS, BASELINES, activation_factory,  # noqa: F401
+                                      baseline_names, scaled_baselines)
 
 @dataclass
 class EvalRow:
@@ -116,13 +86,6 @@ class EvalTable:
                 "settings": self.settings, "failures": self.failures}
 
 
-def _factory(formula: str, backend: str) -> Callable[[], nn.Module]:
-    from grafs.compiler import compile as gcompile
-    from grafs.grammar.parser import parse
-    parse(formula)  # fail early on a bad formula
-    return lambda: gcompile(formula, backend=backend)
-
-
 def from_scratch_problem(task, formula: str, *, seed: int = 0, steps: int = 5) -> str | None:
     """What stops ``formula`` from training on ``task`` from scratch, or None: one forward and
     backward pass of a freshly initialised model (the evaluation's, seeded ``seed``) on a
@@ -133,7 +96,7 @@ def from_scratch_problem(task, formula: str, *, seed: int = 0, steps: int = 5) -
     docs/results-textures.md) or blow up within a few steps (an x²-growing formula on digits:
     docs/results-digits.md)."""
     from grafs.errors import GrafsError
-    model = task.make_model(_factory(formula, "eager"), seed=seed)
+    model = task.make_model(activation_factory(formula), seed=seed)
     model.train()
     xb, yb = next(iter(task.batches("train", task.eval_config.batch_size, seed=seed)))
     loss = task.loss_fn(model(xb), yb)
@@ -145,35 +108,12 @@ def from_scratch_problem(task, formula: str, *, seed: int = 0, steps: int = 5) -
     if bad:
         return f"gives non-finite gradients at initialisation (first: {bad[0]})"
     if steps:
-        model = task.make_model(_factory(formula, "eager"), seed=seed)
+        model = task.make_model(activation_factory(formula), seed=seed)
         try:
             task.fit(model, max_steps=steps, seed=seed)
         except GrafsError as err:
             return f"diverges within {steps} training steps from scratch ({err})"
     return None
-
-
-def baseline_names(names: Sequence[str]) -> list[str]:
-    """The :data:`BASELINES` keys for ``names`` spelled any way a formula may spell the
-    function (case-insensitive, ``_`` ignored, aliases: ``gelu``, ``leaky_relu``, ``swish``),
-    in order and without repeats."""
-    from grafs.ops import lookup
-    by_op = {lookup(k).name: k for k in BASELINES}
-    if isinstance(names, str):
-        names = [names]
-    out, unknown = [], []
-    for n in names:
-        op = lookup(n) if isinstance(n, str) else None
-        key = by_op.get(op.name) if op is not None else None
-        if key is None:
-            unknown.append(n)
-        elif key not in out:
-            out.append(key)
-    if unknown:
-        raise GrafsError(f"unknown baseline(s) {', '.join(map(repr, unknown))}; choose from "
-                         f"{', '.join(BASELINES)} (any spelling a formula accepts: gelu, "
-                         f"leaky_relu, LeakyReLU, swish, …)")
-    return out
 
 
 def evaluate(task, activations: Sequence[str] | dict[str, str] = (), *, seeds: int | Sequence[int] = 5,
@@ -194,9 +134,9 @@ def evaluate(task, activations: Sequence[str] | dict[str, str] = (), *, seeds: i
     each when ``device`` is CUDA without an index and there are several; else the torch
     threads are split between them); the scores equal the sequential ones. A run that raises
     is listed in ``table.failures`` and the others are kept. ``out_dir``: finished runs are
-    cached in ``out_dir/runs/`` and a later call skips them (see grafs.eval_runs).
+    cached in ``out_dir/runs/`` and a later call skips them (see grafs.protocol.runs).
     """
-    from grafs.eval_runs import RunSpec, run_all
+    from grafs.protocol.runs import RunSpec, run_all
     from grafs.callbacks import CallbackList, EvalRunInfo, EvalStart
     from grafs.tasks import get_task
     cbs = CallbackList(callbacks)
@@ -210,7 +150,7 @@ def evaluate(task, activations: Sequence[str] | dict[str, str] = (), *, seeds: i
         raise GrafsError("need at least one seed")
     dev = torch.device(device) if device is not None else torch.device("cpu")
     backend = backend or ("inductor" if dev.type == "cuda" else "eager")
-    entries = [(n, f, _factory(f, backend)) for n, f in named.items()] + \
+    entries = [(n, f, activation_factory(f, backend)) for n, f in named.items()] + \
               [(b, b, BASELINES[b]) for b in baselines]
     cfg = task.eval_config if epochs is None else task.eval_config.replace(epochs=epochs)
     cbs.on_eval_start(EvalStart(task.name, task.metric_name, {n: f for n, f, _ in entries},

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 
-def _rng_state() -> dict:
+def rng_state() -> dict:
     st = {"torch": torch.get_rng_state(), "numpy": json.dumps(_np_state()),
           "python": json.dumps(random.getstate(), default=list)}
     if torch.cuda.is_available():
@@ -21,7 +21,7 @@ def _np_state():
     return [s[0], s[1].tolist(), int(s[2]), int(s[3]), float(s[4])]
 
 
-def _set_rng_state(st: dict) -> None:
+def set_rng_state(st: dict) -> None:
     torch.set_rng_state(st["torch"])
     s = json.loads(st["numpy"])
     np.random.set_state((s[0], np.array(s[1], dtype=np.uint32), s[2], s[3], s[4]))

@@ -13,7 +13,7 @@ lowered :class:`~grafs.compiler.lower.Program`:
 Templates use ``expm1``/``log1p`` and overflow-free softplus/logsigmoid. Generated sources
 contain only registry templates, generated names and ``repr`` of numbers. The statements come
 from grafs.compiler.emit's :class:`Emitter` in the :data:`TRITON` dialect; the relaxed cell's
-kernels are emitted by grafs.compiler.cell_emit.
+kernels are emitted by grafs.compiler.cell.plan.
 """
 from __future__ import annotations
 
@@ -21,8 +21,9 @@ from grafs.compiler.emit import Dialect, Emitter
 from grafs.compiler.lower import DEFAULT_ELL, Program, lower
 from grafs.compiler.reverse import (EXPM1, SELECT, S, is_zero, leaf, program_expr, reverse,
                                     rewrite_for_grad)
-from grafs.compiler.triton_interp import prelude
+from grafs.compiler.triton.interp import prelude
 from grafs.grammar import expr as E
+from grafs.compiler.triton.spellings import SPELLINGS
 
 __all__ = ["TRITON", "TritonDialect", "HEAD", "check_templates", "module_source",
            "formula_source", "triton_source"]
@@ -32,6 +33,7 @@ class TritonDialect(Dialect):
     """Triton: blocks are ``tl`` tensors of BLOCK fp32 lanes, scalars broadcast."""
     name = "Triton"
     field = "triton"
+    spellings = SPELLINGS
     internal = {SELECT: "tl.where({0} > 0, {1}, {2})", EXPM1: "libdevice.expm1({0})"}
 
     def sqrt(self, r):

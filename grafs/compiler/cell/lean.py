@@ -54,7 +54,7 @@ class LeanPlan:
 
     def __init__(self, space, active: tuple[tuple[str, ...], ...], slot_of, gamma_of,
                  n_gamma: int):
-        from grafs.compiler.cell import substitute_holes
+        from grafs.compiler.cell.lower import substitute_holes
         ell = space.ell if space.clip else None
         self.n_gamma = n_gamma
         inputs: dict[int, list[E.Expr]] = {}
@@ -105,7 +105,7 @@ class LeanPlan:
         """The group's features (distinct non-affine ops on its inputs) and its coefficient
         entries (row, column, w slot, factor (kind, γ index), sign); column -1 is a row's
         constant."""
-        from grafs.compiler.cell import _name_modules
+        from grafs.compiler.cell.lower import name_modules
         leaves = [_ref(i) for i in range(n_in)]
         feat_col: dict[tuple, int] = {}
         features: list[tuple[Program, str | None]] = []
@@ -131,7 +131,7 @@ class LeanPlan:
                     key = None
                     if has_module:   # the module keys of the reference cell (RelaxedCell.terms)
                         key = f"{h.name}_{op_name}"
-                        term = _name_modules(term, key, leaves)
+                        term = name_modules(term, key, leaves)
                     feat_col[fkey] = n_in + len(features)
                     features.append((lower(term, text=f"{h.name} {op_name}"), key))
                 entries.append((r, feat_col[fkey], k, ("1", -1), 1.0))

@@ -7,19 +7,19 @@ from torch import nn
 from grafs.errors import SearchError
 
 
-def _accuracy(out: torch.Tensor, y: torch.Tensor) -> float | None:
+def accuracy(out: torch.Tensor, y: torch.Tensor) -> float | None:
     if y.dtype in (torch.int64, torch.int32) and out.dim() >= 1 and out.shape[:-1] == y.shape:
         return float((out.argmax(-1) == y).float().mean())
     return None
 
 
-def _default_loss(out, y):
+def default_loss(out, y):
     if out.dim() == 3 and y.dim() == 2:  # sequence models: (B, T, V) vs (B, T)
         return nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
     return nn.functional.cross_entropy(out, y)
 
 
-_AMP = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
+AMP_DTYPES = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def arch_optimizer(params, lr: float, betas, weight_decay: float) -> torch.optim.Optimizer:
@@ -32,7 +32,7 @@ def arch_optimizer(params, lr: float, betas, weight_decay: float) -> torch.optim
                             fused=True if fused else None)
 
 
-class _Stepper:
+class Stepper:
     """One GRAFS training step (seeds/001 Algorithm 1): the arch step on a validation batch,
     then the weight step. Shared by :func:`search` and bench/search_step.py, so what the bench
     times is what a search runs. Nothing here reads a value back to the host (except the fp16
@@ -44,11 +44,11 @@ class _Stepper:
                  n_sites: int | None = None, dist=None, single_level: bool = False):
         self.model, self.cell, self.state = model, cell, state
         self.single_level = single_level
-        self.dist = dist  # grafs.distributed.Dist: gradients averaged over the ranks
+        self.dist = dist  # grafs.searching.distributed.Dist: gradients averaged over the ranks
         self.weights, self.arch_params = weights, arch_params
         self.w_opt, self.a_opt, self.w_sched = w_opt, a_opt, w_sched
         self.loss_fn, self.dev = loss_fn, dev
-        self.amp = _AMP[amp]
+        self.amp = AMP_DTYPES[amp]
         self.grad_accumulation = grad_accumulation
         # the cell draws one batch of samples per pass, one per site (see refresh_samples)
         self.n_sites = n_sites if n_sites and hasattr(cell, "refresh_samples") else None
@@ -159,7 +159,7 @@ class _Stepper:
             o.zero_grad(set_to_none=True)
 
 
-class _Meter:
+class Meter:
     """Per-epoch loss and accuracy sums kept on the device; :meth:`check` syncs once per
     window of steps to detect a non-finite loss (and report the first bad step)."""
 
@@ -208,7 +208,7 @@ def _leading(cell) -> str:
         return "?"
 
 
-def _check_finite(loss, kind, epoch, step, cell, ckpt_path) -> None:
+def check_finite(loss, kind, epoch, step, cell, ckpt_path) -> None:
     if not torch.isfinite(loss):
         _raise_non_finite(float(loss), kind, epoch, step, cell, ckpt_path)
 

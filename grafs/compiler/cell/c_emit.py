@@ -1,4 +1,4 @@
-"""C source for the relaxed cell on CPUs: the cell plan of grafs.compiler.cell_emit in a C
+"""C source for the relaxed cell on CPUs: the cell plan of grafs.compiler.cell.plan in a C
 dialect where every value is a GCC vector of ``L`` fp32 lanes (8 with AVX2, 4 with SSE4.1).
 
 The kernels loop over ``x`` ``L`` elements at a time and run the same straight-line statements
@@ -7,15 +7,16 @@ as ``_ZGVdN8v_expf``: a few ulp, special values handled), selects and NaN-propag
 max/min are lane masks, and the per-op w/γ gradients accumulate in vector partial sums flushed
 to float64 every ``FLUSH`` vectors (so long reductions do not lose float32 precision). Only
 standard C and GCC vector extensions are used: a build is one ``cc`` call of about a second
-(grafs.compiler.c_cell), not an Inductor compile.
+(grafs.compiler.cell.c_build), not an Inductor compile.
 """
 from __future__ import annotations
 
-from grafs.compiler.cell_emit import CellPlan
+from grafs.compiler.cell.plan import CellPlan
 from grafs.compiler.emit import Dialect
 from grafs.compiler.reverse import EXPM1, SELECT
 from grafs.grammar import expr as E
 from grafs.ops import SQRT2
+from grafs.compiler.cell.c_spellings import SPELLINGS
 
 __all__ = ["C", "CDialect", "ISAS", "cell_c_source"]
 
@@ -37,6 +38,7 @@ class CDialect(Dialect):
     """C with GCC vector extensions: ``V`` values, ``K(c)`` constants, ``sel`` selects."""
     name = "C"
     field = "c"
+    spellings = SPELLINGS
     comment = "//"
     internal = {SELECT: "sel({0} > K(0), {1}, {2})", EXPM1: "vexpm1({0})"}
 

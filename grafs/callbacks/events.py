@@ -1,8 +1,8 @@
 """Callbacks: follow a search or an evaluation while it runs (experiment tracking).
 
 Subclass :class:`Callback`, override the methods you need and pass instances to
-``grafs.search(..., callbacks=[...])`` or ``grafs.evaluate.evaluate(..., callbacks=[...])``.
-Every method is a no-op by default. :class:`grafs.tensorboard_logger.TensorBoardLogger` is the
+``grafs.search(..., callbacks=[...])`` or ``grafs.protocol.evaluate.evaluate(..., callbacks=[...])``.
+Every method is a no-op by default. :class:`grafs.callbacks.tensorboard.TensorBoardLogger` is the
 built-in one; MLflow, Weights & Biases and others plug in the same way (see docs/guide/tracking.md),
 without grafs depending on them.
 
@@ -12,19 +12,18 @@ that ignores them costs no host synchronisation.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable
 
 import torch
-import torch.nn.functional as F
 
 from grafs.errors import GrafsError
+from grafs.runtime.entropy import active_alpha, hole_entropies
 
 if TYPE_CHECKING:  # pragma: no cover
-    from grafs.evaluate import EvalTable
+    from grafs.protocol.evaluate import EvalTable
     from grafs.runtime.cell import RelaxedCell
-    from grafs.search import SearchResult
+    from grafs.searching import SearchResult
 
 
 @dataclass
@@ -222,39 +221,6 @@ class CallbackList(Callback):
 
     def on_eval_end(self, table):
         self._call("on_eval_end", table)
-
-
-# ---------------------------------------------------------------------------------------------
-# diagnostics of the relaxed cell
-def normalized_entropy(alpha: Iterable[float]) -> float:
-    """Entropy of the Dirichlet mean for the α of one hole's active ops, over log(#ops).
-
-    The cell samples mixture weights from Dirichlet(elu(α) + 1), whose mean is the
-    concentration normalised to sum 1. 1.0: the mean is uniform (the search has not yet told
-    the ops apart); 0.0: one op has all the mass (and a hole with one op left is 0.0).
-    """
-    a = torch.as_tensor(list(alpha), dtype=torch.float64)
-    if a.numel() <= 1:
-        return 0.0
-    conc = F.elu(a) + 1.0
-    p = conc / conc.sum()
-    h = -(p * p.clamp_min(1e-300).log()).sum()
-    return float(h) / math.log(a.numel())
-
-
-def active_alpha(cell: RelaxedCell) -> list[list[float]]:
-    """Per hole, the α of its active ops (in ``cell.active_ops()`` order)."""
-    active = cell.active.detach().cpu().tolist()
-    out = []
-    for h, a in zip(cell.space.holes, cell.alpha):
-        vals = a.detach().cpu().tolist()
-        out.append([v for op, v in zip(h.ops, vals) if active[cell.slot_of[(h.index, op)]]])
-    return out
-
-
-def hole_entropies(cell: RelaxedCell) -> list[float]:
-    """Per hole, :func:`normalized_entropy` of its active ops' α."""
-    return [normalized_entropy(a) for a in active_alpha(cell)]
 
 
 def epoch_info(history: dict, cell: RelaxedCell, epochs: int, warm: bool) -> EpochInfo:

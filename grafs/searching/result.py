@@ -22,7 +22,7 @@ class SearchResult:
     GrafsWarning, see grafs.runtime.discretize), minus its value at 0 when that is not 0
     (``history["uncentred_formula"]`` keeps the cell's own; grafs.runtime.discretize.centred); ``display``: it rounded; ``history``: per epoch the
     α of every hole, γ, losses, accuracies, active-op counts, the leading formula and per hole
-    the normalised entropy of the Dirichlet mean (grafs.callbacks.normalized_entropy), plus the
+    the normalised entropy of the Dirichlet mean (grafs.runtime.entropy.normalized_entropy), plus the
     dropped ops with their epochs; ``settings``: the arguments of the run.
     """
     formula: str
@@ -55,9 +55,9 @@ class SearchResult:
         p.mkdir(parents=True, exist_ok=True)
         meta = {"formula": self.formula, "history": self.history, "settings": self.settings,
                 "search_seconds": self.search_seconds, "grafs_result_version": 1}
-        _atomic_write_text(p / "result.json", json.dumps(meta, indent=1, default=_json_default))
+        atomic_write_text(p / "result.json", json.dumps(meta, indent=1, default=json_default))
         if self.cell_state is not None:
-            _atomic_torch_save(self.cell_state, p / "cell.pt")
+            atomic_torch_save(self.cell_state, p / "cell.pt")
         return p
 
     @classmethod
@@ -80,7 +80,7 @@ class SearchResult:
         return f"SearchResult(formula={self.formula!r}, epochs={len(self.history.get('epochs', []))})"
 
 
-def _json_default(o):
+def json_default(o):
     if isinstance(o, (np.integer,)):
         return int(o)
     if isinstance(o, (np.floating,)):
@@ -90,13 +90,13 @@ def _json_default(o):
     return str(o)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
 
 
-def _atomic_torch_save(obj, path: Path) -> None:
+def atomic_torch_save(obj, path: Path) -> None:
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
