@@ -2,38 +2,19 @@
 time and bytes saved for backward, for eager PyTorch, plain torch.compile and grafs' fused cell,
 as ratios to native GELU measured in the same run, plus compile times.
 
-    python bench/cell.py [--numel 2000000] [--repeats 5] [--stages 110 54 24 6]
+    python -m bench.cell [--numel 2000000] [--repeats 5] [--stages 110 54 24 6]
 """
 from __future__ import annotations
 
 import argparse
-import os
-import sys
-import time
 
 import torch
 import torch.nn.functional as F
 
-sys.path.append(os.path.dirname(__file__))  # after site-packages: bench/ must not shadow packages
-from common import device, sync, table, time_fwd_bwd  # noqa: E402
-
-import grafs  # noqa: E402
-from grafs.runtime.space import SearchSpace  # noqa: E402
-
-
-def saved_bytes(fn, x: torch.Tensor) -> int:
-    """Bytes of distinct storages autograd saves for backward during fn(x)."""
-    seen: dict[int, int] = {}
-
-    def pack(t):
-        st = t.untyped_storage()
-        seen[st.data_ptr()] = st.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        y = fn(x)
-    del y
-    return sum(seen.values())
+import grafs
+from bench.timing import device, first_call, table, time_fwd_bwd
+from grafs.runtime.space import SearchSpace
+from grafs.testing.memory import saved_bytes
 
 
 def main() -> None:
@@ -60,11 +41,7 @@ def main() -> None:
         for c in cells.values():  # the same drops for every mode
             c.drop(c.num_active() - stage)
         for mode, c in cells.items():
-            sync(dev)
-            t0 = time.perf_counter()
-            c(x).backward(torch.ones_like(x))
-            sync(dev)
-            first = time.perf_counter() - t0
+            first = first_call(c, x)
             t = time_fwd_bwd(c, x, a.repeats, warmup=1)
             sb = saved_bytes(c, x)
             rows.append([stage, mode, f"{t / t_gelu:.1f}", f"{t * 1e3:.1f}", f"{sb / in_bytes:.2f}",
@@ -73,9 +50,7 @@ def main() -> None:
                   f"first call {first:.1f}s", flush=True)
         if stage == len(space.holes):  # fully discrete: compare with the compiled formula
             disc = grafs.compile(cells[a.modes[0]].discretize()).to(dev)
-            t0 = time.perf_counter()
-            disc(x).backward(torch.ones_like(x))
-            first = time.perf_counter() - t0
+            first = first_call(disc, x)
             t = time_fwd_bwd(disc, x, a.repeats)
             rows.append([stage, "formula", f"{t / t_gelu:.1f}", f"{t * 1e3:.1f}",
                          f"{saved_bytes(disc, x) / in_bytes:.2f}", f"{first:.1f}"])

@@ -1,6 +1,6 @@
 """Time the trainable activation families against native SiLU, side by side in one run.
 
-    python bench/families.py [--numel N] [--repeats R] [--warmup W] [--no-compile]
+    python -m bench.families [--numel N] [--repeats R] [--warmup W] [--no-compile]
                              [--device D] [--threads T]
 
 For every family it times forward+backward (training mode) on one fp32 tensor of
@@ -23,43 +23,21 @@ Nothing here asserts a timing.
 from __future__ import annotations
 
 import argparse
-import os
-import statistics
-import sys
-import time
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
-
-from grafs.activations.anact import ANAct  # noqa: E402
-from grafs.activations.dyn import DynActivation  # noqa: E402
-from grafs.activations.pwlu import PWLU  # noqa: E402
-from grafs.activations.xielu import XIELU, XIPReLU  # noqa: E402
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from bench.timing import round_robin
+from grafs.activations.anact import ANAct
+from grafs.activations.dyn import DynActivation
+from grafs.activations.pwlu import PWLU
+from grafs.activations.xielu import XIELU, XIPReLU
 
 
 def time_round_robin(fns, device, warmup, repeats):
-    """Median ms of each function; the repeats are interleaved (one call of each per
-    round) so that drifting machine load affects every row alike."""
-    for fn in fns:
-        for _ in range(warmup):
-            fn()
-    _sync(device)
-    samples = [[] for _ in fns]
-    for _ in range(repeats):
-        for k, fn in enumerate(fns):
-            t0 = time.perf_counter()
-            fn()
-            _sync(device)
-            samples[k].append(time.perf_counter() - t0)
-    return [statistics.median(s) * 1e3 for s in samples]
+    """Median ms of each function, interleaved (:func:`bench.timing.round_robin`)."""
+    return [t * 1e3 for t in round_robin(fns, device, warmup, repeats)]
 
 
 def fwd_bwd_step(fn, params, x, g):

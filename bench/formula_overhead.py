@@ -9,8 +9,8 @@ Columns, each as a ratio to native GELU measured in the same run:
   plain compile       torch.compile(fullgraph=True) of the hand-written function
   triton              grafs.compile(text, backend="triton") (GPU only; "-" on the CPU)
 
-    python bench/formula_overhead.py [--formula F_RN^2] [--sizes 14 16 18 20 22] [--threads 1]
-    python bench/formula_overhead.py --device cuda          # sizes 2^14 ... 2^26 by default
+    python -m bench.formula_overhead [--formula F_RN^2] [--sizes 14 16 18 20 22] [--threads 1]
+    python -m bench.formula_overhead --device cuda       # sizes 2^14 ... 2^26 by default
 
 Timing: medians of ``--repeats`` calls per method, the methods interleaved for ``--rounds``
 rounds (rotated: each round starts with another method), the best round kept (on a shared
@@ -19,20 +19,14 @@ machine, other processes only ever add time).
 from __future__ import annotations
 
 import argparse
-import os
-import statistics
 import sys
-import time
 
 import torch
 
-sys.path.append(os.path.join(os.path.dirname(__file__), "..", "tests"))
-sys.path.append(os.path.dirname(__file__))  # after site-packages: bench/ must not shadow packages
-
-import grafs  # noqa: E402
-from common import sync, table  # noqa: E402
-from grafs.compiler.inductor_formula import InductorFormula  # noqa: E402
-from grafs.testing.paper_formulas import PAPER_FORMULAS  # noqa: E402
+import grafs
+from bench.timing import table, time_fwd_bwd
+from grafs.compiler.inductor_formula import InductorFormula
+from grafs.testing.paper_formulas import PAPER_FORMULAS
 
 
 def _args():
@@ -44,19 +38,6 @@ def _args():
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--threads", type=int, default=1, help="torch threads on the CPU")
     return ap.parse_args()
-
-
-def fwd_bwd_seconds(fn, x: torch.Tensor, g: torch.Tensor, repeats: int) -> float:
-    """Median seconds of ``fn(x).backward(g)``."""
-    times = []
-    for _ in range(repeats):
-        x.grad = None
-        sync(x.device)
-        t = time.perf_counter()
-        fn(x).backward(g)
-        sync(x.device)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def main() -> int:
@@ -97,7 +78,7 @@ def main() -> int:
         names = list(methods)
         for r in range(a.rounds):     # each round in another order: no method always follows another
             for k in names[r % len(names):] + names[:r % len(names)]:
-                best[k] = min(best[k], fwd_bwd_seconds(methods[k], x, g, repeats))
+                best[k] = min(best[k], time_fwd_bwd(methods[k], x, repeats, warmup=0, g=g))
         nat = best["native"]
         ratio = lambda k: f"{best[k] / nat:.2f}" if k in best else "-"   # noqa: E731
         rows.append([f"2^{e}", f"{nat * 1e6:.1f}", ratio("inductor"), ratio("via torch.compile"),

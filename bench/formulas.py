@@ -1,24 +1,18 @@
 """Forward+backward time of the 15 paper formulas: grafs (inductor) vs eager PyTorch vs plain
 torch.compile of a hand-written function, as ratios to native F.gelu measured in the same run.
 
-    python bench/formulas.py [--numel 2000000] [--repeats 20]
+    python -m bench.formulas [--numel 2000000] [--repeats 20]
 """
 from __future__ import annotations
 
 import argparse
-import os
-import sys
-import time
 
 import torch
 import torch.nn.functional as F
 
-sys.path.append(os.path.join(os.path.dirname(__file__), "..", "tests"))
-sys.path.append(os.path.dirname(__file__))  # after site-packages: bench/ must not shadow packages
-
-import grafs  # noqa: E402
-from common import device, table, time_fwd_bwd  # noqa: E402
-from grafs.testing.paper_formulas import PAPER_FORMULAS  # noqa: E402
+import grafs
+from bench.timing import device, first_call, table, time_fwd_bwd
+from grafs.testing.paper_formulas import PAPER_FORMULAS
 
 
 def main() -> None:
@@ -38,9 +32,7 @@ def main() -> None:
         if a.only and key not in a.only:
             continue
         act = grafs.compile(text).to(dev)
-        t0 = time.perf_counter()
-        act(x).backward(torch.ones_like(x))
-        compile_s = time.perf_counter() - t0
+        compile_s = first_call(act, x)
         tc = torch.compile(ref, fullgraph=True)
         t_grafs = time_fwd_bwd(act, x, a.repeats)
         t_eager = time_fwd_bwd(ref, x, a.repeats)

@@ -13,13 +13,13 @@ first mode's. Plain and search steps are timed interleaved (plain block, then ea
 a busy machine hits both alike. Times are medians of per-step means over blocks of ``--inner``
 steps, after warm-up; on CUDA the device is synchronized before every clock read.
 
-    python bench/search_step.py                                # mnist1d on the CPU (1 thread)
-    python bench/search_step.py --modes lean eager             # cell modes side by side
-    python bench/search_step.py --device cuda                  # resnet20 and vit_tiny
-    python bench/search_step.py --configs mnist1d resnet20 vit_tiny --device cuda --modes auto lean
-    python bench/search_step.py --full-search mnist1d digits   # + full search vs full evaluation
-    python bench/search_step.py --no-steps --full-search teacher --full-repeats 3 \
-        --set search_epochs=30 shrink_start_epoch=4            # only that (search_: not the eval run)
+    python -m bench.search_step                              # mnist1d on the CPU (1 thread)
+    python -m bench.search_step --modes lean eager           # cell modes side by side
+    python -m bench.search_step --device cuda                # resnet20 and vit_tiny
+    python -m bench.search_step --configs mnist1d resnet20 vit_tiny --device cuda --modes auto lean
+    python -m bench.search_step --full-search mnist1d digits # + full search vs full evaluation
+    python -m bench.search_step --no-steps --full-search teacher --full-repeats 3 \
+        --set search_epochs=30 shrink_start_epoch=4          # only that (search_: not the eval run)
 
 ``--full-search TASK ...`` also runs a full default search (``grafs.protocol.task_search.search_task``) and a
 full default evaluation training run of the task's model with its default activation
@@ -45,13 +45,12 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-sys.path.append(os.path.dirname(os.path.abspath(__file__)))  # after site-packages: never shadow
-from common import sync, table  # noqa: E402
-
-import grafs  # noqa: E402
-from grafs.runtime.space import SearchSpace  # noqa: E402
-from grafs.models import resnet20, vit_tiny  # noqa: E402
-from grafs.searching import DEFAULT_TYPES, SearchSite, Stepper, replace_activations  # noqa: E402
+import grafs
+from bench.timing import sync, table
+from grafs.models import resnet20, vit_tiny
+from grafs.runtime.space import SearchSpace
+from grafs.searching.sites import DEFAULT_TYPES, SearchSite, replace_activations
+from grafs.searching.step import Stepper
 
 STAGES = (110, 54, 24, 6)
 
@@ -455,7 +454,7 @@ def main() -> None:
 
     dev = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if dev.type == "cuda" and not torch.cuda.is_available():
-        sys.exit("bench/search_step.py: --device cuda but CUDA is not available here")
+        sys.exit("bench.search_step: --device cuda but CUDA is not available here")
     if a.threads is not None or dev.type == "cpu":
         torch.set_num_threads(a.threads or 1)
     cuda = dev.type == "cuda"

@@ -7,34 +7,21 @@
    grafs' Triton cell (one kernel pair for all stages; the mask selects) against plain
    ``torch.compile`` of the eager cell, as ratios, and each against native GELU.
 
-    python bench/triton_bench.py [--numel 67108864] [--repeats 20] [--stages 110 54 24 6]
-    python bench/triton_bench.py --smoke  # no GPU: every code path through Triton's CPU interpreter
-                                       # on a tiny tensor (checks the script; timings meaningless)
+    python -m bench.triton_bench [--numel 67108864] [--repeats 20] [--stages 110 54 24 6]
+    python -m bench.triton_bench --smoke  # no GPU: every code path through Triton's CPU interpreter
+                                          # on a tiny tensor (checks the script; timings meaningless)
 
 Without a CUDA device (and without --smoke) the script prints why it skipped and exits 0.
 The per-call cost of formula modules (triton, inductor and plain torch.compile over native GELU,
-2^14 ... 2^26 elements) is bench/formula_overhead.py.
+2^14 ... 2^26 elements) is ``python -m bench.formula_overhead``.
 """
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import statistics
 import sys
 import time
-
-# Keep bench/ off the front of sys.path (Python puts the script's directory first): nothing in
-# it may shadow an installed package (`import triton` must find the real one).
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
-
-
-def _common():
-    spec = importlib.util.spec_from_file_location("grafs_bench_common", os.path.join(_HERE, "common.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _args():
@@ -42,7 +29,7 @@ def _args():
     ap.add_argument("--numel", type=int, default=None, help="elements (default 2^26; 2^12 with --smoke)")
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--formulas", nargs="*", default=["F_RN^2", "F_ViT^1", "F_GPT^3", "F_GPT^4"],
-                    help="names from the paper (tests/paper_formulas.py) or formula text")
+                    help="names from the paper (grafs.testing.paper_formulas) or formula text")
     ap.add_argument("--stages", type=int, nargs="*", default=None, help="active ops per stage")
     ap.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
     ap.add_argument("--compile-backend", default=None,
@@ -58,30 +45,23 @@ def main() -> int:
     import torch
 
     if not a.smoke and not torch.cuda.is_available():
-        print("bench/triton_bench.py: skipped: no CUDA device. The triton backend's kernels need a GPU "
+        print("bench.triton_bench: skipped: no CUDA device. The triton backend's kernels need a GPU "
               "(on the CPU they only run in Triton's interpreter, far too slow to time). "
-              "Run `python bench/triton_bench.py --smoke` to check the script itself on the CPU.")
+              "Run `python -m bench.triton_bench --smoke` to check the script itself on the CPU.")
         return 0
     try:
         import triton  # noqa: F401
     except ImportError:
-        print("bench/triton_bench.py: skipped: the 'triton' package is not installed (pip install triton)")
+        print("bench.triton_bench: skipped: the 'triton' package is not installed (pip install triton)")
         return 0
 
     import torch.nn.functional as F
 
-    common = _common()
-    sync, table, time_fwd_bwd = common.sync, common.table, common.time_fwd_bwd
-    sys.path.append(os.path.dirname(_HERE))      # the repository, for tests/paper_formulas.py
-
     import grafs
-    from grafs.compiler.triton import backend as tb, triton_ops
+    from bench.timing import first_call, sync, table, time_fwd_bwd
+    from grafs.compiler.triton import autograd as triton_ops, backend as tb
     from grafs.runtime.space import SearchSpace
-
-    try:
-        from grafs.testing.paper_formulas import PAPER_FORMULAS
-    except ImportError:  # running outside the repository
-        PAPER_FORMULAS = {}
+    from grafs.testing.paper_formulas import PAPER_FORMULAS
 
     dev = torch.device("cpu" if a.smoke else "cuda")
     dtype = getattr(torch, a.dtype)
@@ -176,13 +156,7 @@ def main() -> int:
         def eager(xx, w=w):
             return cell(xx, weights=w)
         comp = torch.compile(eager, backend=cbackend)
-        firsts = []
-        for fn in (tri, comp):
-            sync(dev)
-            t0 = time.perf_counter()
-            fn(xg).backward(torch.ones_like(xg))
-            sync(dev)
-            firsts.append(time.perf_counter() - t0)
+        firsts = [first_call(fn, xg) for fn in (tri, comp)]
         t_tri = time_fwd_bwd(tri, xg, repeats, warmup)
         t_comp = time_fwd_bwd(comp, xg, repeats, warmup)
         rows.append([cell.num_active(), f"{t_tri * 1e3:.3f}", f"{t_comp * 1e3:.3f}",

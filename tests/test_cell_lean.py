@@ -31,6 +31,7 @@ from grafs.ops import SEARCH_OPS
 from grafs.runtime.cell import MODES
 from grafs.runtime.sampling import segmented_dirichlet
 from grafs.runtime.space import SearchSpace
+from grafs.testing.memory import saved_bytes
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -52,21 +53,6 @@ class _CountOps(TorchDispatchMode):
     @property
     def syncs(self) -> int:
         return self.ops["aten._local_scalar_dense"] + self.ops["aten.item"]
-
-
-def saved_bytes(fn, x: torch.Tensor) -> int:
-    """Bytes of distinct storages autograd saves for backward during fn(x) (as bench/cell.py)."""
-    seen: dict[int, int] = {}
-
-    def pack(t):
-        st = t.untyped_storage()
-        seen[st.data_ptr()] = st.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        y = fn(x)
-    del y
-    return sum(seen.values())
 
 
 def _graph_has(y: torch.Tensor, name: str) -> bool:
