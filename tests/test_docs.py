@@ -57,3 +57,15 @@ def test_sphinx_roles_become_code():
     assert roles.strip_roles("see :class:`RelaxedCell` and :func:`~grafs.searching.search`, "
                              ":py:data:`grafs.ops.OPS`") == \
         "see `RelaxedCell` and `search`, `grafs.ops.OPS`"
+
+
+def test_every_result_file_is_named_by_a_page():
+    """docs/ holds pages and folders only: result JSON under docs/data/<task>/, pictures under
+    docs/img/, and each of them is named by some page (a link or its path)."""
+    docs = ROOT / "docs"
+    assert sorted(p.name for p in docs.iterdir() if p.is_file() and p.suffix != ".md") == []
+    pages = "\n".join(p.read_text(encoding="utf-8") for p in docs.rglob("*.md"))
+    files = sorted(docs.glob("data/*/*.json")) + sorted(docs.glob("img/*"))
+    assert files
+    unnamed = [str(p.relative_to(docs)) for p in files if str(p.relative_to(docs)) not in pages]
+    assert unnamed == []
