@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> grafs.SearchResult:
     p.add_argument("--samples", type=int, default=16384)
     p.add_argument("--size", type=int, default=32, help="image height and width")
     p.add_argument("--width", type=int, default=64, help="channels of the first block")
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--epochs", type=int, default=None, help="default: sized from the data")
     p.add_argument("--batch-size", type=int, default=128, help="per process")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", help="rank 0 saves the result here")
@@ -36,8 +36,10 @@ def main(argv: list[str] | None = None) -> grafs.SearchResult:
     x, y = make_data(args.samples, args.size)          # the same data on every rank
     torch.manual_seed(0)
     model = SmallCNN(width=args.width)                 # rank 0's weights are broadcast
+    # (--tiny runs below the budget α needs, and skips the verdict: seconds, for the tests)
+    tiny = dict(budget="as_given", verdict_seeds=0) if args.tiny else {}
     result = grafs.search(model, (x, y), epochs=args.epochs, batch_size=args.batch_size,
-                          device=args.device, distributed=True, progress=False)
+                          device=args.device, distributed=True, progress=False, **tiny)
     if torch.distributed.get_rank() == 0:
         print(f"{torch.distributed.get_world_size()} processes found: {result.display}")
         if args.out:

@@ -3,13 +3,15 @@
 Here the model is a small torchvision-style CNN (conv-BN-ReLU blocks, global pooling, a linear
 head) and the data are image tensors (a synthetic 10-class set standing in for yours):
 
-    python examples/search_own_model.py                     # ~80 s of one CPU core
+    python examples/search_own_model.py                     # a few minutes of one CPU core
     python examples/search_own_model.py --out runs/cnn      # keep the result for the other examples
-    python examples/search_own_model.py --restarts 3        # three searches, a race after epoch 3
+    python examples/search_own_model.py --restarts 3        # three searches, picked from scratch
 
 grafs.search swaps every activation module of the usual types (nn.ReLU, nn.GELU, ...) for the
-relaxed GRAFS cell, trains it bilevel and returns one formula. A model that calls F.relu
-instead of a module declares its activations as grafs.Act("relu").
+relaxed GRAFS cell, trains it bilevel and returns one formula. It sizes the search from the
+data (budget="auto"), checks that the formula trains from scratch with your settings, and
+compares it with your ReLU over three from-scratch trainings (result.verdict). A model that
+calls F.relu instead of a module declares its activations as grafs.Act("relu").
 """
 from __future__ import annotations
 
@@ -53,34 +55,32 @@ def main(argv: list[str] | None = None) -> grafs.SearchResult:
     p.add_argument("--samples", type=int, default=2048)
     p.add_argument("--size", type=int, default=16, help="image height and width")
     p.add_argument("--width", type=int, default=16, help="channels of the first block")
-    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--epochs", type=int, default=None, help="default: sized from the data")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="save the result here (grafs.SearchResult.load reads it)")
     p.add_argument("--restarts", type=int, default=1,
-                   help="K > 1: K searches on one split, the lowest validation loss kept, compared "
-                        "after about a third of the epochs (grafs.search_restarts)")
+                   help="K > 1: K searches on one split, the one whose formula trains best from "
+                        "scratch kept")
     p.add_argument("--tiny", action="store_true", help="a seconds-long run (used by the tests)")
     args = p.parse_args(argv)
     if args.tiny:
-        args.samples, args.size, args.width, args.epochs = 96, 8, 4, 2
+        args.samples, args.size, args.width = 96, 8, 4
 
     x, y = make_data(args.samples, args.size, seed=args.seed)
     torch.manual_seed(args.seed)
     model = SmallCNN(width=args.width)
-    # 75/25 train/validation split of (x, y); one warm-start epoch with the original ReLU
-    kwargs = dict(epochs=args.epochs, batch_size=64, seed=args.seed, progress=not args.tiny)
-    if args.restarts > 1:
-        # a search can end in a poor basin, and then its validation loss says so: run several,
-        # each on its own split, and race them (only the best after a third of the epochs
-        # runs on)
-        result = grafs.search_restarts(model, (x, y), restarts=args.restarts, own_splits=True,
-                                       pick_epoch=max(1, args.epochs // 3), **kwargs)
-        for r in result.history["restarts"]:
-            print(f"{'*' if r['chosen'] else ' '} seed {r['seed']:>5}  val {r['val_loss']}  {r['formula']}")
-    else:
-        result = grafs.search(model, (x, y), **kwargs)
-    print(f"found: {result.display}")
-    print(f"exact: {result.formula}")
+    # 75/25 train/validation split of (x, y); the epochs sized from it unless given
+    kwargs = dict(epochs=args.epochs, batch_size=64, seed=args.seed, progress=not args.tiny,
+                  restarts=args.restarts)
+    if args.tiny:       # seconds, not minutes: below the budget α needs, so only for tests
+        kwargs.update(epochs=args.epochs or 2, budget="as_given", verdict_seeds=1)
+    result = grafs.search(model, (x, y), **kwargs)
+    for r in result.history.get("restarts", []):
+        print(f"{'*' if r['chosen'] else ' '} seed {r['seed']:>5}  from scratch {r['score']}  {r['formula']}")
+    print(f"use: {result.formula}")
+    print(f"     ({result.display} rounded)")
+    if result.verdict is not None:
+        print(result.verdict)
     if args.out:
         print(f"saved to {result.save(args.out)}")
     return result

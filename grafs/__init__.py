@@ -21,7 +21,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "SearchSpace": "grafs.runtime.space", "RelaxedCell": "grafs.runtime.cell",
     "shrink_schedule": "grafs.runtime.schedule",
-    "search": "grafs.searching.loop", "search_restarts": "grafs.searching.restarts",
+    "search": "grafs.searching.entry", "search_restarts": "grafs.searching.restarts",
     "SearchResult": "grafs.searching.result", "replace_activations": "grafs.searching.sites",
     "Act": "grafs.searching.sites",
     "Callback": "grafs.callbacks.events", "TensorBoardLogger": "grafs.callbacks.tensorboard",

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 import grafs
+from grafs.searching.loop import search as search_once
 from grafs.callbacks import Callback
 from grafs.runtime.entropy import normalized_entropy
 from grafs.errors import GrafsError
@@ -60,7 +61,7 @@ def searched(tmp_path_factory):
         cbs.append(grafs.TensorBoardLogger(log_dir, step_every=2))
     except GrafsError:  # tensorboard not installed: the TensorBoard test skips
         log_dir = None
-    result = grafs.search(model(), data(), space=SearchSpace(**SPACE), epochs=EPOCHS, seed=1,
+    result = search_once(model(), data(), space=SearchSpace(**SPACE), epochs=EPOCHS, seed=1,
                           batch_size=32, progress=False, arch_lr=3e-2, callbacks=cbs)
     return result, rec, log_dir
 
@@ -119,9 +120,9 @@ def test_search_callbacks_see_every_step_and_epoch(searched):
 
 def test_bad_callbacks_are_clear_errors():
     with pytest.raises(GrafsError, match="grafs.Callback"):
-        grafs.search(model(), data(), callbacks=[print], progress=False)
+        search_once(model(), data(), callbacks=[print], progress=False)
     with pytest.raises(GrafsError, match="list of grafs.Callback"):
-        grafs.search(model(), data(), callbacks=3, progress=False)
+        search_once(model(), data(), callbacks=3, progress=False)
 
 
 # -- TensorBoard ---------------------------------------------------------------------------------

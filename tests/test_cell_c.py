@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import grafs.compiler.cell.c_build as c_cell
+from grafs.searching.loop import search
 from grafs.errors import CompileError
 from grafs.runtime.space import SearchSpace
 from tests.test_cell_lean import (_CountOps, _assert_agree, _call, _drop_to, _inputs, _randomize,
@@ -287,7 +288,7 @@ def test_background_builds_change_no_result(monkeypatch, tmp_path):
         blocking.clear()
         torch.manual_seed(1)
         net = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
-        r = grafs.search(net, (x, y), space=sp, epochs=6, seed=0, batch_size=16,
+        r = search(net, (x, y), space=sp, epochs=6, seed=0, batch_size=16,
                          loss_fn=torch.nn.functional.mse_loss, shrink_start=1,
                          cell_mode="c", progress=False)
         out[background] = (r.formula, len(blocking))

@@ -7,7 +7,7 @@ import torch
 import grafs
 from grafs.runtime.discretize import centred
 from grafs.runtime.space import SearchSpace
-from grafs.searching import search
+from grafs.searching.loop import search
 from tests.test_search import data, model
 
 

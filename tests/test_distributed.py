@@ -33,7 +33,7 @@ import grafs.searching.distributed
 from grafs.errors import GrafsError, SearchError
 from grafs.runtime.space import SearchSpace
 from grafs.searching.checkpoint import Interrupted
-from grafs.searching import search
+from grafs.searching.loop import search
 from grafs.testing.sampling import mean_samples
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available()

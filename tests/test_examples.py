@@ -51,7 +51,8 @@ def test_search_own_model_with_restarts(capsys):
     table = result.history["restarts"]
     assert [t["seed"] for t in table] == [0, 1000] and result.settings["restarts"] == 2
     assert result.formula == next(t["formula"] for t in table if t["chosen"])
-    assert "seed  1000" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "seed  1000" in out and "from scratch" in out and "against your relu(x)" in out
 
 
 def test_transformers_example_trains_with_the_found_activation(found):

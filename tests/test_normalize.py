@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import grafs
+from grafs.searching.loop import search as search_once
 from grafs.compiler.eager import run_expr
 from grafs.runtime.normalize import op_scale
 from grafs.runtime.space import SearchSpace
@@ -75,7 +76,7 @@ def test_search_records_normalize_in_settings():
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
     space = SearchSpace("B(U(x), U(x))", unary=["relu", "tanh", "exp"], binary=["add", "mul"],
                         normalize=True)
-    r = grafs.search(model, (x, y), space=space, epochs=3, batch_size=32, progress=False)
+    r = search_once(model, (x, y), space=space, epochs=3, batch_size=32, progress=False)
     assert r.settings["normalize"] is True
     grafs.parse(r.formula)
 

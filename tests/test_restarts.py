@@ -9,7 +9,8 @@ from grafs.errors import GrafsError
 from grafs.searching.restarts import (final_val_loss, pick_best, restart_seeds, run_restarts,
                             search_restarts)
 from grafs.runtime.space import SearchSpace
-from grafs.searching import search, split_dataset
+from grafs.searching import split_dataset
+from grafs.searching.loop import search
 from grafs.searching.result import SearchResult
 from tests.test_search import SPACE, data, model
 
@@ -236,7 +237,7 @@ def test_a_race_resumed_without_checkpoint_dir_continues_in_the_resume_folder(tm
     def one(s, ck, res, stop):
         calls.append((s, ck, res, stop))
         return _crashing_one(tr, va, KW)(s, ck, res, stop)
-    again = run_restarts(one, 0, 2, None, tmp_path, 1)      # as grafs.search(resume=...)
+    again = run_restarts(one, 0, 2, None, tmp_path, 1)      # as search(resume=...)
     assert again.formula == full.formula
     assert again.history["val_loss"] == full.history["val_loss"]
     # restart 0's head is read from its checkpoint; restart 1 resumes where it stopped

@@ -7,10 +7,12 @@ import torch
 from torch import nn
 
 import grafs
+from grafs.searching.loop import search as search_once
 from grafs.compiler.eager import run_expr
 from grafs.errors import GrafsError, SearchError
 from grafs.runtime.space import SearchSpace
-from grafs.searching import Act, SearchSite, replace_activations, search, split_dataset
+from grafs.searching import Act, SearchSite, replace_activations, split_dataset
+from grafs.searching.loop import search
 from grafs.searching.data import Batches
 from grafs.searching.checkpoint import Interrupted
 
@@ -417,7 +419,7 @@ def test_a_normalised_search_keeps_its_formula_without_the_op_constants_too():
     y = x[:, :1].tanh()
     sp = SearchSpace("U(x)", unary=["relu", "tanh", "gelu"], binary=["add"], normalize=True)
     net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
-    r = grafs.search(net, (x, y), space=sp, epochs=3, seed=0, batch_size=16, shrink_start=1,
+    r = search_once(net, (x, y), space=sp, epochs=3, seed=0, batch_size=16, shrink_start=1,
                      loss_fn=torch.nn.functional.mse_loss, progress=False)
     op = r.formula.split("*")[1].split("(")[0]
     assert r.history["unscaled_formula"] == f"{op}(x)"
@@ -425,7 +427,7 @@ def test_a_normalised_search_keeps_its_formula_without_the_op_constants_too():
     torch.testing.assert_close(run_expr(grafs.parse(r.formula), z),
                                float(r.formula.split("*")[0]) * run_expr(grafs.parse(f"{op}(x)"), z))
     assert abs(float(r.formula.split("*")[0]) - op_scale(op, sp.ell)) < 1e-6
-    plain = grafs.search(torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.ReLU(),
+    plain = search_once(torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.ReLU(),
                                              torch.nn.Linear(8, 1)), (x, y),
                          space=SearchSpace("U(x)", unary=["relu", "tanh"], binary=["add"]),
                          epochs=2, seed=0, batch_size=16, progress=False,

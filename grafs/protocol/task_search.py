@@ -27,7 +27,7 @@ def search_task(task, *, seed: int = 0, epochs: int | None = None, space=None, p
     the best one run on; with ``restart_select="scratch"``, the one whose formula trained
     from scratch on the search split reaches the lowest validation loss)."""
     from grafs.searching.distributed import world_size
-    from grafs.searching import search
+    from grafs.searching.loop import search
     cfg = task.search_config
     epochs = cfg.epochs if epochs is None else epochs
     (xt, yt), (xv, yv) = task.search_split(seed=seed)    # one split for every restart

@@ -250,14 +250,15 @@ def _checkpoint(folder: Path | None) -> tuple[dict, float] | None:
     """The history and elapsed seconds in ``folder/checkpoint.pt`` (None when there is none)."""
     if folder is None or not (Path(folder) / "checkpoint.pt").exists():
         return None
-    import torch
-    ck = torch.load(Path(folder) / "checkpoint.pt", weights_only=True, map_location="cpu")
+    from grafs.searching.checkpoint import read_checkpoint
+    ck = read_checkpoint(Path(folder) / "checkpoint.pt", "cpu")   # unusable: a GrafsError
     return json.loads(ck["history"]), float(ck["elapsed"])
 
 
 def search_restarts(model, train_data, val_data=None, *, restarts: int = 3, seed: int = 0,
                     pick_epoch: int | None = None, own_splits: bool = False,
                     train_fraction: float = 0.75, checkpoint_dir=None, resume=None,
+                    score: Callable[[SearchResult], float] | None = None,
                     **kwargs) -> SearchResult:
     """:func:`grafs.search` ``restarts`` times (seeds ``seed``, ``seed + 1000``, …) from copies
     of ``model`` in its current state, on one training/validation split (with no
@@ -266,7 +267,9 @@ def search_restarts(model, train_data, val_data=None, *, restarts: int = 3, seed
     searches, or less with ``pick_epoch`` (a race, see :func:`run_restarts`). ``own_splits``
     (with no ``val_data``): each restart splits the training data with its own seed, so a
     bad split cannot trap every restart (on the teacher task this reached a teacher that every
-    one-split study missed). ``kwargs`` go to :func:`grafs.search`."""
+    one-split study missed). ``score``: compare the restarts on it instead, lower is better
+(:func:`run_restarts`; grafs.search passes the loss of each formula trained from scratch).
+``kwargs`` go to :func:`grafs.searching.loop.search`."""
     from grafs.searching.loop import search
     from grafs.searching.data import split_dataset
     restart_seeds(seed, restarts)      # a bad count is an error before any data is touched
@@ -289,7 +292,7 @@ def search_restarts(model, train_data, val_data=None, *, restarts: int = 3, seed
         return search(copy.deepcopy(model), tr, va, seed=s, checkpoint_dir=ck,
                       resume=res, _stop_after_epoch=stop, **kwargs)
     return run_restarts(one, seed, restarts, checkpoint_dir, resume, pick_epoch,
-                        kwargs.get("distributed"), epochs)
+                        kwargs.get("distributed"), epochs, score=score)
 
 
 __all__ = ["RESTART_SEED_STRIDE", "final_val_loss", "pick_best", "restart_seeds",

@@ -1,0 +1,96 @@
+"""Training a user's model from scratch with a formula, with the search's own recipe.
+
+What a search's checks, its restart pick and its verdict are measured with: a fresh copy of
+the model as the user passed it (re-initialised per seed through each module's
+``reset_parameters``), the formula swapped in at the searched sites (or the original
+activation kept), trained on the search's training split with the search's loss, optimizer,
+scheduler, batch size and epochs, and scored by its loss on the search's validation split.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from grafs.searching.data import Batches
+from grafs.searching.sites import replace_activations
+from grafs.searching.step import default_loss
+
+
+class ScratchTrainer:
+    """Trains fresh copies of ``model`` (a template kept unchanged) with the search's recipe."""
+
+    def __init__(self, model: nn.Module, train_data, val_data, *, epochs: int, batch_size: int,
+                 loss_fn: Callable | None, optimizer: Callable | None, scheduler: Callable | None,
+                 activation_types: Sequence[type], device: torch.device,
+                 max_steps_per_epoch: int | None = None):
+        self.template = copy.deepcopy(model).cpu()
+        self.train_data, self.val_data = train_data, val_data
+        self.epochs, self.batch_size = epochs, batch_size
+        self.loss_fn = loss_fn or default_loss
+        self.optimizer, self.scheduler = optimizer, scheduler
+        self.types, self.device = tuple(activation_types), device
+        self.max_steps = max_steps_per_epoch
+        self.runs = 0          # from-scratch trainings done (their cost is reported)
+
+    def fresh_model(self, formula: str | None, seed: int) -> nn.Module:
+        """A copy of the template, re-initialised under ``seed``, with ``formula`` at its
+        activation sites (None keeps the original activations)."""
+        model = copy.deepcopy(self.template)
+        torch.manual_seed(seed)
+        for m in model.modules():
+            if hasattr(m, "reset_parameters") and callable(m.reset_parameters):
+                m.reset_parameters()
+        if formula is not None:
+            from grafs.compiler import compile as gcompile
+            replace_activations(model, lambda: gcompile(formula, backend="eager"), self.types)
+        return model.to(self.device)
+
+    def val_loss(self, formula: str | None, seed: int = 0, max_steps: int | None = None) -> float:
+        """The validation loss after training from scratch; inf when a training or validation
+        loss is not finite. ``max_steps``: stop after that many steps (a quick check)."""
+        self.runs += 1
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            model = self.fresh_model(formula, seed)
+            if not self._train(model, seed, max_steps):
+                return math.inf
+            return self._evaluate(model, seed)
+
+    def _train(self, model: nn.Module, seed: int, max_steps: int | None) -> bool:
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = self.optimizer(params) if self.optimizer is not None else torch.optim.Adam(params, lr=1e-3)
+        sched = self.scheduler(opt) if self.scheduler is not None else None
+        batches = Batches(self.train_data, self.batch_size, seed, 0, "train_data", self.device)
+        per_epoch = len(batches) if self.max_steps is None else min(len(batches), self.max_steps)
+        model.train()
+        done = 0
+        for epoch in range(self.epochs):
+            for step, (xb, yb) in enumerate(batches.epoch(epoch)):
+                if step >= per_epoch or (max_steps is not None and done >= max_steps):
+                    break
+                xb, yb = xb.to(self.device), yb.to(self.device)
+                loss = self.loss_fn(model(xb), yb)
+                if not torch.isfinite(loss.detach()):
+                    return False
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                if sched is not None:
+                    sched.step()
+                done += 1
+        return True
+
+    @torch.no_grad()
+    def _evaluate(self, model: nn.Module, seed: int) -> float:
+        model.eval()
+        total, n = 0.0, 0
+        for xb, yb in Batches(self.val_data, self.batch_size, seed, 1, "val_data", self.device).epoch(0):
+            xb, yb = xb.to(self.device), yb.to(self.device)
+            loss = float(self.loss_fn(model(xb), yb))
+            total += loss * len(xb)
+            n += len(xb)
+        out = total / max(n, 1)
+        return out if math.isfinite(out) else math.inf

@@ -1,0 +1,124 @@
+"""grafs.search on a user's own model: the studied defaults, the budget rule, restarts picked
+from scratch, the from-scratch check and the verdict (grafs.searching.entry)."""
+import math
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import grafs
+from grafs.errors import GrafsError, GrafsWarning
+from grafs.searching import entry
+from grafs.searching.entry import MIN_STEPS_BEFORE_DROP, MIN_TOTAL_STEPS, size_budget
+from grafs.searching.result import SearchResult
+from grafs.searching.verdict import Verdict
+
+SMALL = dict(template="B(U(x), U(x))", unary=("identity", "relu", "tanh", "exp"),
+             binary=("add", "mul"))
+
+
+def data(n=96, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 6, generator=g)
+    return x, (x[:, 0] * x[:, 1] > 0).long()
+
+
+def model(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 2))
+
+
+def space():
+    return grafs.SearchSpace(**SMALL, normalize=True)
+
+
+def test_budget_sizes_the_search_from_the_steps_per_epoch():
+    for spe in (1, 7, 17, 47, 200, 5000):
+        epochs, warm, start = size_budget(spe)
+        assert (start - warm) * spe >= MIN_STEPS_BEFORE_DROP
+        assert epochs * spe >= MIN_TOTAL_STEPS and epochs > start
+        assert warm >= 1
+        assert size_budget(spe, epochs, warm, start) == (epochs, warm, start)  # and it passes
+
+
+def test_a_budget_below_what_alpha_needs_is_refused_with_the_numbers():
+    with pytest.raises(GrafsError) as err:
+        size_budget(17, epochs=10)          # the old default on scikit-learn's digits: 170 steps
+    msg = str(err.value)
+    assert "170 steps in all (needs 500)" in msg and "budget='auto'" in msg and "as_given" in msg
+    with pytest.raises(GrafsError, match="epochs"):
+        grafs.search(model(), data(), epochs=3, batch_size=32, space=space(), progress=False)
+
+
+def test_auto_budget_defaults_and_verdict_on_a_user_model():
+    r = grafs.search(model(), data(), batch_size=32, space=space(), seed=0, progress=False,
+                     verdict_seeds=2)
+    s = r.settings
+    assert s["preset"] == "auto" and s["arch_lr"] == pytest.approx(3e-2)
+    spe = s["steps_per_epoch"]
+    assert (s["shrink_start"] - s["warmstart_epochs"]) * spe >= MIN_STEPS_BEFORE_DROP
+    assert s["epochs"] * spe >= MIN_TOTAL_STEPS
+    v = r.verdict
+    assert isinstance(v, Verdict) and v.original == "relu(x)" and v.formula == r.formula
+    assert len(v.found_losses) == len(v.original_losses) == 2
+    assert all(math.isfinite(x) for x in v.found_losses + v.original_losses)
+    assert str(v).startswith(f"found {r.formula}: val loss")
+    # the verdict survives a save and a load
+    assert SearchResult.load(r.save("/tmp/grafs_own_model_result")).verdict.to_dict() == v.to_dict()
+
+
+def test_the_verdict_compares_means_against_the_noise():
+    better = Verdict("f", "relu(x)", [0.10, 0.11, 0.12], [0.20, 0.21, 0.22])
+    assert better.better and better.no_worse and "better" in str(better)
+    tie = Verdict("f", "relu(x)", [0.20, 0.25, 0.15], [0.21, 0.19, 0.20])
+    assert not tie.better and tie.no_worse
+    worse = Verdict("f", "relu(x)", [0.40, 0.41, 0.42], [0.20, 0.21, 0.22])
+    assert not worse.better and not worse.no_worse and "keep relu(x)" in str(worse)
+    diverged = Verdict("f", "relu(x)", [0.1, math.inf], [0.2, 0.2])
+    assert not diverged.better and not diverged.no_worse
+
+
+def test_a_formula_that_does_not_train_from_scratch_is_never_returned(monkeypatch):
+    """The search's own loss, optimizer and data: a formula whose loss overflows is replaced by
+    its clipped form when that trains, else by the original activation, with a warning."""
+    import grafs.searching.loop as loop
+
+    def fake(formula):
+        def run(model, *a, **k):
+            return SearchResult(formula, {"epochs": [0]}, {})
+        return run
+    sgd = lambda p: torch.optim.SGD(p, lr=10.0)      # noqa: E731
+    for formula, opt, want in [("sinh(sinh(sinh(4*x)))", None, "clamp"),    # overflows unclipped
+                               ("exp(exp(exp(exp(x))))*1e30", sgd, "relu(x)")]:  # clipped too
+        monkeypatch.setattr(loop, "search", fake(formula))
+        with pytest.warns(GrafsWarning, match="does not train from scratch"):
+            r = grafs.search(model(), data(), epochs=2, budget="as_given", batch_size=32,
+                             space=space(), progress=False, verdict_seeds=0, optimizer=opt)
+        assert r.history["unusable_formula"] == formula
+        assert want in r.formula
+        assert math.isfinite(entry.ScratchTrainer(
+            model(), data(), data(1), epochs=2, batch_size=32, loss_fn=None, optimizer=opt,
+            scheduler=None, activation_types=(nn.ReLU,), device=torch.device("cpu")).val_loss(r.formula))
+
+
+def test_restarts_are_picked_by_training_each_formula_from_scratch():
+    r = grafs.search(model(), data(), epochs=4, budget="as_given", restarts=2, batch_size=32,
+                     space=space(), progress=False, verdict_seeds=0, seed=3)
+    table = r.history["restarts"]
+    assert [t["seed"] for t in table] == [3, 1003]
+    scores = [t["score"] for t in table]
+    assert all(math.isfinite(s) for s in scores)
+    assert r.formula == table[scores.index(min(scores))]["formula"]
+    assert r.settings["scratch_runs"] >= 2          # one per restart (+ the check)
+
+
+def test_paper_preset_keeps_the_papers_settings_and_runs_no_checks():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", GrafsWarning)
+        r = grafs.search(model(), data(), preset="paper", epochs=3, batch_size=32,
+                         space=grafs.SearchSpace(**SMALL), progress=False)
+    assert r.settings["arch_lr"] == pytest.approx(1e-3) and r.settings["preset"] == "paper"
+    assert r.verdict is None and "scratch_runs" not in r.settings
+    with pytest.raises(GrafsError, match="preset"):
+        grafs.search(model(), data(), preset="fast")
