@@ -1,6 +1,7 @@
 """The documentation site builds with ``mkdocs build --strict`` (a broken link or API reference
-fails), and its two build helpers in scripts/ do what they say. Budget: the build, ~5 s."""
+fails), and its build helper in scripts/ does what it says. Budget: the build, ~5 s."""
 import importlib.util
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -33,22 +34,12 @@ def test_strict_build(tmp_path):
     api = (site / "api" / "callbacks" / "index.html").read_text()
     assert "grafs.callbacks.EpochInfo" in api and "normalised entropy of the Dirichlet mean" in api
     assert ":class:" not in api and ":func:" not in api
-    # the architecture page is the README's section, its docs/ links made relative
-    arch = (site / "guide" / "architecture" / "index.html").read_text()
-    assert "the single source of truth" in arch and 'href="../../search-cost/"' in arch
-
-
-def test_readme_section_extraction():
-    pytest.importorskip("mkdocs", reason=DOCS_EXTRA)
-    hooks = _load("mkdocs_hooks")
-    text = ("# T\n\n## A\nline a\n### A.1\nsub\n```bash\n# not a heading\n```\n## B\nline b\n")
-    assert hooks.readme_section(text, "A") == "line a\n### A.1\nsub\n```bash\n# not a heading\n```"
-    assert hooks.readme_section(text, "B") == "line b"
-    from mkdocs.exceptions import PluginError
-    with pytest.raises(PluginError, match="no section 'C'"):
-        hooks.readme_section(text, "C")
-    # the real README still has the section docs/guide/architecture.md includes
-    assert "op registry" in hooks.readme_section((ROOT / "README.md").read_text(), "Architecture")
+    # every cross-reference resolved: an unknown identifier stays in the page as "][name]"
+    unresolved = [f"{p.relative_to(site)}: {m}" for p in site.rglob("*.html")
+                  for m in re.findall(r"\]\[[\w.]+\]", p.read_text(encoding="utf-8"))]
+    assert unresolved == []
+    arch = (site / "architecture" / "index.html").read_text()
+    assert "the single source of truth" in arch and 'href="../search-cost/"' in arch
 
 
 def test_sphinx_roles_become_code():
