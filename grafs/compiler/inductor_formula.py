@@ -8,7 +8,15 @@ function is traced once with symbolic size (``make_fx``) on a flat input, its fo
 backward (``torch.func.vjp``: recomputes from x, one fused pass, parameter gradients as
 reductions) are compiled by ``torch._inductor.standalone_compile`` into two artifacts with no
 guards, and a call is one autograd Function around the forward artifact. Artifacts are cached
-per (dtype, device); autograd saves only x and the scalar parameters.
+per (dtype, device) and, on a CPU, the intra-op thread count (a C++ kernel's parallelism is fixed
+when it is compiled, as for ``torch.compile``, which recompiles when the count changes); autograd
+saves only x and the scalar parameters.
+
+The trace's example is small, but Inductor optimises for a large size (:data:`_SIZE_HINT`, the
+hint of the symbolic size, set with ``mark_dynamic(..., hint_override=)``): it decides a CPU
+kernel's parallelism (``#pragma omp parallel``) and a GPU kernel's block size from that hint, so a
+hint of 16 gave serial CPU kernels for every size. The hint is part of Inductor's cache key, so
+serial kernels cached by an older trace are not reused.
 
 The artifacts assume what the call path guarantees: a contiguous 1-D input of the dtype and
 device they were built for (any size, 0 included), 0-d parameters. Where the API is missing
@@ -24,6 +32,7 @@ import torch
 
 _LOCK = threading.Lock()
 _TRACE_NUMEL = 16      # the example size of the symbolic trace (any size >= 2: 0/1 specialise)
+_SIZE_HINT = 1 << 20   # the size Inductor optimises the kernels for (parallel CPU loops, GPU blocks)
 
 
 def _standalone():
@@ -63,8 +72,13 @@ class InductorFormula:
 
     # -- artifacts -------------------------------------------------------------------------------
     def _trace_inputs(self, x: torch.Tensor, params, gy: bool) -> list[torch.Tensor]:
-        xs = torch.zeros(_TRACE_NUMEL, dtype=x.dtype, device=x.device)
-        return [xs, *(p.detach() for p in params), *([xs.clone()] if gy else [])]
+        xs = _example(x.dtype, x.device)
+        return [xs, *(p.detach() for p in params), *([_example(x.dtype, x.device)] if gy else [])]
+
+    @staticmethod
+    def _key(x1: torch.Tensor, params) -> tuple:
+        threads = torch.get_num_threads() if x1.device.type == "cpu" else None
+        return (x1.dtype, x1.device, params[0].dtype if params else None, threads)
 
     def _compile(self, table: dict, key: tuple, fn, example: list[torch.Tensor]):
         with _LOCK:
@@ -85,14 +99,14 @@ class InductorFormula:
         return art
 
     def forward(self, x1: torch.Tensor, params) -> torch.Tensor:
-        key = (x1.dtype, x1.device, params[0].dtype if params else None)
+        key = self._key(x1, params)
         art = self._fwd.get(key)
         if art is None:
             art = self._compile(self._fwd, key, self.fn, self._trace_inputs(x1, params, False))
         return art(x1, *params)
 
     def backward(self, x1: torch.Tensor, params, gy1: torch.Tensor) -> tuple:
-        key = (x1.dtype, x1.device, params[0].dtype if params else None)
+        key = self._key(x1, params)
         art = self._bwd.get(key)
         if art is None:
             fn = self.fn
@@ -102,6 +116,18 @@ class InductorFormula:
                 return torch.func.vjp(fn, x, *ps)[1](gy)
             art = self._compile(self._bwd, key, vjp, self._trace_inputs(x1, params, True))
         return art(x1, *params, gy1)
+
+
+def _example(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A 1-D trace example of :data:`_TRACE_NUMEL` elements whose size Inductor takes to be
+    :data:`_SIZE_HINT` (its values are never read: the trace is symbolic)."""
+    import torch._dynamo
+    x = torch.zeros(_TRACE_NUMEL, dtype=dtype, device=device)
+    try:
+        torch._dynamo.mark_dynamic(x, 0, hint_override=_SIZE_HINT)
+    except TypeError:  # pragma: no cover - torch without hint overrides: an example that large
+        x = torch.empty(_SIZE_HINT, dtype=dtype, device=device)
+    return x
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor:
