@@ -59,4 +59,4 @@ def test_every_result_file_is_named_by_a_page():
     files = sorted(docs.glob("data/*/*.json")) + sorted(docs.glob("img/*"))
     assert files
     unnamed = [str(p.relative_to(docs)) for p in files if str(p.relative_to(docs)) not in pages]
-    assert unnamed == []
+    assert unnamed == [], f"name these in a docs page (a link, or the path docs/...): {unnamed}"
