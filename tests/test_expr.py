@@ -325,3 +325,32 @@ def test_param_named_x_is_not_the_variable():
             continue  # rejecting the name is fine
         assert len(e.to_sympy().free_symbols) == (2 if text.endswith("*x") else 1)
         torch.testing.assert_close(run_expr(e, X), 0.5 * X if text.endswith("*x") else 0.5 + 0 * X)
+
+
+def test_rewrite_maps_each_shared_node_once_and_keeps_sharing():
+    from grafs.grammar.expr import rewrite, substitute, with_args
+    e = grafs.parse("gelu(x)*gelu(x) + sin(gelu(x))")
+    g = grafs.parse("gelu(x)")
+    seen = []
+
+    def swap(n, args):
+        seen.append(n)
+        return call("tanh", *args) if n.op == "gelu" else with_args(n, args)
+    out = rewrite(e, swap)
+    assert out is grafs.parse("tanh(x)*tanh(x) + sin(tanh(x))")
+    assert len(seen) == len(set(map(id, seen))) == len(e.nodes())
+    assert rewrite(e, with_args) is e                     # rebuilt unchanged: the same node
+    assert substitute(e, {id(g): var()}) is grafs.parse("x*x + sin(x)")
+    # keep: such nodes stand for themselves, their arguments are not visited
+    kept = rewrite(e, lambda n, args: const(1.0) if n.op == "x" else with_args(n, args),
+                   keep=lambda n: n is g)
+    assert kept is e
+    # a memo shared by two calls maps their common nodes once
+    memo, calls = {}, []
+    f = grafs.parse("gelu(x) + 1")
+    for root in (e, f):
+        rewrite(root, lambda n, args: calls.append(n) or with_args(n, args), memo=memo)
+    assert len(calls) == len({id(n) for r in (e, f) for n in r.nodes()})
+    # any value, not only nodes: the printer maps each node to its text
+    assert rewrite(e, lambda n, args: n.op if not args else f"{n.op}({','.join(args)})") \
+        == "add(mul(gelu(x),gelu(x)),sin(gelu(x)))"

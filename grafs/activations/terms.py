@@ -34,19 +34,6 @@ def _no_closed_form(name):
     return f
 
 
-def substitute(root: E.Expr, mapping: dict) -> E.Expr:
-    """Replace nodes (by identity) in ``root``."""
-    memo: dict[int, E.Expr] = {}
-    for n in E.topological(root):
-        if id(n) in mapping:
-            memo[id(n)] = mapping[id(n)]
-        elif n.args:
-            memo[id(n)] = E.Expr(n.op, [memo[id(a)] for a in n.args], n.value, n.name)
-        else:
-            memo[id(n)] = n
-    return memo[id(root)]
-
-
 def _family(name, display, module, inputs, doc):
     if name in OPS:
         return OPS[name]
@@ -69,10 +56,10 @@ def _wrapped(op: str, base: str):
     def build(a, g, ell):
         u = a[0]
         inner = E.call(base, E.var())
-        e = substitute(inner, {id(E.var()): u})
+        e = E.substitute(inner, {id(E.var()): u})
         if op == "dyn":
             return E.Expr("dyn", [e, u])
-        d = substitute(inner.derivative(), {id(E.var()): u})
+        d = E.substitute(inner.derivative(), {id(E.var()): u})
         return E.Expr("anact", [u, e, d])
     return build
 

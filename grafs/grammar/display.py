@@ -8,7 +8,7 @@ parses too, but its numbers are rounded, so it is close to, not equal to, the ex
 from __future__ import annotations
 
 from grafs.grammar import expr as E
-from grafs.grammar.simplify import rewrite, simplify
+from grafs.grammar.simplify import apply_rules, simplify
 
 DIGITS = 4
 
@@ -16,15 +16,11 @@ DIGITS = 4
 def round_numbers(root: E.Expr, digits: int = DIGITS) -> E.Expr:
     """Every constant (and parameter initial value) rounded to ``digits`` significant digits,
     then the trivial cases folded again (a γ of 0.99997 rounds to 1, and 1·x is x)."""
-    memo: dict[int, E.Expr] = {}
-    for n in E.topological(root):
+    def rounded(n: E.Expr, args: list[E.Expr]) -> E.Expr:
         if n.op in (E.CONST, E.PARAM):
-            memo[id(n)] = E.Expr(n.op, (), float(f"{n.value:.{digits}g}"), n.name)
-        elif n.args:
-            memo[id(n)] = E.Expr(n.op, [memo[id(a)] for a in n.args], n.value, n.name)
-        else:
-            memo[id(n)] = n
-    return rewrite(memo[id(root)])
+            return E.Expr(n.op, (), float(f"{n.value:.{digits}g}"), n.name)
+        return E.with_args(n, args)
+    return apply_rules(E.rewrite(root, rounded))
 
 
 def display_expr(e: E.Expr, digits: int = DIGITS) -> E.Expr:

@@ -202,6 +202,36 @@ def iter_nodes(root: Expr) -> Iterator[Expr]:
     yield from topological(root)
 
 
+def rewrite(root: Expr, fn, keep=None, memo: dict | None = None):
+    """Map ``root`` bottom-up: ``fn(node, args)`` is called once per distinct node, arguments
+    first, with ``args`` the list of what it returned for the node's arguments, and its result
+    stands for the node. The one graph rebuild pass: ``fn`` returns the node's replacement
+    (:func:`with_args` rebuilds it unchanged over its new arguments), so a shared sub-expression
+    is rewritten once and stays one node. Iterative, memoised on the interned nodes.
+
+    ``keep(node) -> bool``: such nodes stand for themselves, their arguments not visited.
+    ``memo``: node id -> result, to share the work between calls over overlapping DAGs (a term
+    and its partial derivatives); nodes already in it are not mapped again."""
+    memo = {} if memo is None else memo
+    for n in topological(root, stop=keep):
+        if id(n) in memo:
+            continue
+        memo[id(n)] = n if keep is not None and keep(n) else fn(n, [memo[id(a)] for a in n.args])
+    return memo[id(root)]
+
+
+def with_args(n: Expr, args: Sequence[Expr]) -> Expr:
+    """``n`` over the arguments ``args`` (``n`` itself for a leaf, or when they are its own)."""
+    return Expr(n.op, args, n.value, n.name) if args else n
+
+
+def substitute(root: Expr, mapping: dict[int, Expr], memo: dict | None = None) -> Expr:
+    """``root`` with each node whose id is a key of ``mapping`` replaced by its value (``memo``
+    as in :func:`rewrite`)."""
+    return rewrite(root, lambda n, args: mapping[id(n)] if id(n) in mapping else with_args(n, args),
+                   memo=memo)
+
+
 # -- constructors ----------------------------------------------------------------------
 def var() -> Expr:
     """The input variable ``x``."""

@@ -23,10 +23,7 @@ def _num(v: float) -> str:
 
 def to_text(root: E.Expr) -> str:
     """Iterative so that deep expressions print without recursion."""
-    out: dict[int, tuple[str, int]] = {}
-    for n in E.topological(root):
-        out[id(n)] = _fmt(n, [out[id(a)] for a in n.args])
-    return out[id(root)][0]
+    return E.rewrite(root, _fmt)[0]
 
 
 def _wrap(s: tuple[str, int], prec: int, strict: bool = False) -> str:

@@ -34,37 +34,38 @@ def _coeff(e: E.Expr) -> tuple[float, E.Expr]:
     return 1.0, e
 
 
-def rewrite(root: E.Expr) -> E.Expr:
-    memo: dict[int, E.Expr] = {}
-    for n in E.topological(root):
-        args = [memo[id(a)] for a in n.args]
-        new = E.Expr(n.op, args, n.value, n.name) if args else n
-        if new.op in ("add", "sub", "mul", "div", "neg", "pow") or \
-                (new.args and all(a.is_const for a in new.args)):
-            new = fold(new.op, *new.args)   # also constant calls: sigmoid(asinh(0)) -> 0.5
-        inner = new.args[0] if new.args else None
-        if new.op == "leaky_relu" and inner is not None:
-            s = new.args[1]
-            if inner.op == "leaky_relu" and _nonneg_const(s) and _nonneg_const(inner.args[1]):
-                new = E.call("leaky_relu", inner.args[0], inner.args[1].value * s.value)
-            elif inner.op == "relu" and _nonneg_const(s):
-                new = inner
-        elif new.op == "relu" and inner is not None:
-            if inner.op == "relu":
-                new = inner
-            elif inner.op == "leaky_relu" and _nonneg_const(inner.args[1]):
-                new = E.call("relu", inner.args[0])
-        elif new.op == "abs" and inner is not None and inner.op == "abs":
+def apply_rules(root: E.Expr) -> E.Expr:
+    """``root`` rewritten bottom-up by the DAG rules of the module docstring."""
+    return E.rewrite(root, _rules)
+
+
+def _rules(n: E.Expr, args: list[E.Expr]) -> E.Expr:
+    new = E.with_args(n, args)
+    if new.op in ("add", "sub", "mul", "div", "neg", "pow") or \
+            (new.args and all(a.is_const for a in new.args)):
+        new = fold(new.op, *new.args)   # also constant calls: sigmoid(asinh(0)) -> 0.5
+    inner = new.args[0] if new.args else None
+    if new.op == "leaky_relu" and inner is not None:
+        s = new.args[1]
+        if inner.op == "leaky_relu" and _nonneg_const(s) and _nonneg_const(inner.args[1]):
+            new = E.call("leaky_relu", inner.args[0], inner.args[1].value * s.value)
+        elif inner.op == "relu" and _nonneg_const(s):
             new = inner
-        elif new.op in ("max", "min") and new.args[0] is new.args[1]:
-            new = new.args[0]
-        elif new.op in ("add", "sub"):
-            (c1, e1), (c2, e2) = _coeff(new.args[0]), _coeff(new.args[1])
-            if e1 is e2 and not e1.is_const:
-                c = c1 + c2 if new.op == "add" else c1 - c2
-                new = fold("mul", c, e1)
-        memo[id(n)] = new
-    return memo[id(root)]
+    elif new.op == "relu" and inner is not None:
+        if inner.op == "relu":
+            new = inner
+        elif inner.op == "leaky_relu" and _nonneg_const(inner.args[1]):
+            new = E.call("relu", inner.args[0])
+    elif new.op == "abs" and inner is not None and inner.op == "abs":
+        new = inner
+    elif new.op in ("max", "min") and new.args[0] is new.args[1]:
+        new = new.args[0]
+    elif new.op in ("add", "sub"):
+        (c1, e1), (c2, e2) = _coeff(new.args[0]), _coeff(new.args[1])
+        if e1 is e2 and not e1.is_const:
+            c = c1 + c2 if new.op == "add" else c1 - c2
+            new = fold("mul", c, e1)
+    return new
 
 
 def simplify(root: E.Expr) -> E.Expr:
@@ -74,7 +75,7 @@ def simplify(root: E.Expr) -> E.Expr:
     is returned."""
     from grafs.errors import GrafsError
 
-    e = rewrite(root)
+    e = apply_rules(root)
     if e.params():  # learnable parameters have no sympy round trip of their init; stop here
         return e
     if _unfoldable(e):
@@ -104,7 +105,7 @@ def _float_coefficients(s):
 
 
 def _unfoldable(e: E.Expr) -> bool:
-    """A call on constants is left after rewrite() only if its value is not a finite float."""
+    """A call on constants is left after apply_rules() only if its value is not a finite float."""
     from grafs.ops import OPS
     return any(n.args and all(a.is_const for a in n.args) and OPS[n.op].module is None
                for n in e.nodes() if n.op in OPS)
@@ -119,4 +120,4 @@ def _sympy_simplify(e: E.Expr) -> E.Expr:
             s2 = sp.simplify(_float_coefficients(s))
             if sp.count_ops(s2) <= sp.count_ops(s):
                 s = s2
-        return rewrite(from_sympy(s))
+        return apply_rules(from_sympy(s))

@@ -29,12 +29,12 @@ def _add(*cs: Cost) -> Cost:
 
 def uses_inputs(op_name: str, n_inputs: int, gammas: Sequence[float]) -> frozenset[int]:
     """Which inputs the op's formula depends on, with these γ (``γ·x`` with γ = 0 uses none)."""
-    from grafs.grammar.simplify import rewrite
+    from grafs.grammar.simplify import apply_rules
     used = set()
     for i in range(n_inputs):
         ins = [E.var() if j == i else E.const(0.5) for j in range(n_inputs)]
         out = SEARCH_OPS[op_name].build(ins, [E.const(g) for g in gammas], None)
-        if rewrite(E.as_expr(out)).depends_on_x():
+        if apply_rules(E.as_expr(out)).depends_on_x():
             used.add(i)
     return frozenset(used)
 
@@ -93,8 +93,8 @@ def _structural(space, chosen, costs, gamma_values) -> list[str] | None:
     holes = {id(h.node): h for h in space.holes}
     # best[id(node)][dep] = (cost, record): dep says whether the node's value depends on x
     best: dict[int, dict[bool, tuple[Cost, tuple]]] = {}
-    for n in E.topological(space.root):
-        kids = [best[id(a)] for a in n.args]
+
+    def table_of(n: E.Expr, kids: list[dict]) -> dict[bool, tuple[Cost, tuple]]:
         table: dict[bool, tuple[Cost, tuple]] = {}
         if n.op == E.VAR:
             table[True] = ((0, 0, 0.0), ((), ()))
@@ -108,8 +108,8 @@ def _structural(space, chosen, costs, gamma_values) -> list[str] | None:
                 _combine(table, kids, own, lambda deps: any(deps[i] for i in used), (op,))
         else:
             _combine(table, kids, (0, 0, 0.0), any, ())
-        best[id(n)] = table
-    if True not in best[id(space.root)]:
+        return table
+    if True not in E.rewrite(space.root, table_of, memo=best):
         return None
     out = list(chosen)
     stack = [(space.root, True)]

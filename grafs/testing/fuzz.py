@@ -285,14 +285,8 @@ def check_print(e: E.Expr) -> None:
 
 def _with_inits(e: E.Expr) -> E.Expr:
     """``e`` with every learnable parameter replaced by its initial value."""
-    memo: dict[int, E.Expr] = {}
-    for n in E.topological(e):
-        if n.op == E.PARAM:
-            memo[id(n)] = E.const(n.value)
-        else:
-            memo[id(n)] = E.Expr(n.op, [memo[id(a)] for a in n.args], n.value, n.name) \
-                if n.args else n
-    return memo[id(e)]
+    return E.rewrite(e, lambda n, args: E.const(n.value) if n.op == E.PARAM
+                     else E.with_args(n, args))
 
 
 def _same_function(got: E.Expr, want: E.Expr, what: str, x=X64) -> int:
@@ -507,8 +501,8 @@ def _some_choice_has_x(cell) -> bool:
 
 
 def _unfolded_folded(cell, chosen):
-    from grafs.grammar.simplify import rewrite
-    return rewrite(_unfolded(cell, chosen))
+    from grafs.grammar.simplify import apply_rules
+    return apply_rules(_unfolded(cell, chosen))
 
 
 def _prod(it) -> int:

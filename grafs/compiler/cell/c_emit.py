@@ -57,14 +57,11 @@ class CDialect(Dialect):
     def partial_form(self, e):
         # in partials, σ(−u) as 1 − σ(u) (what torch's sigmoid backward computes): an exp and a
         # division fewer per sigmoid partial; values keep σ(−u), exact in the tail
-        memo: dict[int, E.Expr] = {}
-        for n in E.topological(e):
-            args = tuple(memo[id(c)] for c in n.args)
+        def form(n: E.Expr, args: list[E.Expr]) -> E.Expr:
             if n.op == "sigmoid" and args[0].op == "neg":
-                memo[id(n)] = E.Expr("sub", (E.const(1.0), E.Expr("sigmoid", (args[0].args[0],))))
-            else:
-                memo[id(n)] = E.Expr(n.op, args, n.value, n.name) if n.args else n
-        return memo[id(e)]
+                return E.Expr("sub", (E.const(1.0), E.Expr("sigmoid", (args[0].args[0],))))
+            return E.with_args(n, args)
+        return E.rewrite(e, form)
 
     def lit(self, v: float) -> str:
         r = repr(float(v))

@@ -42,27 +42,19 @@ def hole_mixture(space, hole, inputs, active, slot_of, gamma_of, ell, unit: bool
 def name_modules(term: E.Expr, key: str, inputs) -> E.Expr:
     """Trainable-family nodes a candidate op adds get a per-slot name: their module's key."""
     from grafs.ops import OPS
-    memo: dict[int, E.Expr] = {id(n): n for i in inputs for n in E.topological(i)}
-    for n in E.topological(term):
-        if id(n) in memo:
-            continue
-        args = [memo[id(a)] for a in n.args]
+    given = {id(n) for i in inputs for n in E.topological(i)}   # the inputs keep their names
+
+    def named(n: E.Expr, args: list[E.Expr]) -> E.Expr:
         name = key if (n.op in OPS and OPS[n.op].module is not None) else n.name
-        memo[id(n)] = E.Expr(n.op, args, n.value, name) if args else n
-    return memo[id(term)]
+        return E.Expr(n.op, args, n.value, name) if args else n
+    return E.rewrite(term, named, keep=lambda n: id(n) in given)
 
 
 def substitute_holes(space, fill) -> E.Expr:
     """Rebuild the template with hole i replaced by ``fill(hole, input_exprs)``."""
     by_node = {id(h.node): h for h in space.holes}
-    memo: dict[int, E.Expr] = {}
-    for n in E.topological(space.root):
-        args = [memo[id(a)] for a in n.args]
-        if id(n) in by_node:
-            memo[id(n)] = fill(by_node[id(n)], args)
-        else:
-            memo[id(n)] = E.Expr(n.op, args, n.value, n.name) if args else n
-    return memo[id(space.root)]
+    return E.rewrite(space.root, lambda n, args: fill(by_node[id(n)], args) if id(n) in by_node
+                     else E.with_args(n, args))
 
 
 def cell_expr(space, active: tuple[tuple[str, ...], ...], slot_of, gamma_of, clip: bool,
@@ -79,8 +71,8 @@ def discretized_expr(space, chosen: list[str], gamma_values, scales=None) -> E.E
         spec = SEARCH_OPS[chosen[h.index]]
         out = spec.build(ins, [E.const(v) for v in gamma_values(h.index, chosen[h.index])], None)
         return out if scales is None or scales[h.index] == 1.0 else E.const(scales[h.index]) * out
-    from grafs.grammar.simplify import rewrite
-    return rewrite(fold_constants(substitute_holes(space, fill), strict=False))
+    from grafs.grammar.simplify import apply_rules
+    return apply_rules(fold_constants(substitute_holes(space, fill), strict=False))
 
 
 class CellKernels:

@@ -259,13 +259,8 @@ class CellPlan:
                 em.bind(g, g.name, False)
             mapping[id(leaf)] = g
         memo: dict[int, E.Expr] = {}   # shared by the term and its partials
-        for root in (term, *parts):
-            for n in E.topological(root):
-                if id(n) not in memo:
-                    memo[id(n)] = mapping.get(id(n)) or (
-                        E.Expr(n.op, [memo[id(a)] for a in n.args], n.value, n.name)
-                        if n.args else n)
-        return memo[id(term)], [memo[id(p)] for p in parts]
+        return (E.substitute(term, mapping, memo),
+                [E.substitute(p, mapping, memo) for p in parts])
 
     def forward_statements(self, indent: str = "    ") -> tuple[list[str], str]:
         """The forward's statements (reading ``x``) and the name of the output block; an
