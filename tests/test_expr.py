@@ -354,3 +354,15 @@ def test_rewrite_maps_each_shared_node_once_and_keeps_sharing():
     # any value, not only nodes: the printer maps each node to its text
     assert rewrite(e, lambda n, args: n.op if not args else f"{n.op}({','.join(args)})") \
         == "add(mul(gelu(x),gelu(x)),sin(gelu(x)))"
+
+
+def test_const_value_is_the_op_in_float64():
+    from grafs.grammar.constants import const_value
+    assert const_value("elu", [-2.4e-31, 1.0]) == -2.4e-31     # torch's expm1, no cancellation
+    assert const_value("leaky_relu", [-2.0, 0.5]) == -1.0      # trailing scalars as numbers
+    assert const_value("sigmoid", [0.0]) == 0.5
+    assert math.isinf(const_value("exp", [1000.0]))
+    assert const_value("exp", [1000.0], finite=True) is None
+    assert math.isnan(const_value("log", [-1.0]))
+    assert const_value("xielu", [1.0]) is None                 # learnable state: no value
+    assert const_value("no_such_op", [1.0]) is None

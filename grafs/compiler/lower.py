@@ -13,6 +13,7 @@ import torch
 
 from grafs.errors import CompileError
 from grafs.grammar import expr as E
+from grafs.grammar.constants import const_value
 from grafs.ops import OPS
 
 DEFAULT_ELL = 10.0
@@ -49,30 +50,27 @@ class Program:
 
 def clip_expr(root: E.Expr, ell: float = DEFAULT_ELL) -> E.Expr:
     """Apply each op's bounded-op clipping rule (registry ``Op.clip``) with bound ``ell``."""
-    memo: dict[int, E.Expr] = {}
-    for n in E.topological(root):
-        args = [memo[id(a)] for a in n.args]
-        new = E.Expr(n.op, args, n.value, n.name) if args else n
+    def clip(n: E.Expr, args: list[E.Expr]) -> E.Expr:
+        new = E.with_args(n, args)
         op = OPS.get(n.op)
-        if op is not None and op.clip is not None and new.depends_on_x():
-            clipped = op.clip(list(new.args), ell)
-            if clipped is None:   # the rule clips the output
-                new = E.call("clamp", new, -ell, ell)
-            else:
-                new = E.Expr(new.op, clipped)
-        memo[id(n)] = new
-    return memo[id(root)]
+        if op is None or op.clip is None or not new.depends_on_x():
+            return new
+        clipped = op.clip(list(new.args), ell)
+        if clipped is None:   # the rule clips the output
+            return E.call("clamp", new, -ell, ell)
+        return E.Expr(new.op, clipped)
+    return E.rewrite(root, clip)
 
 
 VECTOR_REFS = {"wref": "w", "gref": "g"}
 
 
-def _const_value(n: E.Expr, vals: list[float]) -> float:
-    op = OPS[n.op]
-    t = [torch.tensor(v, dtype=torch.float64) for v in vals[: op.arity]]
-    with torch.no_grad():
-        r = op.torch(*t, *vals[op.arity:])
-    v = float(r)
+def _const_value(n: E.Expr, vals: list[float]) -> float | None:
+    """The float64 value of ``n`` over the constant arguments ``vals`` (None for a trainable
+    family); a CompileError when it is not finite or beyond float32's range."""
+    v = const_value(n.op, vals)
+    if v is None:
+        return None
     if not math.isfinite(v):
         raise CompileError(f"the constant sub-expression {n} evaluates to {v}")
     _check_range(v, lambda: f"the constant sub-expression {n} = {v:.4g}")
@@ -87,17 +85,13 @@ def _check_range(v: float, what) -> None:
 
 def expand_modules(root: E.Expr) -> E.Expr:
     """Give each module-op node (trainable family) the inputs its module is called with."""
-    memo: dict[int, E.Expr] = {}
-    for n in E.topological(root):
-        args = [memo[id(a)] for a in n.args]
+    def expand(n: E.Expr, args: list[E.Expr]) -> E.Expr:
         op = OPS.get(n.op)
-        if op is not None and op.module is not None and len(args) == op.arity:
-            shallow = E.Expr(n.op, args, n.value, n.name)
-            memo[id(n)] = E.Expr(n.op, [expand_modules(a) for a in op.module_inputs(shallow)],
-                                 n.value, n.name)
-        else:
-            memo[id(n)] = E.Expr(n.op, args, n.value, n.name) if args else n
-    return memo[id(root)]
+        if op is None or op.module is None or len(args) != op.arity:
+            return E.with_args(n, args)
+        shallow = E.Expr(n.op, args, n.value, n.name)
+        return E.Expr(n.op, [expand_modules(a) for a in op.module_inputs(shallow)], n.value, n.name)
+    return E.rewrite(root, expand)
 
 
 def fold_constants(root: E.Expr, strict: bool = True) -> E.Expr:
@@ -105,22 +99,21 @@ def fold_constants(root: E.Expr, strict: bool = True) -> E.Expr:
 
     ``strict``: a constant that is not finite or beyond float32's range is a CompileError (the
     compiler's use); otherwise it is left unfolded (display and discretized formulas)."""
-    memo: dict[int, E.Expr] = {}
-    for n in E.topological(root):
+    def fold(n: E.Expr, args: list[E.Expr]) -> E.Expr:
         if strict and n.op in (E.CONST, E.PARAM):
             what = "number" if n.op == E.CONST else "initial value"
             _check_range(n.value, lambda: f"the {what} {n}")
-        args = [memo[id(a)] for a in n.args]
-        is_module = n.op in OPS and OPS[n.op].module is not None
-        new = E.Expr(n.op, args, n.value, n.name) if args else n
-        if args and all(a.is_const for a in args) and not is_module:
+        if args and all(a.is_const for a in args):
             try:
-                new = E.const(_const_value(n, [a.value for a in args]))
+                v = _const_value(n, [a.value for a in args])
             except CompileError:
                 if strict:
                     raise
-        memo[id(n)] = new
-    return memo[id(root)]
+            else:
+                if v is not None:
+                    return E.const(v)
+        return E.with_args(n, args)
+    return E.rewrite(root, fold)
 
 
 def lower(root: E.Expr, clip: bool = False, ell: float = DEFAULT_ELL,

@@ -25,11 +25,10 @@ import functools
 import math
 from typing import Sequence
 
-import torch
-
 from grafs.compiler.lower import Program
-from grafs.errors import CompileError
+from grafs.errors import CompileError, GrafsError
 from grafs.grammar import expr as E
+from grafs.grammar.constants import const_value
 from grafs.grammar.derivative import fold
 from grafs.ops import OPS
 
@@ -80,16 +79,10 @@ def sel(z, p, n) -> E.Expr:
 
 def _eval_const(op: str, vals: list[float]) -> float | None:
     try:
-        if op == EXPM1:
-            v = math.expm1(vals[0])
-        else:
-            spec = OPS[op]
-            t = [torch.tensor(v, dtype=torch.float64) for v in vals[: spec.arity]]
-            with torch.no_grad():
-                v = float(spec.torch(*t, *vals[spec.arity:]))
+        v = math.expm1(vals[0]) if op == EXPM1 else const_value(op, vals)
     except (OverflowError, ValueError, TypeError, RuntimeError):
         return None
-    return v if math.isfinite(v) else None
+    return v if v is not None and math.isfinite(v) else None
 
 
 def S(op: str, *args) -> E.Expr:
@@ -137,22 +130,16 @@ def S(op: str, *args) -> E.Expr:
     return E.call(op, *a)
 
 
-def _topo_stop(root: E.Expr, stop: set[int]) -> list[E.Expr]:
-    """Post-order over ``root`` not descending into nodes whose id is in ``stop``."""
-    return E.topological(root, stop=lambda n: id(n) in stop)
+def _build(op: str, *args) -> E.Expr:
+    """A node of a partial derivative: built through :func:`S`, ``step`` as a select."""
+    return sel(args[0], 1.0, 0.0) if op == "step" else S(op, *args)
 
 
 def _rebuild(e: E.Expr, stop: set[int]) -> E.Expr:
-    """Rebuild a registry partial through :func:`S` (``step`` -> select), keeping the op's
-    arguments (``stop``) as they are so the forward sub-DAG stays shared."""
-    memo: dict[int, E.Expr] = {}
-    for n in _topo_stop(e, stop):
-        if id(n) in stop or not n.args:
-            memo[id(n)] = n
-            continue
-        args = [memo[id(c)] for c in n.args]
-        memo[id(n)] = sel(args[0], 1.0, 0.0) if n.op == "step" else S(n.op, *args)
-    return memo[id(e)]
+    """Rebuild a registry partial through :func:`_build`, keeping the op's arguments (``stop``)
+    as they are so the forward sub-DAG stays shared."""
+    return E.rewrite(e, lambda n, args: _build(n.op, *args) if args else n,
+                     keep=lambda n: id(n) in stop)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -205,100 +192,23 @@ def _scalar_partial_sympy(op_name: str, i: int):
 
 
 def _scalar_partial(op_name: str, args: Sequence[E.Expr], i: int) -> E.Expr:
-    """d op / d (scalar argument i), derived with sympy from the registry's ``Op.sympy``."""
+    """d op / d (scalar argument i), derived with sympy from the registry's ``Op.sympy`` and
+    converted back node by node through :func:`_build` (selects for the cases)."""
+    from grafs.grammar.sympy_bridge import from_sympy
     d, s = _scalar_partial_sympy(op_name, i)
-    return _from_sympy(s, {dd: a for dd, a in zip(d, args)}, op_name)
-
-
-def _from_sympy(s, env: dict, op_name: str) -> E.Expr:
-    import sympy as sp
-    from grafs.grammar.sympy_bridge import NATIVE
-
-    def fail():
-        return CompileError(f"cannot express the derivative of {op_name!r} w.r.t. its learnable "
-                            f"scalar argument for the triton backend (sympy gave {s}); keep that "
-                            f"argument a number or use backend='inductor'")
-
-    def cond_z(c):  # (z, flip): c  <=>  z > 0 (flip: c <=> not z > 0)
-        if isinstance(c, sp.StrictGreaterThan):
-            return conv(c.lhs - c.rhs), False
-        if isinstance(c, sp.StrictLessThan):
-            return conv(c.rhs - c.lhs), False
-        if isinstance(c, sp.GreaterThan):
-            return conv(c.rhs - c.lhs), True
-        if isinstance(c, sp.LessThan):
-            return conv(c.lhs - c.rhs), True
-        raise fail()
-
-    def conv(t):
-        if t in env:
-            return env[t]
-        if t.is_Number:
-            return E.const(float(t))
-        if t.is_Add:
-            out = None
-            for u in t.args:
-                v = conv(u)
-                out = v if out is None else S("add", out, v)
-            return out
-        if t.is_Mul:
-            out = E.const(1.0)
-            for u in t.args:
-                if u.is_Pow and u.exp.is_Number and u.exp < 0:
-                    out = S("div", out, conv(u.base ** (-u.exp)))
-                else:
-                    out = S("mul", out, conv(u))
-            return out
-        if t.is_Pow:
-            b, ex = t.args
-            if b == sp.E:
-                return S("exp", conv(ex))
-            if ex == -1:
-                return S("div", 1.0, conv(b))
-            if ex == sp.Rational(1, 2):
-                return S("sqrt", conv(b))
-            return S("pow", conv(b), conv(ex))
-        if isinstance(t, sp.Piecewise):
-            *rest, (last, c_last) = t.args
-            if c_last != sp.true:
-                raise fail()
-            out = conv(last)
-            for expr_, c in reversed(rest):
-                z, flip = cond_z(c)
-                out = sel(z, out, conv(expr_)) if flip else sel(z, conv(expr_), out)
-            return out
-        if isinstance(t, sp.Heaviside):
-            return sel(conv(t.args[0]), 1.0, 0.0)
-        if isinstance(t, (sp.Max, sp.Min)):
-            name = "max" if isinstance(t, sp.Max) else "min"
-            out = conv(t.args[0])
-            for u in t.args[1:]:
-                out = S(name, out, conv(u))
-            return out
-        if t.func in NATIVE:
-            return S(NATIVE[t.func], *[conv(u) for u in t.args])
-        name = getattr(t.func, "grafs_op", None)
-        if name is not None:
-            return S(name, *[conv(u) for u in t.args])
-        raise fail()
-
-    return conv(s)
+    try:
+        return from_sympy(s, build=_build, symbols=dict(zip(d, args)), select=sel)
+    except GrafsError as err:
+        raise CompileError(f"cannot express the derivative of {op_name!r} w.r.t. its learnable "
+                           f"scalar argument for the triton backend (sympy gave {s}); keep that "
+                           f"argument a number or use backend='inductor'") from err
 
 
 def rewrite_for_grad(root: E.Expr) -> E.Expr:
     """clamp(a, lo, hi) -> min(max(a, lo), hi): the same values, and the max/min partials then
     give torch's gradient for both number and learnable bounds."""
-    memo: dict[int, E.Expr] = {}
-    for n in E.topological(root):
-        if not n.args:
-            memo[id(n)] = n
-            continue
-        args = [memo[id(c)] for c in n.args]
-        if n.op == "clamp":
-            memo[id(n)] = E.call("min", E.call("max", args[0], args[1]), args[2])
-        else:
-            memo[id(n)] = E.Expr(n.op, args, n.value, n.name)
-    return memo[id(root)]
+    return E.rewrite(root, lambda n, args: E.call("min", E.call("max", args[0], args[1]), args[2])
+                     if n.op == "clamp" else E.with_args(n, args))
 
 
 def reverse(root: E.Expr, wrt: Sequence[E.Expr]) -> list[E.Expr]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from grafs.grammar import expr as E
+from grafs.grammar.constants import const_value
 from grafs.ops import OPS
 
 
@@ -58,58 +59,35 @@ def fold(op: str, *args) -> E.Expr:
         except (ZeroDivisionError, OverflowError, ValueError):
             pass
     elif a and all(x.is_const for x in a):   # sigmoid(0) -> 0.5
-        v = eval_const(op, [x.value for x in a])
+        v = const_value(op, [x.value for x in a], finite=True)
         if v is not None:
             return E.const(v)
     return E.Expr(op, a)  # args are complete already (refold keeps e.g. expanded family nodes)
 
 
-def eval_const(op: str, values: list[float]) -> float | None:
-    """Registry op ``op`` on constant arguments, in float64; None if it is not a finite number
-    (or the op has learnable state)."""
-    import math
-
-    import torch
-    spec = OPS.get(op)
-    if spec is None or spec.module is not None:
-        return None
-    t = [torch.tensor(v, dtype=torch.float64) for v in values[: spec.arity]]
-    with torch.no_grad():
-        r = float(spec.torch(*t, *values[spec.arity:]))
-    return r if math.isfinite(r) else None
-
-
 def refold(root: E.Expr) -> E.Expr:
     """Rebuild ``root`` bottom-up through :func:`fold`."""
-    memo: dict[int, E.Expr] = {}
-    for n in E.topological(root):
-        if n.args:
-            memo[id(n)] = fold(n.op, *[memo[id(a)] for a in n.args])
-        else:
-            memo[id(n)] = n
-    return memo[id(root)]
+    return E.rewrite(root, lambda n, args: fold(n.op, *args) if args else n)
 
 
 def derivative(root: E.Expr) -> E.Expr:
     """d root / dx by the chain rule over each op's registered partials."""
-    d: dict[int, E.Expr] = {}
     zero, one = E.const(0.0), E.const(1.0)
-    for n in E.topological(root):
+
+    def d(n: E.Expr, dargs: list[E.Expr]) -> E.Expr:   # dargs: the arguments' derivatives
         if n.op == E.VAR:
-            d[id(n)] = one
-            continue
+            return one
         if not n.args:
-            d[id(n)] = zero
-            continue
+            return zero
         op = OPS[n.op]
         if op.grad is None:
             from grafs.errors import CompileError
             raise CompileError(f"{n.op} has learnable state and no symbolic derivative")
         total = zero
-        needed = [i for i, a in enumerate(n.args[: op.arity]) if not _is(d[id(a)], 0.0)]
+        needed = [i for i, da in enumerate(dargs[: op.arity]) if not _is(da, 0.0)]
         if needed:
             partials = op.grad(*n.args)
             for i in needed:
-                total = fold("add", total, fold("mul", refold(E.as_expr(partials[i])), d[id(n.args[i])]))
-        d[id(n)] = total
-    return d[id(root)]
+                total = fold("add", total, fold("mul", refold(E.as_expr(partials[i])), dargs[i]))
+        return total
+    return E.rewrite(root, d)

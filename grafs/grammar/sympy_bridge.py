@@ -17,6 +17,7 @@ from mpmath import libmp as mlib
 
 from grafs.errors import GrafsError
 from grafs.grammar import expr as E
+from grafs.grammar.constants import const_value
 from grafs.ops import OPS, Op
 
 X = sp.Symbol("x", real=True)
@@ -52,8 +53,7 @@ def sympy_function(name: str):
         if prec <= 53 and all(a.is_Number for a in args):
             # the registry's own float64 numerics: the elementary form built on Floats cancels
             # (elu(-2.4e-31) = exp(-2.4e-31) - 1 is 0 there, -2.4e-31 with torch's expm1)
-            from grafs.grammar.derivative import eval_const
-            v = eval_const(name, [float(a) for a in args])
+            v = const_value(name, [float(a) for a in args], finite=True)
             if v is not None:
                 return sp.Float(v, precision=prec)
         try:
@@ -122,13 +122,9 @@ def _float64(n: E.Expr, args: list) -> float | None:
     """The float64 value of a node without x or parameters (inf and nan included), else None."""
     if n.op == E.CONST:
         return n.value
-    if not n.args or any(v is None for v in args) or n.op not in OPS or OPS[n.op].module:
+    if not n.args or any(v is None for v in args):
         return None
-    import torch
-    op = OPS[n.op]
-    t = [torch.tensor(v, dtype=torch.float64) for v in args[: op.arity]]
-    with torch.no_grad():
-        return float(op.torch(*t, *args[op.arity:]))
+    return const_value(n.op, args)
 
 
 class Opaque(sp.Symbol):
@@ -205,8 +201,13 @@ NATIVE = {sp.exp: "exp", sp.log: "log", sp.Abs: "abs", sp.sign: "sign", sp.sin: 
            sp.atan: "atan", sp.erf: "erf"}
 
 
-def from_sympy(s) -> E.Expr:
-    """Map a sympy expression in ``x`` (and parameter symbols) back to an Expr."""
+def from_sympy(s, build=None, symbols: dict | None = None, select=None) -> E.Expr:
+    """Map a sympy expression in ``x`` (and parameter symbols) back to an Expr: the one
+    sympy -> Expr converter.
+
+    ``build(op, *args)`` makes each node (default :func:`grafs.grammar.expr.call`; reverse mode
+    passes its simplifying builder), ``symbols`` maps further sympy symbols to Exprs, and with
+    ``select(z, p, n)`` (``p`` where ``z > 0``, else ``n``) a Piecewise converts too."""
     s = sp.sympify(s)
     bad = [a for a in NOT_FINITE_REAL if s.has(a)]
     if bad:
@@ -217,7 +218,7 @@ def from_sympy(s) -> E.Expr:
                          f"not a finite real number (e.g. a division by zero or the log of a "
                          f"negative number)")
     with deep_recursion():
-        return _from(s)
+        return _FromSympy(build or E.call, symbols or {}, select)(s)
 
 
 def _text(s) -> str:
@@ -228,72 +229,103 @@ def _text(s) -> str:
         return sp.srepr(s)
 
 
-def _from(s) -> E.Expr:
-    if s.is_Symbol:
-        if s.name == "x":
-            return E.var()
-        if isinstance(s, Opaque):
-            return _OPAQUE[s.name]
-        raise GrafsError(f"cannot convert free symbol {s} (only x; learnable parameters need "
-                         f"their initial values: use Expr.to_sympy on a parsed expression)")
-    if s.is_Number or s in (sp.pi, sp.E):
-        v = float(s)
-        return E.const(v)
-    if s.is_Add:
-        terms = _sorted_args(s)
-        out = _from(terms[0])
-        for t in terms[1:]:
-            c, rest = t.as_coeff_Mul()
-            if c.is_Number and c < 0:
-                out = E.call("sub", out, _from(-t))
-            else:
-                out = E.call("add", out, _from(t))
-        return out
-    if s.is_Mul:
-        c, rest = s.as_coeff_Mul()
-        if c == -1:
-            return E.call("neg", _from(rest))
-        num, den = [], []
-        for f in _sorted_args(s, numbers_first=True):
-            if f.is_Pow and f.exp.is_Number and f.exp < 0:
-                den.append(_inverse_power(f.base, f.exp))
-            else:
-                num.append(f)
-        out = _from(num[0]) if num else E.const(1.0)
-        for f in num[1:]:
-            out = E.call("mul", out, _from(f))
-        for f in den:
-            out = E.call("div", out, _from(f))
-        return out
-    if s.is_Pow:
-        b, ex = s.args
-        if ex == sp.Rational(1, 2):
-            return E.call("sqrt", _from(b))
-        if b == sp.E:
-            return E.call("exp", _from(ex))
-        if ex.is_Number and ex < 0:
-            return E.call("div", E.const(1.0), _from(_inverse_power(b, ex)))
-        return E.call("pow", _from(b), _from(ex))
-    if isinstance(s, (sp.Max, sp.Min)):
-        name = "max" if isinstance(s, sp.Max) else "min"
-        args = _sorted_args(s)
-        out = _from(args[0])
-        for a in args[1:]:
-            out = E.call(name, out, _from(a)) if not a.is_Number else E.call(name, _from(a), out)
-        return out
-    if isinstance(s, (sp.re, sp.conjugate)):   # sympy's Abs((-0.9)^f) = 0.9^re(f)·…: a grafs
-        return _from(s.args[0])                 # value is real or NaN, so re(v) is v
-    if isinstance(s, sp.im):
-        return E.const(0.0)
-    if isinstance(s, sp.Heaviside):
-        return E.call("step", _from(s.args[0]))
-    f = s.func
-    if f in NATIVE:
-        return E.call(NATIVE[f], *[_from(a) for a in s.args])
-    name = getattr(f, "grafs_op", None)
-    if name is not None:
-        return E.call(name, *[_from(a) for a in s.args])
-    raise GrafsError(f"cannot map sympy {f.__name__} back to a grafs op: {_text(s)}")
+class _FromSympy:
+    """The recursive conversion of :func:`from_sympy` with its node builder."""
+
+    def __init__(self, build, symbols: dict, select):
+        self.build, self.symbols, self.select = build, symbols, select
+
+    def __call__(self, s) -> E.Expr:
+        build = self.build
+        if s.is_Symbol:
+            if s in self.symbols:
+                return self.symbols[s]
+            if s.name == "x":
+                return E.var()
+            if isinstance(s, Opaque):
+                return _OPAQUE[s.name]
+            raise GrafsError(f"cannot convert free symbol {s} (only x; learnable parameters need "
+                             f"their initial values: use Expr.to_sympy on a parsed expression)")
+        if s.is_Number or s in (sp.pi, sp.E):
+            v = float(s)
+            return E.const(v)
+        if s.is_Add:
+            terms = _sorted_args(s)
+            out = self(terms[0])
+            for t in terms[1:]:
+                c, rest = t.as_coeff_Mul()
+                if c.is_Number and c < 0:
+                    out = build("sub", out, self(-t))
+                else:
+                    out = build("add", out, self(t))
+            return out
+        if s.is_Mul:
+            c, rest = s.as_coeff_Mul()
+            if c == -1:
+                return build("neg", self(rest))
+            num, den = [], []
+            for f in _sorted_args(s, numbers_first=True):
+                if f.is_Pow and f.exp.is_Number and f.exp < 0:
+                    den.append(_inverse_power(f.base, f.exp))
+                else:
+                    num.append(f)
+            out = self(num[0]) if num else E.const(1.0)
+            for f in num[1:]:
+                out = build("mul", out, self(f))
+            for f in den:
+                out = build("div", out, self(f))
+            return out
+        if s.is_Pow:
+            b, ex = s.args
+            if ex == sp.Rational(1, 2):
+                return build("sqrt", self(b))
+            if b == sp.E:
+                return build("exp", self(ex))
+            if ex.is_Number and ex < 0:
+                return build("div", E.const(1.0), self(_inverse_power(b, ex)))
+            return build("pow", self(b), self(ex))
+        if isinstance(s, (sp.Max, sp.Min)):
+            name = "max" if isinstance(s, sp.Max) else "min"
+            args = _sorted_args(s)
+            out = self(args[0])
+            for a in args[1:]:
+                out = build(name, out, self(a)) if not a.is_Number else build(name, self(a), out)
+            return out
+        if isinstance(s, (sp.re, sp.conjugate)):   # sympy's Abs((-0.9)^f) = 0.9^re(f)·…: a grafs
+            return self(s.args[0])                  # value is real or NaN, so re(v) is v
+        if isinstance(s, sp.im):
+            return E.const(0.0)
+        if isinstance(s, sp.Heaviside):
+            return build("step", self(s.args[0]))
+        if isinstance(s, sp.Piecewise) and self.select is not None:
+            *rest, (last, c_last) = s.args
+            if c_last != sp.true:
+                raise GrafsError(f"cannot map sympy {_text(s)} back to grafs: its last case "
+                                 f"has a condition")
+            out = self(last)
+            for e, c in reversed(rest):
+                z, flip = self.condition(c)
+                out = self.select(z, out, self(e)) if flip else self.select(z, self(e), out)
+            return out
+        f = s.func
+        if f in NATIVE:
+            return build(NATIVE[f], *[self(a) for a in s.args])
+        name = getattr(f, "grafs_op", None)
+        if name is not None:
+            return build(name, *[self(a) for a in s.args])
+        raise GrafsError(f"cannot map sympy {f.__name__} back to a grafs op: {_text(s)}")
+
+    def condition(self, c) -> tuple[E.Expr, bool]:
+        """(z, flip): the relation ``c`` holds where z > 0 (flip: where not z > 0)."""
+        if isinstance(c, sp.StrictGreaterThan):
+            return self(c.lhs - c.rhs), False
+        if isinstance(c, sp.StrictLessThan):
+            return self(c.rhs - c.lhs), False
+        if isinstance(c, sp.GreaterThan):
+            return self(c.rhs - c.lhs), True
+        if isinstance(c, sp.LessThan):
+            return self(c.lhs - c.rhs), True
+        raise GrafsError(f"cannot map the sympy condition {_text(c)} back to grafs")
 
 
 def _inverse_power(base, ex):
