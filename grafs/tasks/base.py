@@ -23,7 +23,7 @@ from grafs.errors import GrafsError
 from grafs.models.common import ActivationFactory, check_activation_factory
 from grafs.tasks.config import SearchConfig, TrainConfig, check_pos_int
 
-__all__ = ["Task", "cross_entropy", "accuracy", "SPLITS", "apply_overrides", "check_option",
+__all__ = ["Task", "cross_entropy", "accuracy", "mse", "SPLITS", "apply_overrides", "check_option",
            "evaluation_overrides", "parse_overrides"]
 
 SPLITS = ("train", "test", "search_train", "search_val")
@@ -41,6 +41,11 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def accuracy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Fraction of argmax predictions equal to the target (over all positions)."""
     return (logits.argmax(dim=-1) == target).float().mean()
+
+
+def mse(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over all outputs (computed in fp32)."""
+    return torch.mean((out.float().reshape(target.shape) - target.float()) ** 2)
 
 
 @dataclass

@@ -44,7 +44,7 @@ from grafs.errors import GrafsError
 from grafs.models.common import check_activation_factory, make_activation
 from grafs.ops import EXTRA_UNARY
 from grafs.tasks._skimage import BUNDLED, load_gray
-from grafs.tasks.base import Task, apply_overrides, check_option
+from grafs.tasks.base import Task, apply_overrides, check_option, mse
 from grafs.tasks.config import SearchConfig, TrainConfig
 
 __all__ = ["CoordMLP", "load_inr", "make_inr_task", "mse", "psnr", "psnr_of_mse",
@@ -60,11 +60,6 @@ DATA_DEFAULTS: dict[str, Any] = {
     "hidden": 64,
     "depth": 3,               # hidden layers = activation sites
 }
-
-
-def mse(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean squared error over all outputs (in fp32)."""
-    return torch.mean((out.float().reshape(target.shape) - target.float()) ** 2)
 
 
 def psnr_of_mse(m: float | torch.Tensor) -> float:

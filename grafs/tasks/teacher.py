@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from grafs.errors import GrafsError
-from grafs.tasks.base import Task, apply_overrides, check_option
+from grafs.tasks.base import Task, apply_overrides, check_option, mse
 from grafs.tasks.config import SearchConfig, TrainConfig
 
 __all__ = ["make_teacher_task", "shape_error", "mse", "DATA_DEFAULTS", "TEACHERS"]
@@ -55,11 +55,6 @@ DATA_DEFAULTS: dict[str, Any] = {
 }
 
 STUDENT_INITS = ("torch", "teacher")
-
-
-def mse(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean squared error over all outputs (computed in fp32)."""
-    return torch.mean((out.float().reshape(target.shape) - target.float()) ** 2)
 
 
 class PreactNorm(nn.BatchNorm1d):
