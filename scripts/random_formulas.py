@@ -15,7 +15,7 @@ import argparse
 import torch
 
 
-def random_cell(task_name: str, seed: int, **overrides):
+def random_alpha_cell(task_name: str, seed: int, **overrides):
     """``task_name``'s relaxed cell with every hole's α drawn from N(0, 1) (seeded by ``seed``,
     hole by hole in the space's order)."""
     from grafs.runtime.cell import RelaxedCell
@@ -33,7 +33,7 @@ def random_cell(task_name: str, seed: int, **overrides):
 
 def random_formula(task_name: str, seed: int, **overrides) -> str:
     """The formula of a uniformly random discretisation of ``task_name``'s search space."""
-    return str(random_cell(task_name, seed, **overrides).discretize())
+    return str(random_alpha_cell(task_name, seed, **overrides).discretize())
 
 
 def main(argv: list[str] | None = None) -> None:

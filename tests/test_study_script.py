@@ -115,7 +115,7 @@ def test_random_formulas_take_the_argmax_of_seeded_normal_draws():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     for seed in (0, 1001):
-        cell = mod.random_cell("teacher", seed, num_train=64, num_test=16)
+        cell = mod.random_alpha_cell("teacher", seed, num_train=64, num_test=16)
         g = torch.Generator().manual_seed(seed)
         expected = [h.ops[int(torch.randn(len(h.ops), generator=g).argmax())]
                     for h in cell.space.holes]
