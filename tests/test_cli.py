@@ -56,7 +56,11 @@ def test_search_and_evaluate_commands(tmp_path, capsys):
     code, msg, _ = run(capsys, "search", "--task", "digits", "--epochs", "2", "--out", str(out), "--quiet")
     assert code == 0
     res = grafs.SearchResult.load(out)
-    assert f"found activation: {res.display}" in msg and f"exact formula:    {res.formula}" in msg
+    lines = msg.splitlines()
+    at = lines.index(f"use this activation: {res.display}")     # the one to use comes first
+    assert lines[at + 1] == f"  exact formula:     {res.formula}"
+    if res.history.get("unscaled_formula", res.formula) != res.formula:
+        assert lines[at + 2] == "variants:" and "without the op-normalisation constants" in lines[at + 3]
     grafs.parse(res.formula)
     js = tmp_path / "table.json"
     code, msg, _ = run(capsys, "evaluate", "--task", "digits", "--results", str(out), "--baselines", "ReLU",

@@ -1,7 +1,6 @@
 """``grafs search`` and ``grafs evaluate``."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 
@@ -98,17 +97,48 @@ def _search(args, dev, main: bool, world: int) -> int:
             what = f"failed: {r['error']}" if r.get("error") else display(r["formula"])
             print(f"  {'*' if r['chosen'] else ' '} seed {r['seed']:>5}  val {vl}{sc}  {what}")
     print(f"search took {result.search_seconds:.1f} s")
-    print(f"found activation: {result.display}")   # rounded; the exact one parses the same
-    print(f"exact formula:    {result.formula}")
+    _print_found(result)
+    _print_late_rise(result)
+    return 0
+
+
+def _print_found(result) -> None:
+    """The formula to use first, then each variant on one line with when to prefer it."""
+    from grafs.grammar.display import display
+    print(f"use this activation: {result.display}")   # rounded; the exact one parses the same
+    print(f"  exact formula:     {result.formula}")
+    variants = []
     unscaled = result.history.get("unscaled_formula")
     if unscaled and unscaled != result.formula:
-        from grafs.grammar.display import display
-        print(f"without the op-normalisation constants: {display(unscaled)}  (the gain the "
-              f"constants add can help or hurt a network: try both with grafs evaluate)")
+        variants.append(f"{display(unscaled)}  — without the op-normalisation constants: try it "
+                        f"when the activation follows a residual sum or a normalisation layer, "
+                        f"where the constant's gain can hurt (grafs evaluate compares both)")
     if result.history.get("unclipped_formula"):
-        print(f"(without the search's clipping, which it needs to train from scratch: "
-              f"{result.history['unclipped_formula']})")
-    return 0
+        variants.append(f"{result.history['unclipped_formula']}  — without the search's clipping: "
+                        f"only where it trains (it did not from scratch here)")
+    uncentred = result.history.get("uncentred_formula")
+    if uncentred:
+        variants.append(f"{display(uncentred)}  — the cell's own, plus a constant: the same up to "
+                        f"the next layer's bias; the centred one above trained better in the studies")
+    if variants:
+        print("variants:")
+        for v in variants:
+            print(f"  - {v}")
+
+
+def _print_late_rise(result) -> None:
+    """Say what a validation loss that rises at the end of the search means (and does not)."""
+    h = result.history
+    vl = h.get("val_loss") or []
+    if len(vl) < 2 or not all(v == v for v in vl):
+        return
+    best = min(range(len(vl)), key=vl.__getitem__)
+    if vl[-1] > 1.5 * vl[best] and best < len(vl) - 1:
+        print(f"note: the search's validation loss rose from {vl[best]:.3f} (epoch {best + 1}, "
+              f"{h['num_active'][best]} ops) to {vl[-1]:.3f} at the end: its last drops switched the "
+              f"shared network from a mixture to one op per hole late in the learning-rate "
+              f"schedule, and its weights had little time to adapt. That loss is not the "
+              f"formula's: a network trained from scratch with it is (grafs evaluate).")
 
 
 def _cmd_evaluate(args) -> int:
@@ -136,7 +166,8 @@ def _cmd_evaluate(args) -> int:
                      jobs=args.jobs, out_dir=args.out)
     print(table.markdown())
     if args.json:
-        Path(args.json).write_text(json.dumps(table.to_dict(), indent=1))
+        from grafs.files import atomic_write_json
+        atomic_write_json(args.json, table.to_dict(), "the evaluation table", indent=1)
     if args.plot and acts:
         from grafs.plot import plot_activations
         plot_activations(acts, args.plot, baselines=["relu(x)", "gelu(x)", "silu(x)", "elu(x)", "leaky_relu(x)"])
