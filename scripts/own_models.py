@@ -83,7 +83,10 @@ def main(argv=None):
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--eval-seeds", type=int, default=5)
     p.add_argument("--out", default=None)
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="extra grafs.search arguments (an ablation), e.g. restarts=3 arch_weight_decay=0")
     args = p.parse_args(argv)
+    extra = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.set)}
     torch.set_num_threads(1)
     report = {}
     for name in args.setups:
@@ -99,7 +102,7 @@ def main(argv=None):
             torch.manual_seed(s)
             t0 = time.perf_counter()
             r = grafs.search(make_model(), (x[train], y[train]), seed=s, batch_size=bs,
-                             optimizer=opt, progress=False, verdict_seeds=0)
+                             optimizer=opt, progress=False, verdict_seeds=0, **extra)
             t_search.append(time.perf_counter() - t0)
             found.append({"seed": s, "formula": r.formula, "display": r.display,
                           "epochs": r.settings["epochs"], "seconds": t_search[-1],
@@ -118,7 +121,7 @@ def main(argv=None):
             m, e = mean_sem(losses)
             rows.append({"name": label, "formula": formula, "losses": losses, "mean": m, "sem": e})
             print(f"  {label:18s} {m:.4f} ± {e:.4f}  {formula}", flush=True)
-        report[name] = {"found": found, "rows": rows, "search_seconds": t_search,
+        report[name] = {"settings": extra, "found": found, "rows": rows, "search_seconds": t_search,
                         "eval_run_seconds": statistics.fmean(t_eval)}
         if args.out:
             with open(args.out, "w") as fh:
