@@ -22,6 +22,7 @@ _LAZY = {
     "SearchSpace": "grafs.runtime.space", "RelaxedCell": "grafs.runtime.cell",
     "shrink_schedule": "grafs.runtime.schedule",
     "search": "grafs.searching.entry", "search_restarts": "grafs.searching.restarts",
+    "Searcher": "grafs.searching.searcher",
     "SearchResult": "grafs.searching.result", "replace_activations": "grafs.searching.sites",
     "Act": "grafs.searching.sites",
     "Callback": "grafs.callbacks.events", "TensorBoardLogger": "grafs.callbacks.tensorboard",
@@ -32,7 +33,7 @@ _LAZY = {
 __all__ = [
     "parse", "Expr", "compile", "to_python", "Activation",
     "SearchSpace", "RelaxedCell", "shrink_schedule",
-    "search", "search_restarts", "SearchResult", "replace_activations", "Act", "Callback", "TensorBoardLogger",
+    "search", "search_restarts", "Searcher", "SearchResult", "replace_activations", "Act", "Callback", "TensorBoardLogger",
     "register", "unregister", "registered", "export_onnx",
     "GrafsError", "ParseError", "ArityError", "UnknownFunctionError", "CompileError",
     "SearchError", "SearchSpaceError",

@@ -29,7 +29,7 @@ from grafs.searching.checkpoint import (Interrupted, check_compatible, checkpoin
 from grafs.searching.data import Batches, resolve_device, split_dataset
 from grafs.searching.result import SearchResult, json_default
 from grafs.searching.rng import rng_state, seed_everything, set_rng_state
-from grafs.searching.searcher import Searcher
+from grafs.searching.searcher import Searcher, check_epochs, default_shrink_start
 from grafs.searching.sites import DEFAULT_TYPES
 from grafs.searching.step import AMP_DTYPES, Meter, Stepper, accuracy, check_finite, default_loss
 
@@ -99,7 +99,7 @@ def search(model: nn.Module, train_data, val_data=None, *, space=None, epochs: i
     if check_every < 1:
         raise GrafsError(f"check_every must be >= 1, got {check_every}")
     # shrinking starts at 2·E0 by default (the paper), or earlier if the run is too short for that
-    start = shrink_start if shrink_start is not None else max(1, min(2 * warmstart_epochs, epochs - 1))
+    start = shrink_start if shrink_start is not None else default_shrink_start(epochs, warmstart_epochs)
     settings = dict(epochs=epochs, warmstart_epochs=warmstart_epochs, shrink_start=start, seed=seed,
                     batch_size=batch_size, arch_lr=arch_lr, arch_weight_decay=arch_weight_decay,
                     arch_betas=list(arch_betas), grad_accumulation=grad_accumulation,
@@ -118,15 +118,15 @@ def search(model: nn.Module, train_data, val_data=None, *, space=None, epochs: i
     train, val = _batches(train_data, val_data, train_fraction, batch_size, arch_batch_size, seed,
                           dev, dist)
     model = model.to(dev)
-    s = Searcher(model, space, epochs=epochs, warmstart_epochs=warmstart_epochs, start=start,
-                 seed=seed, arch_lr=arch_lr, arch_betas=arch_betas,
-                 arch_weight_decay=arch_weight_decay, cell_mode=cell_mode, device=dev,
-                 activation_types=activation_types)
-    w_opt = optimizer(s.weights) if optimizer is not None else torch.optim.Adam(s.weights, lr=1e-3)
+    s = Searcher(model, space=space, epochs=epochs, warmstart_epochs=warmstart_epochs,
+                 shrink_start=start, seed=seed, arch_lr=arch_lr, arch_betas=arch_betas,
+                 arch_weight_decay=arch_weight_decay, amp=amp, cell_mode=cell_mode, device=dev,
+                 activation_types=activation_types, distributed=dist if dist is not None else False)
+    weights = s.weight_parameters()
+    w_opt = optimizer(weights) if optimizer is not None else torch.optim.Adam(weights, lr=1e-3)
     w_sched = scheduler(w_opt) if scheduler is not None else None
     loss_fn = loss_fn or default_loss
-    stepper = Stepper(model, s.cell, s.state, s.weights, s.arch_params, w_opt, s.arch_opt, w_sched,
-                      loss_fn, dev, amp, grad_accumulation, s.n_sites, dist, single_level)
+    stepper = Stepper.of(s, w_opt, w_sched, loss_fn, grad_accumulation, single_level)
     if dist is not None:
         dist.sync_model(model)
 
@@ -150,12 +150,11 @@ def search(model: nn.Module, train_data, val_data=None, *, space=None, epochs: i
                           grad_accumulation, check_every, ckpt_path, dist, cbs, bar)
     try:
         for epoch in range(first_epoch, epochs):
-            t_epoch = time.perf_counter()
-            s.start_epoch(epoch)                        # progressive shrinking
+            s.epoch_start(epoch)                        # progressive shrinking
             tot = epoch_run.train(epoch)                # arch + weight steps
-            s.state["use_cell"] = True
             vl, va = _evaluate(model, val, epoch, loss_fn, dev, s.cell, ckpt_path, dist)
-            formula = s.end_epoch(epoch, tot, vl, va, time.perf_counter() - t_epoch)
+            formula = s.epoch_end(vl, val_acc=va, train_loss=tot["loss"] / max(tot["n"], 1),
+                                  train_acc=tot["acc"] / tot["nacc"] if tot["nacc"] else None)
             if bar is not None:
                 _print_epoch(bar, s, epoch, vl, va, formula)
             if ckpt_path is not None:
@@ -175,10 +174,7 @@ def search(model: nn.Module, train_data, val_data=None, *, space=None, epochs: i
 def _check_arguments(epochs, warmstart_epochs, grad_accumulation, arch_steps, arch_batch_size,
                      batch_size, single_level, amp) -> int | None:
     """Raise a GrafsError for a bad setting; returns arch_batch_size (None: the batch_size)."""
-    if epochs < 1:
-        raise GrafsError(f"epochs must be >= 1, got {epochs}")
-    if not 0 <= warmstart_epochs < epochs:
-        raise GrafsError(f"warmstart_epochs must be in [0, epochs), got {warmstart_epochs} with epochs={epochs}")
+    check_epochs(epochs, warmstart_epochs)
     if grad_accumulation < 1:
         raise GrafsError(f"grad_accumulation must be >= 1, got {grad_accumulation}")
     if not isinstance(arch_steps, int) or arch_steps < 1:

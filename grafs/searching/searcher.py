@@ -1,99 +1,361 @@
-"""The state of one GRAFS search, apart from the data and the loop that drives it.
+"""The GRAFS search as an object a training loop drives (seeds/001 Algorithm 1).
 
 A :class:`Searcher` swaps the model's activations for one shared relaxed cell, owns α and γ,
-their optimizer, the shrink schedule and the per-epoch history, and turns the cell into the
-found formula at the end. :func:`grafs.searching.search` is a loop over it (loop.py).
+their optimizer, the Dirichlet draws, the shrink schedule and the per-epoch history, and turns
+the cell into the found formula at the end. Your loop calls, in this order::
+
+    searcher = grafs.Searcher(model, epochs=E)
+    opt = torch.optim.AdamW(searcher.weight_parameters())   # (model.parameters() works too)
+    for epoch in range(E):
+        searcher.epoch_start(epoch)                 # drops ops on the schedule; warm start
+        for xb, yb in train_loader:
+            xv, yv = next(val_batches)
+            searcher.arch_step(lambda: loss_fn(model(xv), yv))   # α/γ step, weights frozen
+            with searcher.weight_step():            # α/γ frozen: they get no gradient
+                loss_fn(model(xb), yb).backward()
+            opt.step(); opt.zero_grad()
+        searcher.epoch_end(val_loss=...)
+    result = searcher.result()                      # a grafs.SearchResult
+
+:func:`grafs.searching.loop.search` is such a loop (through :class:`grafs.searching.step.Stepper`,
+whose arch and weight steps are these calls); the Lightning and Hugging Face callbacks in
+:mod:`grafs.integrations` are others.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import time
 import warnings
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
-from grafs.errors import GrafsWarning
+from grafs.errors import GrafsError, GrafsWarning
 from grafs.runtime.discretize import centred, found_formula
 from grafs.runtime.entropy import hole_entropies
 from grafs.runtime.schedule import shrink_schedule
 from grafs.searching.result import SearchResult, json_default
 from grafs.searching.sites import DEFAULT_TYPES, SearchSite, replace_activations
-from grafs.searching.step import arch_optimizer
 
 #: normalised entropy of the Dirichlet mean above which a hole's α has not told its ops apart;
 #: measured on the teacher task (docs/results-teacher.md): a search whose ops were dropped at
 #: random had 0.998–0.999 at its first drop, searches that recovered the teacher 0.97–0.98
 UNLEARNED_ENTROPY = 0.995
 
+#: the arch learning rate the built-in tasks' ablations support for any model (with op-output
+#: normalisation, ``SearchSpace.grafs(normalize=True)``; docs/results-teacher.md); the paper's is 1e-3
+STUDIED_ARCH_LR = 3e-2
+
 HISTORY_KEYS = ("epochs", "train_loss", "val_loss", "train_acc", "val_acc", "num_active", "alpha",
                 "gamma", "formula", "dropped", "seconds", "entropy")
 
+AMP_DTYPES = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
-class Searcher:
-    """One search's relaxed cell in ``model`` (changed in place), its arch optimizer, shrink
-    schedule and history. ``start`` is the first shrink epoch (the paper: 2·E0)."""
 
-    def __init__(self, model: nn.Module, space, *, epochs: int, warmstart_epochs: int, start: int,
-                 seed: int, arch_lr: float, arch_betas: Sequence[float], arch_weight_decay: float,
-                 cell_mode: str = "auto", device: torch.device | None = None,
-                 activation_types: Sequence[type] = DEFAULT_TYPES):
-        self.model, self.space = model, space
-        self.epochs, self.warmstart_epochs = epochs, warmstart_epochs
-        self.cell = space.relax(mode=cell_mode, seed=seed).to(device)
-        # read by every SearchSite: the cell, or the original activation (warm start)
-        self.state = {"use_cell": True}
-        self.n_sites = replace_activations(model, lambda orig: SearchSite(orig, self.cell, self.state),
-                                           activation_types)
-        self.arch_params = list(self.cell.arch_parameters())
+def arch_optimizer(params, lr: float, betas, weight_decay: float) -> torch.optim.Optimizer:
+    """Adam over α and γ, the fused implementation where the tensors' device has it: one
+    kernel for all of them, where the default loops over them in Python (on the teacher task's
+    MLP, 0.4 ms of a 1 ms plain step)."""
+    params = list(params)
+    fused = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
+    return torch.optim.Adam(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay,
+                            fused=True if fused else None)
+
+
+def optimizer_step(scaler, opt, params, dist=None, also=()) -> None:
+    """One optimizer step on gradients averaged over the ranks (data-parallel search), then
+    the gradients set to None; ``also``: further optimizers whose gradients came from the same
+    scaled loss (the single-level step's arch optimizer) and step with it."""
+    groups = [list(params)] + [[p for g in o.param_groups for p in g["params"]] for o in also]
+    if dist is not None:
+        for ps in groups:
+            dist.average_grads(ps)
+    scaler.step(opt)
+    for o, ps in zip(also, groups[1:]):
+        # (a discrete cell without γ ops has no arch gradients left)
+        if any(p.grad is not None for p in ps):
+            scaler.step(o)
+    scaler.update()
+    for o in (opt, *also):
+        o.zero_grad(set_to_none=True)
+
+
+def check_epochs(epochs: int, warmstart_epochs: int) -> None:
+    if not isinstance(epochs, int) or epochs < 1:
+        raise GrafsError(f"epochs must be >= 1, got {epochs}")
+    if not 0 <= warmstart_epochs < epochs:
+        raise GrafsError(f"warmstart_epochs must be in [0, epochs), got {warmstart_epochs} with epochs={epochs}")
+
+
+def default_shrink_start(epochs: int, warmstart_epochs: int) -> int:
+    """The first shrink epoch: 2·E0 (the paper), or earlier if the run is too short for that."""
+    return max(1, min(2 * warmstart_epochs, epochs - 1))
+
+
+class SearchSteps:
+    """The method's two steps on a model whose activation sites (:class:`SearchSite`) share
+    ``cell``: the arch step on a validation batch and the frame of a weight step. ``state`` is
+    the sites' shared ``{"use_cell": bool}``. :class:`Searcher` is one (it builds the cell and
+    the sites itself); :class:`grafs.searching.step.Stepper` drives one."""
+
+    def __init__(self, model: nn.Module, cell, state: dict, arch_opt: torch.optim.Optimizer, *,
+                 weights: Sequence[nn.Parameter] | None = None,
+                 arch_params: Sequence[nn.Parameter] | None = None, n_sites: int | None = None,
+                 amp: str | None = None, loss_scaling: bool | None = None,
+                 device: torch.device | None = None, dist=None):
+        if amp not in AMP_DTYPES:
+            raise GrafsError(f"amp must be None, 'bf16' or 'fp16', got {amp!r}")
+        self.model, self.cell, self.state = model, cell, state
+        self.arch_params = list(arch_params if arch_params is not None else cell.arch_parameters())
         arch_ids = {id(p) for p in self.arch_params}
-        self.weights = [p for p in model.parameters() if id(p) not in arch_ids]
-        self.arch_opt = arch_optimizer(self.arch_params, arch_lr, arch_betas, arch_weight_decay)
+        self.weights = list(weights) if weights is not None else \
+            [p for p in model.parameters() if id(p) not in arch_ids]
+        self.arch_opt = arch_opt
+        # the cell draws one batch of samples per pass, one per site (see refresh_samples)
+        self.n_sites = n_sites if n_sites and hasattr(cell, "refresh_samples") else None
+        self.dev = device if device is not None else self.arch_params[0].device
+        self.amp_name, self.amp = amp, AMP_DTYPES[amp]
+        # fp16 needs loss scaling (the arch step's own scaler; its steps are independent)
+        scaled = amp == "fp16" if loss_scaling is None else bool(loss_scaling)
+        self.arch_scaler = torch.amp.GradScaler(self.dev.type, enabled=scaled)
+        self.dist = dist      # grafs.searching.distributed.Dist: α/γ gradients averaged over the ranks
+        self.warm = False     # the current epoch trains the weights with the original activation
+        self.last_arch_loss: torch.Tensor | None = None
+        self._frozen: list | None = None     # α/γ frozen by an open weight step
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        """The model's parameters without α and γ: what your weight optimizer trains."""
+        return list(self.weights)
+
+    def arch_parameters(self) -> list[nn.Parameter]:
+        """α of every hole and all γ: what the arch optimizer trains."""
+        return list(self.arch_params)
+
+    def autocast(self):
+        """The ``amp`` autocast context (a no-op without ``amp``)."""
+        if self.amp is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.dev.type, dtype=self.amp)
+
+    def arch_step(self, closure: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """One arch step: ``closure()`` computes the loss of the model on a validation batch
+        (under the ``amp`` autocast) with fresh Dirichlet samples at every site and the
+        network's weights frozen (backward computes no weight gradient, so none leaks into the
+        weight step and gradients your loop accumulates are kept); then an Adam step on α and γ
+        (averaged over the ranks when distributed) and their gradients set to None. Returns
+        the loss, detached."""
+        if self._frozen is not None:
+            raise GrafsError("arch_step() inside a weight step: call it before `with "
+                             "searcher.weight_step():` (or after weight_step_end())")
+        self.state["use_cell"] = True
+        self.arch_opt.zero_grad(set_to_none=True)
+        if self.n_sites:
+            self.cell.refresh_samples(self.n_sites)
+        # the network's weights are frozen for the arch step: backward then computes no weight
+        # gradients at all (the reference computes and discards them), and none can leak into
+        # the weight update (the reference forgets to zero them in two of its three copies)
+        frozen = [p for p in self.weights if p.requires_grad]
+        for p in frozen:
+            p.requires_grad_(False)
+        try:
+            with self.autocast():
+                loss = closure()
+            if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+                raise GrafsError(f"the arch_step closure must return the loss as a one-element "
+                                 f"tensor, got {type(loss).__name__}"
+                                 + (f" of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else ""))
+            # a discrete cell without γ ops has nothing left to learn (its samples are constant)
+            learns = loss.requires_grad
+            if learns:
+                self.arch_scaler.scale(loss.reshape(())).backward()
+        finally:
+            for p in frozen:
+                p.requires_grad_(True)
+        if learns:
+            optimizer_step(self.arch_scaler, self.arch_opt, self.arch_params, self.dist)
+        self.last_arch_loss = loss.detach()
+        return self.last_arch_loss
+
+    @contextlib.contextmanager
+    def weight_step(self, *, use_cell: bool | None = None, train_arch: bool = False):
+        """Around your training batch's forward and backward (not the optimizer step): α and γ
+        are frozen, so they get no gradient (an optimizer built over ``model.parameters()``
+        skips them: their grad is None); the sites use the cell with fresh samples, or the
+        original activation while warm-starting (``use_cell`` overrides). ``train_arch``: the
+        single-level variant, α/γ get gradients from the same pass."""
+        self.weight_step_begin(use_cell=use_cell, train_arch=train_arch)
+        try:
+            yield self
+        finally:
+            self.weight_step_end()
+
+    def weight_step_begin(self, *, use_cell: bool | None = None, train_arch: bool = False) -> None:
+        """:meth:`weight_step` as a pair of calls (for loops with hooks before and after the
+        training batch); close it with :meth:`weight_step_end`."""
+        if self._frozen is not None:
+            self.weight_step_end()
+        use_cell = not self.warm if use_cell is None else use_cell
+        self.state["use_cell"] = use_cell
+        # bilevel: α and γ are frozen, so backward does not differentiate through the
+        # Dirichlet sample for nothing
+        self._frozen = [] if train_arch else [p for p in self.arch_params if p.requires_grad]
+        for p in self._frozen:
+            p.requires_grad_(False)
+        if self.n_sites:
+            self.cell.clear_samples()
+            if use_cell:
+                self.cell.refresh_samples(self.n_sites)
+
+    def weight_step_end(self) -> None:
+        for p in self._frozen or ():
+            p.requires_grad_(True)
+        self._frozen = None
+        if self.n_sites:
+            self.cell.clear_samples()
+        self.state["use_cell"] = True     # evaluation sees the cell, warm start or not
+
+
+class Searcher(SearchSteps):
+    """One GRAFS search inside your own training loop (see the module docstring for the calls
+    in order, and docs/guide/own-loop.md).
+
+    ``model`` is changed in place: its activation modules (``activation_types`` and every
+    :class:`grafs.Act`) become sites of one shared relaxed cell of ``space`` (default: the
+    paper's cell with op-output normalisation, the setting studied with ``arch_lr=3e-2``).
+    ``epochs``: how many times your loop will call :meth:`epoch_start`/:meth:`epoch_end`; the
+    shrink schedule drops ops at epoch starts from ``shrink_start`` (default 2·E0) so the cell
+    is discrete in the last epoch; for the first ``warmstart_epochs`` epochs the weight steps
+    use the original activation. ``arch_lr``, ``arch_betas``, ``arch_weight_decay``: the arch
+    optimizer (Adam). ``amp``: None, "bf16" or "fp16": the arch step's forward runs under
+    autocast ("fp16" also scales its loss; ``loss_scaling`` overrides, e.g. when your own
+    autocast wraps the closure). ``device``: the cell's (default: the model's).
+    ``distributed``: with an initialised process group of several processes (None: use it if
+    there is one; False: never), α/γ gradients are averaged over the ranks, so every rank holds
+    the same α, drops and formula (average the weights' gradients as you do now, e.g. DDP).
+    ``steps_per_epoch``: if given, a GrafsWarning says when the run gives α fewer arch steps
+    than the budget rule asks (docs/guide/search.md, "The budget"). ``seed`` seeds the cell's
+    α and γ initialisation; the Dirichlet draws come from torch's global RNG, as your loop's.
+    """
+
+    def __init__(self, model: nn.Module, *, epochs: int, space=None, seed: int = 0,
+                 warmstart_epochs: int = 1, shrink_start: int | None = None,
+                 arch_lr: float = STUDIED_ARCH_LR, arch_betas: Sequence[float] = (0.5, 0.999),
+                 arch_weight_decay: float = 1e-3, amp: str | None = None,
+                 loss_scaling: bool | None = None, cell_mode: str = "auto",
+                 device: torch.device | str | None = None,
+                 activation_types: Sequence[type] = DEFAULT_TYPES, distributed=None,
+                 steps_per_epoch: int | None = None):
+        from grafs.runtime.space import SearchSpace
+        check_epochs(epochs, warmstart_epochs)
+        space = space if space is not None else SearchSpace.grafs(normalize=True)
+        dev = torch.device(device) if device is not None else next(
+            (p.device for p in model.parameters()), torch.device("cpu"))
+        dist = _dist_context(distributed, dev, device is not None)
+        self.space, self.epochs, self.warmstart_epochs = space, epochs, warmstart_epochs
+        self.shrink_start = start = shrink_start if shrink_start is not None else \
+            default_shrink_start(epochs, warmstart_epochs)
+        cell = space.relax(mode=cell_mode, seed=seed).to(dev)
+        # read by every SearchSite: the cell, or the original activation (warm start)
+        state = {"use_cell": True}
+        n_sites = replace_activations(model, lambda orig: SearchSite(orig, cell, state),
+                                      activation_types)
+        params = list(cell.arch_parameters())
+        super().__init__(model, cell, state, arch_optimizer(params, arch_lr, arch_betas, arch_weight_decay),
+                         arch_params=params, n_sites=n_sites, amp=amp, loss_scaling=loss_scaling,
+                         device=dev, dist=dist)
+        if dist is not None:      # one α and γ on every rank, whatever each was seeded with
+            dist.broadcast_(params)
         self.schedule = shrink_schedule(space.num_ops, len(space.holes), epochs, start) if epochs > 1 else {}
         self.history: dict[str, list] = {k: [] for k in HISTORY_KEYS}
+        self.settings = dict(epochs=epochs, warmstart_epochs=warmstart_epochs, shrink_start=start,
+                             seed=seed, arch_lr=arch_lr, arch_weight_decay=arch_weight_decay,
+                             arch_betas=list(arch_betas), template=space.template,
+                             num_ops=space.num_ops, cell_mode=cell_mode, amp=amp,
+                             activation_sites=n_sites,
+                             **({"normalize": True} if getattr(space, "normalize", False) else {}),
+                             **({"world_size": dist.world_size} if dist is not None else {}))
+        self.epoch = -1             # the epoch started last (-1: none yet)
+        self.next_epoch = 0         # the epoch epoch_start() starts when not told
+        self._t_epoch = self._t_start = time.perf_counter()
+        if steps_per_epoch is not None:
+            _warn_if_short(steps_per_epoch, epochs, warmstart_epochs, start)
 
+    # -- epochs --------------------------------------------------------------------------
     def is_warm(self, epoch: int) -> bool:
         """Whether ``epoch`` trains the weights with the original activation (warm start)."""
         return epoch < self.warmstart_epochs
 
-    def start_epoch(self, epoch: int) -> None:
-        """Progressive shrinking: drop the ops the schedule asks for at this epoch's start."""
-        if epoch not in self.schedule:
-            return
-        if epoch == min(self.schedule):
-            warn_if_unlearned(self.cell, epoch, self.history)
-        for hole, op in self.cell.drop(self.schedule[epoch]):
-            self.history["dropped"].append([epoch, hole, op])
+    def epoch_start(self, epoch: int | None = None) -> list[tuple[str, str]]:
+        """Start ``epoch`` (default: the one after the last): progressive shrinking drops the
+        ops the schedule asks for at this epoch's start, and the weight steps of a warm-start
+        epoch use the original activation. Returns the (hole, op) pairs dropped."""
+        epoch = self.next_epoch if epoch is None else int(epoch)
+        if not 0 <= epoch < self.epochs:
+            raise GrafsError(f"epoch {epoch} is outside the search's {self.epochs} epochs "
+                             f"(0 to {self.epochs - 1}); pass epochs= to Searcher as your loop runs them")
+        self.epoch, self.next_epoch = epoch, epoch + 1
+        self.warm = self.is_warm(epoch)
+        self._t_epoch = time.perf_counter()
+        dropped = []
+        if epoch in self.schedule:
+            if epoch == min(self.schedule):
+                warn_if_unlearned(self.cell, epoch, self.history)
+            for hole, op in self.cell.drop(self.schedule[epoch]):
+                self.history["dropped"].append([epoch, hole, op])
+                dropped.append((hole, op))
+        return dropped
 
-    def end_epoch(self, epoch: int, train: dict, val_loss: float, val_acc: float | None,
-                  seconds: float) -> str:
-        """Append the epoch to the history; returns the leading formula."""
+    def epoch_end(self, val_loss: float | torch.Tensor | None = None, *,
+                  train_loss: float | torch.Tensor | None = None, val_acc: float | None = None,
+                  train_acc: float | None = None) -> str:
+        """Record the epoch started last in the history (the losses your loop measured, if
+        any: they are reported, the search does not use them); returns the leading formula."""
+        if self.epoch < 0:
+            raise GrafsError("epoch_end() before any epoch_start()")
         cell, h = self.cell, self.history
         formula = str(cell.discretize())
-        h["epochs"].append(epoch)
-        h["train_loss"].append(train["loss"] / max(train["n"], 1))
-        h["train_acc"].append(train["acc"] / train["nacc"] if train["nacc"] else None)
-        h["val_loss"].append(val_loss)
-        h["val_acc"].append(val_acc)
+        h["epochs"].append(self.epoch)
+        h["train_loss"].append(_number(train_loss))
+        h["train_acc"].append(_number(train_acc))
+        h["val_loss"].append(_number(val_loss))
+        h["val_acc"].append(_number(val_acc))
         h["num_active"].append(cell.num_active())
         h["alpha"].append([a.detach().cpu().tolist() for a in cell.alpha])
         h["gamma"].append(cell.gamma.detach().cpu().tolist())
         h["formula"].append(formula)
-        h["seconds"].append(seconds)
+        h["seconds"].append(time.perf_counter() - self._t_epoch)
         h.setdefault("entropy", []).append(hole_entropies(cell))  # old checkpoints lack it
         return formula
 
+    # -- state -------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        """What a checkpoint needs besides the model (whose state holds the cell's α and γ)."""
-        return {"a_opt": self.arch_opt.state_dict(), "history": json.dumps(self.history, default=json_default)}
+        """The search's own state: α, γ and the dropped ops (``cell``; also in the model's
+        state_dict), the arch optimizer, its loss scaler, the history and the next epoch. Your
+        loop's checkpoint needs it beside the model's and optimizer's (and the RNG state for a
+        resume that draws exactly what the uninterrupted run would)."""
+        return {"a_opt": self.arch_opt.state_dict(),
+                "history": json.dumps(self.history, default=json_default),
+                "cell": self.cell.state_dict(), "arch_scaler": self.arch_scaler.state_dict(),
+                "next_epoch": self.next_epoch}
 
     def load_state_dict(self, state: dict) -> None:
+        if "cell" in state:
+            self.cell.load_state_dict(state["cell"])
         self.arch_opt.load_state_dict(state["a_opt"])
+        if state.get("arch_scaler"):
+            self.arch_scaler.load_state_dict(state["arch_scaler"])
         self.history = json.loads(state["history"])
+        ended = self.history.get("epochs") or []
+        self.next_epoch = int(state.get("next_epoch", ended[-1] + 1 if ended else 0))
+        self.epoch = self.next_epoch - 1
 
-    def result(self, settings: dict, seconds: float) -> SearchResult:
+    def result(self, settings: dict | None = None, seconds: float | None = None) -> SearchResult:
         """The found formula (discretized, minus its value at 0) with the history."""
         cell, history = self.cell, self.history
+        settings = dict(self.settings) if settings is None else settings
+        seconds = time.perf_counter() - self._t_start if seconds is None else seconds
         found = found_formula(cell)
         if cell.scale is not None:
             # the same ops without the normalisation constants: a gain that helps a network without
@@ -109,6 +371,34 @@ class Searcher:
             found = zeroed
         return SearchResult(str(found), history, settings, seconds,
                             {k: v.detach().cpu() for k, v in cell.state_dict().items()})
+
+
+def _number(v):
+    """A history value: a float (from a tensor too) or None."""
+    if v is None:
+        return None
+    return float(v.detach()) if isinstance(v, torch.Tensor) else float(v)
+
+
+def _dist_context(distributed, dev: torch.device, explicit_device: bool):
+    """A :class:`grafs.searching.distributed.Dist` given as is, else the context ``distributed``
+    (None, True or False) selects."""
+    from grafs.searching import distributed as gdist
+    if distributed is None or isinstance(distributed, bool):
+        return gdist.context(distributed, dev, explicit_device)
+    return distributed
+
+
+def _warn_if_short(steps_per_epoch: int, epochs: int, warm: int, start: int) -> None:
+    from grafs.searching.entry import MIN_STEPS_BEFORE_DROP, MIN_TOTAL_STEPS
+    before, total = (start - warm) * steps_per_epoch, epochs * steps_per_epoch
+    short = ([f"{before} arch steps between the warm start and the first drop (the rule asks "
+              f"{MIN_STEPS_BEFORE_DROP})"] if before < MIN_STEPS_BEFORE_DROP else []) + \
+        ([f"{total} steps in all (the rule asks {MIN_TOTAL_STEPS})"] if total < MIN_TOTAL_STEPS else [])
+    if short:
+        warnings.warn(f"a search of {epochs} epochs × {steps_per_epoch} steps gives α "
+                      + " and ".join(short) + "; its drops may be close to random (more epochs, "
+                      "a later shrink_start, or more steps per epoch)", GrafsWarning, stacklevel=3)
 
 
 def warn_if_unlearned(cell, epoch: int, history: dict) -> None:

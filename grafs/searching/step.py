@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from grafs.errors import SearchError
+from grafs.searching.searcher import AMP_DTYPES, SearchSteps, optimizer_step
 
 
 def accuracy(out: torch.Tensor, y: torch.Tensor) -> float | None:
@@ -19,49 +20,45 @@ def default_loss(out, y):
     return nn.functional.cross_entropy(out, y)
 
 
-AMP_DTYPES = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def arch_optimizer(params, lr: float, betas, weight_decay: float) -> torch.optim.Optimizer:
-    """Adam over α and γ, the fused implementation where the tensors' device has it: one
-    kernel for all of them, where the default loops over them in Python (on the teacher task's
-    MLP, 0.4 ms of a 1 ms plain step)."""
-    params = list(params)
-    fused = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
-    return torch.optim.Adam(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay,
-                            fused=True if fused else None)
-
-
 class Stepper:
     """One GRAFS training step (seeds/001 Algorithm 1): the arch step on a validation batch,
-    then the weight step. Shared by :func:`search` and bench/search_step.py, so what the bench
-    times is what a search runs. Nothing here reads a value back to the host (except the fp16
-    GradScaler's inf check). With the weights frozen during the arch step, gradients the
-    weight step accumulates over ``grad_accumulation`` steps are kept intact."""
+    then the weight step — :meth:`SearchSteps.arch_step` and :meth:`SearchSteps.weight_step`
+    (the calls a user's own loop makes, grafs.Searcher) with the weight optimizer, the loss
+    and gradient accumulation around them. Shared by :func:`search` and bench/search_step.py,
+    so what the bench times is what a search runs. Nothing here reads a value back to the host
+    (except the fp16 GradScaler's inf check). With the weights frozen during the arch step,
+    gradients the weight step accumulates over ``grad_accumulation`` steps are kept intact.
+
+    Built from a model whose sites already hold ``cell`` (the pieces), or :meth:`of` a
+    :class:`~grafs.searching.searcher.Searcher`."""
 
     def __init__(self, model, cell, state, weights, arch_params, w_opt, a_opt, w_sched, loss_fn,
                  dev: torch.device, amp: str | None = None, grad_accumulation: int = 1,
-                 n_sites: int | None = None, dist=None, single_level: bool = False):
-        self.model, self.cell, self.state = model, cell, state
+                 n_sites: int | None = None, dist=None, single_level: bool = False, *,
+                 steps: SearchSteps | None = None):
+        self.search = steps if steps is not None else SearchSteps(
+            model, cell, state, a_opt, weights=weights, arch_params=arch_params, n_sites=n_sites,
+            amp=amp, device=dev, dist=dist)
+        self.model, self.cell, self.state = model, cell, self.search.state
+        self.n_sites = self.search.n_sites
         self.single_level = single_level
         self.dist = dist  # grafs.searching.distributed.Dist: gradients averaged over the ranks
-        self.weights, self.arch_params = weights, arch_params
-        self.w_opt, self.a_opt, self.w_sched = w_opt, a_opt, w_sched
+        self.weights, self.arch_params = self.search.weights, self.search.arch_params
+        self.w_opt, self.a_opt, self.w_sched = w_opt, self.search.arch_opt, w_sched
         self.loss_fn, self.dev = loss_fn, dev
         self.amp = AMP_DTYPES[amp]
         self.grad_accumulation = grad_accumulation
-        # the cell draws one batch of samples per pass, one per site (see refresh_samples)
-        self.n_sites = n_sites if n_sites and hasattr(cell, "refresh_samples") else None
-        fp16 = self.amp is torch.float16
         # fp16 needs loss scaling; one scaler per optimizer (their steps are independent)
-        self.w_scaler = torch.amp.GradScaler(dev.type, enabled=fp16)
-        self.a_scaler = torch.amp.GradScaler(dev.type, enabled=fp16)
+        self.w_scaler = torch.amp.GradScaler(dev.type, enabled=self.amp is torch.float16)
 
-    def _autocast(self):
-        import contextlib
-        if self.amp is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.dev.type, dtype=self.amp)
+    @classmethod
+    def of(cls, searcher: SearchSteps, w_opt, w_sched, loss_fn, grad_accumulation: int = 1,
+           single_level: bool = False) -> "Stepper":
+        """The step of ``searcher`` with this weight optimizer, scheduler and loss."""
+        s = searcher
+        return cls(s.model, s.cell, s.state, s.weights, s.arch_params, w_opt, s.arch_opt, w_sched,
+                   loss_fn, s.dev, s.amp_name, grad_accumulation, s.n_sites, s.dist, single_level,
+                   steps=s)
 
     def _to(self, t):
         return t if t.device == self.dev else t.to(self.dev, non_blocking=True)
@@ -76,9 +73,12 @@ class Stepper:
             out, loss = self._train_pass(xb, yb, use_cell=True, joint=True, update=update)
             self.last_vloss = loss      # the loss α trained on
             return out, loss
+        model, loss_fn = self.model, self.loss_fn
         for xa, ya in [(xv, yv), *more_val]:
-            vloss = self._arch_step(self._to(xa), self._to(ya))
-        self.last_vloss = vloss.detach()
+            # 1. arch step on a validation batch (fresh Dirichlet samples at every call)
+            xa, ya = self._to(xa), self._to(ya)
+            vloss = self.search.arch_step(lambda: loss_fn(model(xa), ya))
+        self.last_vloss = vloss
         # 2. weight step (original activation while warm-starting)
         return self._train_pass(xb, yb, use_cell=not warm, joint=False, update=update)
 
@@ -89,24 +89,11 @@ class Stepper:
         also gives α/γ their gradients and the arch optimizer steps with the weights' (half
         the passes of the bilevel step; α then fits the training batches, as in single-level
         DARTS variants)."""
-        self.state["use_cell"] = use_cell
-        frozen = [] if joint else self.arch_params
-        for p in frozen:
-            p.requires_grad_(False)
-        try:
-            if self.n_sites:
-                self.cell.clear_samples()
-                if use_cell:
-                    self.cell.refresh_samples(self.n_sites)
-            with self._autocast():
+        with self.search.weight_step(use_cell=use_cell, train_arch=joint):
+            with self.search.autocast():
                 out = self.model(xb)
                 loss = self.loss_fn(out, yb)
             self.w_scaler.scale(loss / self.grad_accumulation).backward()
-        finally:
-            for p in frozen:
-                p.requires_grad_(True)
-            if self.n_sites:
-                self.cell.clear_samples()
         if update:
             self._apply(self.w_scaler, self.w_opt, self.weights,
                         also=[self.a_opt] if joint else [])
@@ -114,49 +101,9 @@ class Stepper:
                 self.w_sched.step()
         return out.detach(), loss.detach()
 
-    def _arch_step(self, xv, yv):
-        """1. arch step on a validation batch (fresh Dirichlet samples at every call)."""
-        model, state = self.model, self.state
-        state["use_cell"] = True
-        self.a_opt.zero_grad(set_to_none=True)
-        if self.n_sites:
-            self.cell.refresh_samples(self.n_sites)
-        # the network's weights are frozen for the arch step: backward then computes no weight
-        # gradients at all (the reference computes and discards them), and none can leak into
-        # the weight update (the reference forgets to zero them in two of its three copies)
-        frozen = [p for p in self.weights if p.requires_grad]
-        for p in frozen:
-            p.requires_grad_(False)
-        try:
-            with self._autocast():
-                vloss = self.loss_fn(model(xv), yv)
-            # a discrete cell without γ ops has nothing left to learn (its samples are constant)
-            learns = vloss.requires_grad
-            if learns:
-                self.a_scaler.scale(vloss).backward()
-        finally:
-            for p in frozen:
-                p.requires_grad_(True)
-        if learns:
-            self._apply(self.a_scaler, self.a_opt, self.arch_params)
-        return vloss
-
     def _apply(self, scaler, opt, params, also=()) -> None:
-        """One optimizer step on gradients averaged over the ranks (data-parallel search);
-        ``also``: further optimizers whose gradients came from the same scaled loss (the
-        single-level step's arch optimizer) and step with it."""
-        groups = [params] + [[p for g in o.param_groups for p in g["params"]] for o in also]
-        if self.dist is not None:
-            for ps in groups:
-                self.dist.average_grads(ps)
-        scaler.step(opt)
-        for o, ps in zip(also, groups[1:]):
-            # (a discrete cell without γ ops has no arch gradients left)
-            if any(p.grad is not None for p in ps):
-                scaler.step(o)
-        scaler.update()
-        for o in (opt, *also):
-            o.zero_grad(set_to_none=True)
+        """One optimizer step on gradients averaged over the ranks (data-parallel search)."""
+        optimizer_step(scaler, opt, params, self.dist, also)
 
 
 class Meter:
