@@ -90,9 +90,10 @@ def test_a_formula_that_does_not_train_from_scratch_is_never_returned(monkeypatc
         return run
     sgd = lambda p: torch.optim.SGD(p, lr=10.0)      # noqa: E731
     for formula, opt, want in [("sinh(sinh(sinh(4*x)))", None, "clamp"),    # overflows unclipped
-                               ("exp(exp(exp(exp(x))))*1e30", sgd, "relu(x)")]:  # clipped too
+                               ("exp(exp(exp(exp(x))))*1e30", sgd, "relu(x)"),  # clipped too
+                               ("0.7*(x - 1.2) + 0.8", None, "relu(x)")]:     # affine: linear layers
         monkeypatch.setattr(loop, "search", fake(formula))
-        with pytest.warns(GrafsWarning, match="does not train from scratch"):
+        with pytest.warns(GrafsWarning, match="does not train from scratch|is affine"):
             r = grafs.search(model(), data(), epochs=2, budget="as_given", batch_size=32,
                              space=space(), progress=False, verdict_seeds=0, optimizer=opt)
         assert r.history["unusable_formula"] == formula

@@ -163,7 +163,7 @@ def _values(e: E.Expr, xs):
         return None
 
 
-def _is_affine(e: E.Expr) -> bool:
+def is_affine(e: E.Expr) -> bool:
     """Whether ``e`` is a·x + b: its derivative does not depend on x (formulas whose ops have
     no symbolic derivative, trainable families, count as not affine)."""
     from grafs.errors import CompileError
@@ -183,7 +183,7 @@ def found_formula(cell) -> E.Expr:
     from grafs.errors import GrafsWarning
     from grafs.grammar.display import display_expr
     if varies_with_x(e):
-        if _is_affine(e):
+        if is_affine(e):
             warnings.warn(GrafsWarning(
                 f"the found formula {display_expr(e)} is affine in x: a network with it is linear "
                 f"between its normalisation and pooling layers (on the textures task such a "
@@ -222,4 +222,4 @@ def centred(e: E.Expr) -> E.Expr:
     return E.call("sub", e, E.const(v))
 
 
-__all__ = ["centred", "choices_with_x", "found_formula", "uses_inputs", "varies_with_x"]
+__all__ = ["centred", "choices_with_x", "found_formula", "is_affine", "uses_inputs", "varies_with_x"]

@@ -164,21 +164,29 @@ def _original_activation(model: nn.Module, types: Sequence[type]) -> str:
 
 
 def _check_trains(result: SearchResult, trainer: ScratchTrainer, space, original: str, seed: int) -> None:
-    """The returned formula trains from scratch for a few steps with the search's recipe; if
-    not, its clipped form (the function the search evaluated), else the original activation."""
+    """The returned formula trains from scratch for a few steps with the search's recipe and
+    is not affine; if it does not train, its clipped form (the function the search
+    evaluated); else, or when it is affine, the original activation, with a warning."""
     from grafs.compiler.lower import clip_expr
     from grafs.grammar.parser import parse
+    from grafs.runtime.discretize import is_affine
     steps = 20
-    if math.isfinite(trainer.val_loss(result.formula, seed, max_steps=steps)):
-        return
     bad = result.formula
-    clipped = str(clip_expr(parse(bad), space.ell)) if space.clip else None
-    if clipped is not None and clipped != bad and math.isfinite(trainer.val_loss(clipped, seed, max_steps=steps)):
-        result.formula, what = clipped, "its clipped form (the function the search evaluated)"
-    else:
+    if is_affine(parse(bad)):
+        # a·x + b makes the layers around it one linear map: never what a user wants (on the
+        # own-model study such a formula lost to ReLU every time, docs/results-own-models.md)
+        why = "is affine in x (the layers around it would be one linear map)"
         result.formula, what = original, f"your original activation {original}"
-    msg = (f"the found formula {bad} does not train from scratch with the search's settings "
-           f"(a non-finite loss within {steps} steps); returning {what}")
+    elif math.isfinite(trainer.val_loss(bad, seed, max_steps=steps)):
+        return
+    else:
+        why = f"does not train from scratch with the search's settings (a non-finite loss within {steps} steps)"
+        clipped = str(clip_expr(parse(bad), space.ell)) if space.clip else None
+        if clipped is not None and clipped != bad and math.isfinite(trainer.val_loss(clipped, seed, max_steps=steps)):
+            result.formula, what = clipped, "its clipped form (the function the search evaluated)"
+        else:
+            result.formula, what = original, f"your original activation {original}"
+    msg = f"the found formula {bad} {why}; returning {what}"
     result.history["unusable_formula"] = bad
     result.history.setdefault("warnings", []).append(msg)
     warnings.warn(msg, GrafsWarning, stacklevel=3)
