@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "grafs"
 
 # Bottom to top; a module may import its own layer and the layers below it.
-LAYERS = ["errors", "ops", "grammar", "compiler", "runtime", "activations", "plot", "integrations",
+LAYERS = ["errors", "files", "ops", "grammar", "compiler", "runtime", "activations", "plot", "integrations",
           "callbacks", "searching", "models", "tasks", "protocol", "testing", "cli",
           "__main__", "__init__"]
 

@@ -8,21 +8,27 @@ kernels, which need a real source file, live there too).
 from __future__ import annotations
 
 import hashlib
+import importlib.machinery
 import importlib.util
-import os
 import sys
-import tempfile
 from pathlib import Path
 
+from grafs import files
 from grafs.compiler.lower import Program
+from grafs.errors import CompileError, GrafsError
 from grafs.ops import OPS
+
+_CACHE_ADVICE = "set GRAFS_CACHE_DIR to move grafs' cache"
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("GRAFS_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache"), "grafs")
-    p = Path(root) / "generated"
-    p.mkdir(parents=True, exist_ok=True)
+    """The generated-source cache (grafs.files.cache_dir's ``generated`` folder), created."""
+    p = files.cache_dir("generated")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CompileError(str(files.write_error(p, "the generated-source cache", err,
+                                                 _CACHE_ADVICE))) from None
     return p
 
 
@@ -113,6 +119,16 @@ def function_source(prog: Program, name: str = "grafs_fn", vectors: bool = False
     ]) + "\n"
 
 
+class _SourceOnlyLoader(importlib.machinery.SourceFileLoader):
+    """Compiles a generated module from its source, without the ``__pycache__`` bytecode
+    cache: a truncated or corrupt .pyc there would break the import (a generated module is
+    small: compiling it takes about a millisecond)."""
+
+    def get_code(self, fullname):
+        path = self.get_filename(fullname)
+        return compile(self.get_data(path), path, "exec", dont_inherit=True)
+
+
 def load_source(source: str, prefix: str = "grafs_gen"):
     """Import generated ``source`` from the content-hash cache (writing it once, atomically)."""
     digest = hashlib.sha256(source.encode()).hexdigest()[:20]
@@ -120,12 +136,17 @@ def load_source(source: str, prefix: str = "grafs_gen"):
     if modname in sys.modules:
         return sys.modules[modname]
     path = cache_dir() / f"{modname}.py"
-    if not path.exists() or path.read_text() != source:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            f.write(source)
-        os.replace(tmp, path)
-    spec = importlib.util.spec_from_file_location(modname, path)
+    try:
+        current = path.read_bytes()
+    except OSError:             # missing or unreadable: written again
+        current = None
+    if current != source.encode("utf-8"):   # (empty, truncated or corrupt: written again)
+        try:
+            files.atomic_write_text(path, source, "the generated-source cache file", _CACHE_ADVICE)
+        except GrafsError as err:
+            raise CompileError(str(err)) from None
+    spec = importlib.util.spec_from_file_location(modname, path,
+                                                  loader=_SourceOnlyLoader(modname, str(path)))
     mod = importlib.util.module_from_spec(spec)
     sys.modules[modname] = mod
     spec.loader.exec_module(mod)

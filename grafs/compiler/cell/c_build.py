@@ -10,7 +10,7 @@ releases the GIL).
 Needs x86-64 Linux, a C compiler (``$CC``, else ``cc``) and glibc's libmvec (glibc ≥ 2.35 for
 every function the ops use). :func:`available` says whether this machine has them (and why
 not); ``RelaxedCell(mode="auto")`` uses the lean eager path where it does not. Libraries are
-cached by source hash under ``$GRAFS_CACHE_DIR/c`` (default ``~/.cache/grafs/c``), so a search
+cached by source hash in the ``c`` folder of grafs' cache (grafs.files.cache_dir), so a search
 builds each active set once per machine.
 """
 from __future__ import annotations
@@ -24,13 +24,13 @@ import platform
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 
+from grafs import files
 from grafs.compiler.cell.c_emit import C, ISAS, cell_c_source
 from grafs.compiler.cell.plan import CellPlan
 from grafs.errors import CompileError
@@ -48,8 +48,8 @@ PARALLEL_MIN = 1 << 11
 
 
 def cache_dir() -> Path:
-    base = os.environ.get("GRAFS_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "grafs")
-    return Path(base) / "c"
+    """Where the libraries are cached: grafs.files.cache_dir's ``c`` folder."""
+    return files.cache_dir("c")
 
 
 def _compiler() -> str | None:
@@ -136,32 +136,97 @@ def _build(source: str) -> ctypes.CDLL:
             lib = _LIBS.get(key)
         if lib is not None:
             return lib
-        d = cache_dir()
-        path = d / f"grafs_cell_{key}.so"
-        if not path.exists():
-            d.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(suffix=".so", dir=d)
-            os.close(fd)
-            src = Path(tmp).with_suffix(".c")
-            src.write_text(source)
-            try:
-                try:
-                    r = subprocess.run([cc, *_flags(isa), str(src), "-o", tmp, "-lmvec", "-lm"],
-                                       capture_output=True, text=True, timeout=300)
-                except subprocess.TimeoutExpired as err:
-                    raise CompileError(f"building the C cell took over 5 minutes ({cc})") from err
-                if r.returncode != 0:
-                    raise CompileError(f"building the C cell failed ({cc}): "
-                                       + (r.stderr.strip().splitlines() or ["no output"])[0])
-                os.replace(tmp, path)     # atomic: other processes see all or nothing
-            finally:
-                src.unlink(missing_ok=True)
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-        lib = ctypes.CDLL(str(path))
+        path = cache_dir() / f"grafs_cell_{key}.so"
+        lib = _load(path, key) if path.exists() else None   # (None: empty, truncated, corrupt,
+        if lib is None:                                      # another library: built again)
+            # the marker symbol tells this build from any other shared library at that path
+            lib = _compile(f"{source}\nconst int grafs_build_{key} = 1;\n", cc, isa, path, key)
         with _LOCK:
             _LIBS[key] = lib
         return lib
+
+
+_RETRY = ("set GRAFS_CACHE_DIR to another directory, or use cell_mode='lean' (the C cell is "
+          "an optimisation)")
+
+
+def _load(path: Path, key: str) -> ctypes.CDLL | None:
+    """The library at ``path``, or None when it is not a whole, loadable build of ``key`` (a
+    truncated one would load and then fault on first use: its size is checked first)."""
+    try:
+        if not _complete_elf(path):
+            return None
+        lib = ctypes.CDLL(str(path))
+    except OSError:
+        return None
+    return lib if hasattr(lib, f"grafs_build_{key}") else None
+
+
+def _complete_elf(path: Path) -> bool:
+    """Whether ``path`` is a 64-bit little-endian ELF file holding every segment it lists."""
+    import struct
+    with open(path, "rb") as f:
+        head = f.read(64)
+        size = os.fstat(f.fileno()).st_size
+        if len(head) < 64 or head[:4] != b"\x7fELF" or head[4] != 2 or head[5] != 1:
+            return False
+        phoff, = struct.unpack_from("<Q", head, 32)
+        phentsize, phnum = struct.unpack_from("<HH", head, 54)
+        if phentsize < 56 or phoff + phentsize * phnum > size:
+            return False
+        f.seek(phoff)
+        table = f.read(phentsize * phnum)
+    for i in range(phnum):
+        _, _, offset, _, _, filesz = struct.unpack_from("<IIQQQQ", table, i * phentsize)
+        if offset + filesz > size:
+            return False
+    return True
+
+
+def _compile(source: str, cc: str, isa: str, path: Path, key: str) -> ctypes.CDLL:
+    """Build ``source`` into ``path`` through temporary files beside it (removed whatever
+    happens; a killed build's are removed by the next build of the same library) and load it
+    (from its temporary name: a library this process loaded from ``path`` before, unusable,
+    would be what the loader returns for that name)."""
+    src, tmp = files.temp_path(path.with_suffix(".c")), files.temp_path(path)
+    files.sweep_stale_temps(path.with_suffix(".c"))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        files.sweep_stale_temps(path)
+        src.write_text(source)
+    except OSError as err:
+        _unlink(src)
+        raise CompileError(str(files.write_error(path, "the C cell library (its source)", err,
+                                                 _RETRY))) from None
+    try:
+        try:    # (-x c: the source's name does not end in .c)
+            r = subprocess.run([cc, *_flags(isa), "-x", "c", str(src), "-x", "none", "-o", str(tmp),
+                                "-lmvec", "-lm"], capture_output=True, text=True, timeout=300)
+        except subprocess.TimeoutExpired as err:
+            raise CompileError(f"building the C cell took over 5 minutes ({cc})") from err
+        if r.returncode != 0:
+            lines = r.stderr.strip().splitlines() or ["no output"]
+            full = next((ln for ln in lines if "No space left" in ln or "Read-only" in ln), None)
+            raise CompileError(f"building the C cell failed ({cc}, for {path}): {full or lines[0]}; "
+                               + (f"{path.parent} must have room and be writable; " if full else "")
+                               + _RETRY)
+        lib = _load(tmp, key)
+        if lib is None:
+            raise CompileError(f"the C cell library built for {path} cannot be loaded; {_RETRY}")
+        os.replace(tmp, path)     # atomic: other processes see all or nothing
+        return lib
+    except OSError as err:
+        raise CompileError(str(files.write_error(path, "the C cell library", err, _RETRY))) from None
+    finally:
+        _unlink(src)
+        _unlink(tmp)
+
+
+def _unlink(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 _KEY_LOCKS: dict[str, threading.Lock] = {}
