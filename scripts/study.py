@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -80,15 +79,35 @@ def _first_drop_entropy(history: dict) -> float | None:
     return min(history["entropy"][first - 1]) if first >= 1 else None
 
 
+_STUDY = "the study file"
+_ELSEWHERE = "move it away or pass another --out (a new study starts from an empty file)"
+
+
 def _load(path: Path) -> list[dict]:
-    return json.loads(path.read_text()) if path.exists() else []
+    """The rows of a study file (none when there is no file yet); an unusable file is a
+    GrafsError naming it."""
+    from grafs.files import read_error, read_json
+    if not path.exists():
+        return []
+    rows = read_json(path, _STUDY, _ELSEWHERE, list, expected="a study file of scripts/study.py")
+    for i, r in enumerate(rows):
+        if not isinstance(r, dict) or r.get("kind") not in ("search", "eval") or (
+                r["kind"] == "search" and not isinstance(r.get("seed"), int)) or (
+                r["kind"] == "eval" and not isinstance(r.get("table"), dict)):
+            raise read_error(path, _STUDY, f"row {i} is not a search or evaluation row of "
+                             f"scripts/study.py (a file of another kind or version)", _ELSEWHERE)
+    return rows
 
 
 def _save(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(rows, indent=1))
-    os.replace(tmp, path)
+    """Write the study file atomically (a failure is a GrafsError; the old file is kept)."""
+    from grafs.files import atomic_write_json, write_error
+    kept = f"{path} keeps the rows written before"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise write_error(path.parent, "the study directory", err, kept) from None
+    atomic_write_json(path, rows, _STUDY, kept, indent=1)
 
 
 def run(args) -> None:
@@ -302,10 +321,15 @@ def main(argv=None) -> int:
                     "folder and link it")
     args = ap.parse_args(argv)
     args.set = _overrides(args.set)
-    if args.report:
-        print(report(args.report, args.plots))
-        return 0
-    run(args)
+    from grafs.errors import GrafsError
+    try:
+        if args.report:
+            print(report(args.report, args.plots))
+        else:
+            run(args)
+    except GrafsError as err:     # an unusable or unwritable study file: say which, and why
+        print(f"study.py: error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

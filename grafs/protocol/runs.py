@@ -16,13 +16,15 @@ import hashlib
 import json
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 
-from grafs.errors import GrafsError
+from grafs.errors import GrafsError, GrafsWarning
+from grafs.files import atomic_write_json, write_error
 from grafs.protocol.baselines import activation_factory
 
 
@@ -88,19 +90,32 @@ def run_key(task, spec: RunSpec, cfg, backend: str, device: torch.device,
 
 
 def _cache_read(path: Path, spec: RunSpec) -> RunResult | None:
+    """The cached result of ``spec``, or None when the entry is missing or unusable (empty,
+    truncated, corrupt, another run's, unreadable): the run is then done again."""
     try:
-        d = json.loads(path.read_text())
+        d = json.loads(path.read_bytes().decode("utf-8"))
+        if (d["formula"], d["seed"], d["baseline"]) != (spec.formula, spec.seed, spec.baseline):
+            return None     # another run's entry under this name
         return RunResult(spec, float(d["score"]), float(d["seconds"]),
                          [float(v) for v in d["train_loss"]], cached=True)
     except (OSError, ValueError, KeyError, TypeError):
-        return None  # missing or unreadable: run it again
+        return None
 
 
 def _cache_write(path: Path, r: RunResult) -> None:
-    from grafs.searching.result import atomic_write_text
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps({**asdict(r.spec), "score": r.score, "seconds": r.seconds,
-                                         "train_loss": r.train_loss}, indent=1))
+    """Cache a finished run; a failed write (disk full, a read-only directory) is a warning:
+    the run's result is kept, a later call runs it again."""
+    advice = "the evaluation goes on without caching this run (a later one runs it again)"
+    try:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise write_error(path.parent, "the evaluation cache directory", err, advice) from None
+        atomic_write_json(path, {**asdict(r.spec), "score": r.score, "seconds": r.seconds,
+                                 "train_loss": r.train_loss}, "the evaluation cache entry",
+                          advice, indent=1)
+    except GrafsError as err:
+        warnings.warn(str(err), GrafsWarning, stacklevel=2)
 
 
 # -- worker processes --------------------------------------------------------------------------

@@ -8,10 +8,9 @@ import json
 import os
 from pathlib import Path
 
-import torch
-
 from grafs.errors import GrafsError
-from grafs.searching.result import atomic_torch_save, json_default
+from grafs.files import atomic_torch_save, read_error, torch_load, write_error
+from grafs.searching.result import json_default
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -26,22 +25,40 @@ def checkpoint_file(path: str | os.PathLike) -> Path:
     return p / CHECKPOINT_NAME if p.is_dir() else p
 
 
+#: the checkpoint's layout; a checkpoint of a later layout is refused with a clear error
+CHECKPOINT_VERSION = 1
+#: what resuming needs besides the searcher's own state
+REQUIRED = ("epoch", "settings", "history", "model", "w_opt", "rng", "elapsed")
+_ANEW = "start the search anew (without resume) or resume from another copy"
+
+
 def read_checkpoint(path: Path, map_location) -> dict:
     """The checkpoint's contents, or a GrafsError that says which file is unusable and why."""
-    try:
-        ck = torch.load(path, weights_only=True, map_location=map_location)
-    except FileNotFoundError:
-        raise GrafsError(f"cannot resume from {path}: no such file; pass the --out directory "
-                         f"of an earlier search (it holds {CHECKPOINT_NAME})") from None
-    except Exception as err:  # noqa: BLE001 - truncated, random bytes, foreign pickle, ...
-        # (torch's message would advise weights_only=False, i.e. running the file's code)
-        reason = str(err).splitlines()[0] if str(err).strip() else type(err).__name__
-        raise GrafsError(f"cannot resume from {path}: it is not a readable grafs checkpoint "
-                         f"({type(err).__name__}: {reason[:200]}); start the search anew or "
-                         f"resume from another copy") from None
+    ck = torch_load(path, "the search checkpoint", _ANEW, map_location,
+                    missing=f"pass the --out directory (checkpoint_dir) of an earlier search "
+                            f"(it holds {CHECKPOINT_NAME})")
     if not isinstance(ck, dict) or not {"epoch", "settings", "history"} <= set(ck):
-        raise GrafsError(f"cannot resume from {path}: it is a torch file but not a grafs search "
-                         f"checkpoint (no epoch, settings and history)")
+        raise read_error(path, "the search checkpoint", "it is a torch file but not a grafs "
+                         "search checkpoint (no epoch, settings and history)", _ANEW)
+    version = ck.get("grafs_checkpoint_version", 1)
+    if not isinstance(version, int) or version > CHECKPOINT_VERSION:
+        raise read_error(path, "the search checkpoint", f"it was written by a newer grafs "
+                         f"(checkpoint format {version!r}; this grafs reads up to "
+                         f"{CHECKPOINT_VERSION})", "upgrade grafs to resume it, or " + _ANEW)
+    missing = [k for k in REQUIRED if k not in ck]
+    wrong = [k for k, t in (("epoch", int), ("settings", str), ("history", str), ("model", dict),
+                            ("w_opt", dict), ("rng", dict), ("elapsed", (int, float)))
+             if k in ck and not isinstance(ck[k], t)]
+    if missing or wrong:
+        raise read_error(path, "the search checkpoint", "it is incomplete or of another grafs "
+                         "version (" + ", ".join([f"no {k}" for k in missing]
+                                                 + [f"{k} of the wrong type" for k in wrong]) + ")",
+                         _ANEW)
+    try:
+        json.loads(ck["settings"]), json.loads(ck["history"])
+    except ValueError:
+        raise read_error(path, "the search checkpoint", "its settings or history are not JSON "
+                         "(corrupt)", _ANEW) from None
     return ck
 
 
@@ -57,5 +74,13 @@ def check_compatible(ck: dict, path: Path, settings: dict, world: int) -> None:
 
 
 def write_checkpoint(ck: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_torch_save(ck, path)
+    """Write ``ck`` to ``path`` atomically; a failure (disk full, a read-only directory) is a
+    GrafsError that says the previous checkpoint is kept, and leaves no temporary file."""
+    kept = (f"the previous checkpoint is unchanged (resume from {path})" if path.exists() else
+            "the search has no checkpoint yet")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise write_error(path.parent, "the checkpoint directory", err, kept) from None
+    atomic_torch_save({**ck, "grafs_checkpoint_version": CHECKPOINT_VERSION}, path,
+                      "the search checkpoint", kept)

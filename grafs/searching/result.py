@@ -1,8 +1,11 @@
 """The result of a search (formula, history, cell state) and how it is saved atomically."""
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,6 +14,12 @@ import torch
 from torch import nn
 
 from grafs.errors import GrafsError
+from grafs.files import (atomic_write_bytes, atomic_write_text, read_error, read_json, torch_load,
+                         write_error)
+
+#: result.json's layout; a result of a later layout is refused with a clear error
+RESULT_VERSION = 1
+_AGAIN = "load another copy, or run the search again (or resume it from its checkpoint) and save it"
 
 
 @dataclass
@@ -44,36 +53,93 @@ class SearchResult:
         return display(self.formula)
 
     @property
+    def verdict(self):
+        """The found formula against the model's original activation, both trained from
+        scratch with the search's recipe (:class:`grafs.searching.verdict.Verdict`; ``print``
+        it), or None when the search measured none (``verdict_seeds=0``, built-in tasks)."""
+        from grafs.searching.verdict import Verdict
+        v = self.history.get("verdict")
+        return Verdict.from_dict(v) if v else None
+
+    @property
     def activation(self) -> nn.Module:
         """The found activation compiled (inductor backend)."""
         from grafs.compiler import compile as gcompile
         return gcompile(self.formula)
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write ``path/result.json`` and ``path/cell.pt`` (atomically, file by file)."""
+        """Write ``path/result.json`` and the cell state it names (``cell-<hash>.pt``), each
+        atomically: the cell file first, then result.json, then the cell files no result.json
+        names any more. A reader sees the old result or the new one, whole, even when the
+        process is killed in between; a failed save (disk full, a read-only directory) leaves
+        the old result as it was and raises a GrafsError."""
         p = Path(path)
-        p.mkdir(parents=True, exist_ok=True)
-        meta = {"formula": self.formula, "history": self.history, "settings": self.settings,
-                "search_seconds": self.search_seconds, "grafs_result_version": 1}
-        atomic_write_text(p / "result.json", json.dumps(meta, indent=1, default=json_default))
+        kept = "a result saved there before is unchanged"
+        try:
+            p.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise write_error(p, "the search result directory", err, kept) from None
+        cell = None
         if self.cell_state is not None:
-            atomic_torch_save(self.cell_state, p / "cell.pt")
+            buf = io.BytesIO()
+            torch.save(self.cell_state, buf)
+            data = buf.getvalue()
+            cell = f"cell-{hashlib.sha256(data).hexdigest()[:16]}.pt"
+            atomic_write_bytes(p / cell, data, "the search result's cell state", kept)
+        meta = {"formula": self.formula, "history": self.history, "settings": self.settings,
+                "search_seconds": self.search_seconds, "grafs_result_version": RESULT_VERSION,
+                "cell": cell}
+        atomic_write_text(p / "result.json", json.dumps(meta, indent=1, default=json_default),
+                          "the search result", kept)
+        for old in p.glob("cell*.pt"):      # an earlier result's (or cell.pt, from older grafs)
+            if old.name != cell and re.fullmatch(r"cell(-[0-9a-f]{16})?\.pt", old.name):
+                try:
+                    old.unlink()
+                except OSError:
+                    pass
         return p
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "SearchResult":
+        """The result :meth:`save` wrote to ``path`` (a directory, or its result.json); an
+        unusable file is a GrafsError that names it."""
         p = Path(path)
         f = p / "result.json" if p.is_dir() else p
-        try:
-            meta = json.loads(f.read_text())
-            formula = meta["formula"]
-        except (OSError, ValueError, KeyError) as err:
-            raise GrafsError(f"{f} is not a grafs search result: {err}") from None
+        meta = read_json(f, "the search result", _AGAIN, dict,
+                         missing="pass a directory SearchResult.save wrote (it holds result.json)",
+                         expected="a grafs search result")
+        version = meta.get("grafs_result_version", 1)
+        if not isinstance(version, int) or version > RESULT_VERSION:
+            raise read_error(f, "the search result", f"it was written by a newer grafs (result "
+                             f"format {version!r}; this grafs reads up to {RESULT_VERSION})",
+                             "upgrade grafs to load it")
+        wrong = [k for k, t in (("formula", str), ("history", dict), ("settings", dict),
+                                ("search_seconds", (int, float)), ("cell", (str, type(None))))
+                 if (k in meta or k == "formula") and not isinstance(meta.get(k), t)]
+        if wrong:
+            raise read_error(f, "the search result", "it is not a grafs search result ("
+                             + ", ".join(f"no {k}" if k not in meta else f"{k} of the wrong type"
+                                         for k in wrong) + ")", _AGAIN)
         from grafs.grammar.parser import parse
-        parse(formula)  # a corrupt formula is an error now, not at first use
-        cell = p / "cell.pt" if p.is_dir() else None
-        state = torch.load(cell, weights_only=True) if cell is not None and cell.exists() else None
-        return cls(formula, meta.get("history", {}), meta.get("settings", {}),
+        try:
+            parse(meta["formula"])  # a corrupt formula is an error now, not at first use
+        except GrafsError as err:
+            raise read_error(f, "the search result", f"its formula does not parse "
+                             f"({str(err).splitlines()[0][:120]})", _AGAIN) from None
+        # the cell state: the file result.json names (older grafs: cell.pt, if any)
+        name = meta["cell"] if "cell" in meta else ("cell.pt" if (f.parent / "cell.pt").exists()
+                                                    else None)
+        state = None
+        if name is not None:
+            if Path(name).name != name or not name.endswith(".pt"):
+                raise read_error(f, "the search result", f"its cell file {name!r} is not a file "
+                                 f"name in its directory (corrupt)", _AGAIN)
+            state = torch_load(f.parent / name, "the search result's cell state", _AGAIN)
+            if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor)
+                                                      for v in state.values()):
+                raise read_error(f.parent / name, "the search result's cell state", "it is a torch "
+                                 "file but not a cell state (a dict of tensors)", _AGAIN)
+        return cls(meta["formula"], meta.get("history", {}), meta.get("settings", {}),
                    meta.get("search_seconds", 0.0), state)
 
     def __repr__(self) -> str:
@@ -88,15 +154,3 @@ def json_default(o):
     if isinstance(o, torch.Tensor):
         return o.tolist()
     return str(o)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
