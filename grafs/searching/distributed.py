@@ -15,9 +15,10 @@ gets a :class:`Dist` and then, where the single-process search does nothing of t
 
 ``batch_size`` is per process, as with DDP: the global batch is ``batch_size × world_size``.
 A process group of one process is the plain search: :func:`context` returns None. Callbacks
-run on every rank; pass them on rank 0 only for one log (``grafs search`` does). An error
-raised on one rank alone (other than a non-finite loss) ends that process; torchrun then stops
-the others.
+run on every rank; pass them on rank 0 only for one log (``grafs search`` does). Reading the
+checkpoint to resume and writing it after an epoch are agreed on too: when rank 0 cannot
+(an unusable checkpoint, a full disk), every rank stops at once with rank 0's GrafsError. Any
+other error raised on one rank alone ends that process; torchrun then stops the others.
 """
 from __future__ import annotations
 
@@ -198,19 +199,33 @@ class Dist:
         return out
 
     def from_rank0(self, fn: Callable[[], Any]) -> Any:
-        """Run ``fn`` on rank 0 only; every rank gets its result, or a RuntimeError with its
-        error message (so no rank waits for one that failed)."""
+        """Run ``fn`` on rank 0 only; every rank gets its result, or its error at once (no rank
+        waits for one that failed): rank 0 raises its own exception, the others a GrafsError
+        of the same class (SearchError for a foreign one) with rank 0's message."""
         box: list = [None]
+        error = None
         if self.rank == 0:
             try:
                 box[0] = (True, fn())
             except Exception as err:  # noqa: BLE001 - re-raised on every rank below
-                box[0] = (False, f"{type(err).__name__}: {err}")
+                error = err
+                cls = type(err) if isinstance(err, GrafsError) else SearchError
+                box[0] = (False, (cls, str(err) if isinstance(err, GrafsError)
+                                  else f"{type(err).__name__}: {err}"))
         tdist.broadcast_object_list(box, src=0, device=self.comm_device)
         ok, value = box[0]
-        if not ok:
-            raise RuntimeError(value)
-        return value
+        if ok:
+            return value
+        if error is not None:
+            raise error
+        cls, message = value
+        try:
+            peer = cls(f"rank 0 of {self.world_size} failed, rank {self.rank} stops with it: "
+                       f"{message}")
+        except Exception:  # noqa: BLE001 - a GrafsError subclass with another signature
+            peer = GrafsError(f"rank 0 of {self.world_size} failed, rank {self.rank} stops "
+                              f"with it: {message}")
+        raise peer
 
     def barrier(self) -> None:
         tdist.barrier()

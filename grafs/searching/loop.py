@@ -279,9 +279,11 @@ def _resume(path: Path, s: Searcher, w_opt, w_sched, settings, world, dev, dist)
 
 def _save(path: Path, s: Searcher, epoch, w_opt, w_sched, settings, t_start, world, dist) -> None:
     """Write the checkpoint of a finished epoch. Distributed: rank 0 writes, with every rank's
-    RNG state; the others wait for it."""
+    RNG state, and tells the others how it went: when the write fails (a full disk), every
+    rank stops at once with rank 0's GrafsError instead of waiting for it."""
     rngs = dist.gather(rng_state()) if dist is not None else None
-    if dist is None or dist.rank == 0:
+
+    def write() -> None:
         ck = {"epoch": epoch, "model": s.model.state_dict(), "w_opt": w_opt.state_dict(),
               **s.state_dict(), "settings": json.dumps(settings, default=json_default),
               "rng": rng_state(), "elapsed": time.perf_counter() - t_start}
@@ -290,8 +292,10 @@ def _save(path: Path, s: Searcher, epoch, w_opt, w_sched, settings, t_start, wor
         if dist is not None:
             ck.update(world_size=world, rng_ranks=rngs)
         write_checkpoint(ck, path)
-    if dist is not None:
-        dist.barrier()
+    if dist is None:
+        write()
+    else:
+        dist.from_rank0(write)
 
 
 def _print_epoch(bar, s: Searcher, epoch: int, vl: float, va: float | None, formula: str) -> None:
