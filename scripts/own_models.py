@@ -77,6 +77,41 @@ def mean_sem(v):
     return statistics.fmean(v), (statistics.stdev(v) / math.sqrt(len(v)) if len(v) > 1 else 0.0)
 
 
+ORIGINAL = {"mlp-digits": "relu(x)", "cnn-bn-digits": "relu(x)", "transformer-mnist1d": "gelu(x)"}
+
+
+def report_markdown(report: dict) -> str:
+    """One table per setup: baselines and found formulas (mean ± SEM of the held-out loss),
+    each found one against the original activation and the best baseline."""
+    from grafs.grammar.display import display
+    out = []
+    for name, r in report.items():
+        rows = {row["name"]: row for row in r["rows"]}
+        orig = rows[ORIGINAL[name]]
+        best = min((rows[b] for b in BASELINES), key=lambda row: row["mean"])
+        out.append(f"**{name}** (original {orig['name']}; best baseline {best['name']} "
+                   f"{best['mean']:.4f} ± {best['sem']:.4f}; an evaluation run "
+                   f"{r['eval_run_seconds']:.1f} s)\n")
+        out.append("| activation | held-out loss | vs original | vs best baseline | search s (÷ eval run) |")
+        out.append("|---|---|---|---|---|")
+        for b in BASELINES:
+            out.append(f"| {b} | {rows[b]['mean']:.4f} ± {rows[b]['sem']:.4f} | | | |")
+        for f, t in zip(r["found"], r["search_seconds"]):
+            row = rows[f"found seed {f['seed']}"]
+
+            def cmp(ref):
+                if not math.isfinite(row["mean"]):
+                    return "fails"
+                if ref["mean"] - row["mean"] > math.hypot(row["sem"], ref["sem"]):
+                    return "**better**"
+                return "no worse" if row["mean"] <= ref["mean"] + ref["sem"] else "worse"
+            out.append(f"| seed {f['seed']}: `{display(f['formula'])}` | {row['mean']:.4f} ± "
+                       f"{row['sem']:.4f} | {cmp(orig)} | {cmp(best)} | {t:.0f} "
+                       f"({t / r['eval_run_seconds']:.1f}) |")
+        out.append("")
+    return "\n".join(out)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--setups", nargs="+", default=list(setups()))
@@ -85,7 +120,12 @@ def main(argv=None):
     p.add_argument("--out", default=None)
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="extra grafs.search arguments (an ablation), e.g. restarts=3 arch_weight_decay=0")
+    p.add_argument("--report", help="print the markdown tables of a study's JSON and stop")
     args = p.parse_args(argv)
+    if args.report:
+        with open(args.report) as fh:
+            print(report_markdown(json.load(fh)))
+        return None
     extra = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.set)}
     torch.set_num_threads(1)
     report = {}

@@ -123,3 +123,17 @@ def test_paper_preset_keeps_the_papers_settings_and_runs_no_checks():
     assert r.verdict is None and "scratch_runs" not in r.settings
     with pytest.raises(GrafsError, match="preset"):
         grafs.search(model(), data(), preset="fast")
+
+
+def test_a_formula_worse_than_the_original_is_rejected_by_the_verdict(monkeypatch):
+    import grafs.searching.loop as loop
+    dead = "1e-4*tanh(x)"       # trains (finite) but the network can hardly use it
+    monkeypatch.setattr(loop, "search", lambda model, *a, **k: SearchResult(dead, {"epochs": [0]}, {}))
+    kw = dict(epochs=20, budget="as_given", batch_size=32, space=space(), progress=False,
+              verdict_seeds=2, optimizer=lambda p: torch.optim.Adam(p, lr=1e-2))
+    with pytest.warns(GrafsWarning, match="returning your original activation relu"):
+        r = grafs.search(model(), data(), **kw)
+    assert r.formula == "relu(x)" and r.history["rejected_formula"] == dead
+    assert r.verdict.formula == dead and not r.verdict.no_worse
+    kept = grafs.search(model(), data(), keep_original_if_worse=False, **kw)
+    assert kept.formula == dead and "rejected_formula" not in kept.history

@@ -64,7 +64,8 @@ def size_budget(steps_per_epoch: int, epochs: int | None = None, warmstart_epoch
 
 def search(model: nn.Module, train_data, val_data=None, *, preset: str = "auto",
            epochs: int | None = None, restarts: int = 1,
-           verdict_seeds: int = 3, check: bool = True, seed: int = 0, batch_size: int = 128,
+           verdict_seeds: int = 3, check: bool = True, keep_original_if_worse: bool = True,
+           seed: int = 0, batch_size: int = 128,
            space=None, arch_lr: float | None = None, warmstart_epochs: int | None = None,
            shrink_start: int | None = None, train_fraction: float = 0.75,
            activation_types: Sequence[type] = DEFAULT_TYPES, device=None, progress: bool = True,
@@ -77,7 +78,9 @@ def search(model: nn.Module, train_data, val_data=None, *, preset: str = "auto",
     are compared by training each formula from scratch with the search's own recipe, the
     returned formula is checked to train from scratch (else its clipped form, else your
     original activation is returned, with a warning), and ``result.verdict`` compares it with
-    the original activation over ``verdict_seeds`` from-scratch trainings (0: no verdict).
+    the original activation over ``verdict_seeds`` from-scratch trainings (0: no verdict); when
+    the verdict finds it worse than the original (``keep_original_if_worse``), the original is
+    returned, with a warning, and ``history["rejected_formula"]`` keeps the found one.
     ``preset="paper"``: the paper's settings as given (``SearchSpace.grafs()``,
     ``arch_lr=1e-3``, ``epochs=10``), no budget rule, restart pick, check or verdict.
     Every other keyword goes to :func:`grafs.searching.loop.search` (optimizer, scheduler,
@@ -129,7 +132,14 @@ def search(model: nn.Module, train_data, val_data=None, *, preset: str = "auto",
     if check:
         _check_trains(result, trainer, space, original, seed)
     if verdict_seeds:
-        result.history["verdict"] = _verdict(result, trainer, original, verdict_seeds, seed).to_dict()
+        verdict = _verdict(result, trainer, original, verdict_seeds, seed)
+        result.history["verdict"] = verdict.to_dict()
+        if keep_original_if_worse and not verdict.no_worse and result.formula != original:
+            msg = f"{verdict}; returning your original activation {original}"
+            result.history["rejected_formula"] = result.formula
+            result.history.setdefault("warnings", []).append(msg)
+            result.formula = original
+            warnings.warn(msg, GrafsWarning, stacklevel=2)
     result.settings["scratch_runs"] = trainer.runs
     return result
 
