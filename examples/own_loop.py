@@ -28,8 +28,7 @@ def search_in_own_loop(model: nn.Module, train_loader, val_loader, *, epochs: in
     """A plain training loop with the four Searcher calls (marked ◀). ``searcher_options``
     go to grafs.Searcher (space, arch_lr, warmstart_epochs, cell_mode, ...)."""
     torch.manual_seed(seed)        # the Dirichlet draws come from torch's global RNG
-    searcher = grafs.Searcher(model, epochs=epochs, seed=seed,   # ◀ swaps the activations
-                              steps_per_epoch=len(train_loader), **searcher_options)
+    searcher = grafs.Searcher(model, epochs=epochs, seed=seed, **searcher_options)  # ◀ swaps the activations
     optimizer = torch.optim.Adam(searcher.weight_parameters(), lr=lr)
     loss_fn = nn.functional.cross_entropy
     for epoch in range(epochs):
@@ -101,7 +100,7 @@ def main(argv: list[str] | None = None) -> grafs.SearchResult:
     p.add_argument("--tiny", action="store_true", help="a seconds-long run (used by the tests)")
     args = p.parse_args(argv)
     options = {}
-    if args.tiny:   # far below the budget α needs (a GrafsWarning says so): only for tests
+    if args.tiny:   # far below the budget α needs: only for tests
         args.samples, args.epochs = 256, 3
         options = dict(space=grafs.SearchSpace("B(U(x), U(x))", unary=["relu", "gelu", "tanh"],
                                                binary=["add", "max"]))

@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import grafs
-from grafs.errors import GrafsError, GrafsWarning
+from grafs.errors import GrafsError
 from grafs.runtime.space import SearchSpace
 from grafs.searching.loop import search as loop_search
 from grafs.searching.sites import SearchSite
@@ -115,8 +115,6 @@ def test_epochs_and_arguments_are_checked():
         s.epoch_start(3)
     with pytest.raises(GrafsError, match="one-element tensor"):
         s.arch_step(lambda: torch.ones(3, requires_grad=True))
-    with pytest.warns(GrafsWarning, match="arch steps between the warm start and the first drop"):
-        searcher(model(), steps_per_epoch=5)
 
 
 def test_the_schedule_drops_ops_at_epoch_starts_to_a_discrete_cell():

@@ -234,9 +234,10 @@ class Searcher(SearchSteps):
     ``distributed``: with an initialised process group of several processes (None: use it if
     there is one; False: never), α/γ gradients are averaged over the ranks, so every rank holds
     the same α, drops and formula (average the weights' gradients as you do now, e.g. DDP).
-    ``steps_per_epoch``: if given, a GrafsWarning says when the run gives α fewer arch steps
-    than the budget rule asks (docs/guide/search.md, "The budget"). ``seed`` seeds the cell's
-    α and γ initialisation; the Dirichlet draws come from torch's global RNG, as your loop's.
+    ``seed`` seeds the cell's α and γ initialisation; the Dirichlet draws come from torch's
+    global RNG, as your loop's. Give α enough arch steps before the first drop (the budget
+    rule of docs/guide/search.md: >= 100 after the warm start, >= 500 in all); a GrafsWarning
+    says when the first drop comes while α is still about uniform.
     """
 
     def __init__(self, model: nn.Module, *, epochs: int, space=None, seed: int = 0,
@@ -245,8 +246,7 @@ class Searcher(SearchSteps):
                  arch_weight_decay: float = 1e-3, amp: str | None = None,
                  loss_scaling: bool | None = None, cell_mode: str = "auto",
                  device: torch.device | str | None = None,
-                 activation_types: Sequence[type] = DEFAULT_TYPES, distributed=None,
-                 steps_per_epoch: int | None = None):
+                 activation_types: Sequence[type] = DEFAULT_TYPES, distributed=None):
         from grafs.runtime.space import SearchSpace
         check_epochs(epochs, warmstart_epochs)
         space = space if space is not None else SearchSpace.grafs(normalize=True)
@@ -279,8 +279,6 @@ class Searcher(SearchSteps):
         self.epoch = -1             # the epoch started last (-1: none yet)
         self.next_epoch = 0         # the epoch epoch_start() starts when not told
         self._t_epoch = self._t_start = time.perf_counter()
-        if steps_per_epoch is not None:
-            _warn_if_short(steps_per_epoch, epochs, warmstart_epochs, start)
 
     # -- epochs --------------------------------------------------------------------------
     def is_warm(self, epoch: int) -> bool:
@@ -387,18 +385,6 @@ def _dist_context(distributed, dev: torch.device, explicit_device: bool):
     if distributed is None or isinstance(distributed, bool):
         return gdist.context(distributed, dev, explicit_device)
     return distributed
-
-
-def _warn_if_short(steps_per_epoch: int, epochs: int, warm: int, start: int) -> None:
-    from grafs.searching.entry import MIN_STEPS_BEFORE_DROP, MIN_TOTAL_STEPS
-    before, total = (start - warm) * steps_per_epoch, epochs * steps_per_epoch
-    short = ([f"{before} arch steps between the warm start and the first drop (the rule asks "
-              f"{MIN_STEPS_BEFORE_DROP})"] if before < MIN_STEPS_BEFORE_DROP else []) + \
-        ([f"{total} steps in all (the rule asks {MIN_TOTAL_STEPS})"] if total < MIN_TOTAL_STEPS else [])
-    if short:
-        warnings.warn(f"a search of {epochs} epochs × {steps_per_epoch} steps gives α "
-                      + " and ".join(short) + "; its drops may be close to random (more epochs, "
-                      "a later shrink_start, or more steps per epoch)", GrafsWarning, stacklevel=3)
 
 
 def warn_if_unlearned(cell, epoch: int, history: dict) -> None:
