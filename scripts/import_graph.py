@@ -18,9 +18,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "grafs"
 
-# Bottom to top; a module may import its own layer and the layers below it.
-LAYERS = ["errors", "files", "ops", "grammar", "compiler", "runtime", "activations", "plot", "integrations",
-          "callbacks", "searching", "models", "tasks", "protocol", "testing", "cli",
+# Bottom to top; a module may import its own layer and the layers below it. (integrations
+# sits above searching: its Lightning and Hugging Face callbacks drive a grafs.Searcher.)
+LAYERS = ["errors", "files", "ops", "grammar", "compiler", "runtime", "activations", "plot",
+          "callbacks", "searching", "integrations", "models", "tasks", "protocol", "testing", "cli",
           "__main__", "__init__"]
 
 
