@@ -36,6 +36,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from grafs.errors import GrafsError
+from grafs.searching.data import cycle
 from grafs.searching.result import SearchResult
 from grafs.searching.rng import rng_state, set_rng_state
 from grafs.searching.searcher import Searcher
@@ -125,13 +126,13 @@ class GrafsSearch(Callback):
         if epoch < self.searcher.epochs:
             self.searcher.epoch_start(epoch)
             self._open = True
-        self._batches = _cycle(self._loader)
+        self._batches = cycle(self._loader)
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any,
                              batch_idx: int) -> None:
         s = self.searcher
         if self._batches is None:       # (a fit resumed in the middle of an epoch)
-            self._batches = _cycle(self._loader)
+            self._batches = cycle(self._loader)
         if self._open and batch_idx % self.arch_every == 0:
             vb = trainer.strategy.batch_to_device(next(self._batches))
             s.arch_step(lambda: self._loss(trainer, pl_module, vb, batch_idx))
@@ -225,11 +226,6 @@ def _first(loaders):
     if isinstance(loaders, Mapping):
         return next(iter(loaders.values()), None)
     return loaders
-
-
-def _cycle(loader):
-    while True:
-        yield from loader
 
 
 @contextlib.contextmanager

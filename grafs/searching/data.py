@@ -77,6 +77,13 @@ class Batches:
                 yield tuple(torch.stack([torch.as_tensor(it[k]) for it in items]) for k in range(len(items[0])))
 
 
+def cycle(loader: Iterable) -> Iterable:
+    """The loader's batches over and over: a fresh pass whenever one ends (arch steps read
+    validation batches in turn, however many training batches there are)."""
+    while True:
+        yield from loader
+
+
 def resolve_device(device=None) -> torch.device:
     """``None`` or "auto": CUDA when available, else the CPU; otherwise ``torch.device(device)``,
     checked to exist."""

@@ -1,0 +1,97 @@
+"""The Hugging Face Trainer callback (grafs.integrations.hf_trainer.GrafsTrainerCallback): a
+tiny BERT built from its config (no download) searched inside trainer.train(), the formula
+registered by name so that config.hidden_act = name trains a model with it."""
+import pytest
+import torch
+from torch import nn
+
+pytest.importorskip("transformers", reason="needs the hf extra: pip install grafs[hf]")
+pytest.importorskip("accelerate", reason="needs the hf extra: pip install grafs[hf]")
+
+import grafs  # noqa: E402
+from grafs.errors import GrafsError  # noqa: E402
+from grafs.integrations.hf_trainer import GrafsTrainerCallback  # noqa: E402
+from grafs.runtime.space import SearchSpace  # noqa: E402
+from grafs.searching.sites import SearchSite  # noqa: E402
+
+pytestmark = [pytest.mark.filterwarnings("ignore::grafs.errors.GrafsWarning"),   # tiny searches
+              pytest.mark.filterwarnings("ignore::UserWarning"),
+              pytest.mark.filterwarnings("ignore::FutureWarning")]
+
+SPACE = dict(template="B(U(x), U(x))", unary=["relu", "gelu", "tanh", "mul_gamma"],
+             binary=["add", "max", "mix"])
+
+
+class Tokens(torch.utils.data.Dataset):
+    """Random token sequences labelled by whether token 3 occurs in them: dict items."""
+
+    def __init__(self, n, seed):
+        g = torch.Generator().manual_seed(seed)
+        self.ids = torch.randint(4, 40, (n, 12), generator=g)
+        self.ids[torch.rand(n, generator=g) < 0.5, 5] = 3
+        self.labels = (self.ids == 3).any(-1).long()
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.ids[i], "attention_mask": torch.ones(12, dtype=torch.long),
+                "labels": self.labels[i]}
+
+
+def config(**kw):
+    from transformers import BertConfig
+    return BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                      intermediate_size=32, max_position_embeddings=16, **kw)
+
+
+def test_search_inside_trainer_train_registers_the_formula_by_name(tmp_path):
+    from transformers import BertForSequenceClassification, Trainer, TrainingArguments
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(config())
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=12, per_device_train_batch_size=8,
+                             per_device_eval_batch_size=8, gradient_accumulation_steps=2,
+                             learning_rate=1e-3, report_to="none", save_strategy="no",
+                             eval_strategy="steps", eval_steps=6, logging_steps=3, use_cpu=True,
+                             disable_tqdm=True, seed=0)
+    trainer = Trainer(model=model, args=args, train_dataset=Tokens(96, 0),
+                      eval_dataset=Tokens(32, 1))
+    cb = GrafsTrainerCallback("grafs_test_found", search_epochs=4, backend="eager",
+                              space=SearchSpace(**SPACE), arch_lr=3e-2).attach(trainer)
+    try:
+        trainer.train()
+        sites = [m for m in model.modules() if isinstance(m, SearchSite)]
+        assert len(sites) == 2                                   # each layer's hidden_act module
+        assert isinstance(model.bert.pooler.activation, nn.Tanh)  # not what hidden_act names
+        cell = cb.searcher.cell
+        assert cell.is_discrete() and cb.result.history["epochs"] == [0, 1, 2, 3]
+        assert any(h != cb.result.history["alpha"][0] for h in cb.result.history["alpha"][1:])
+        in_opt = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
+        assert not in_opt & {id(p) for p in cell.arch_parameters()}
+        assert cb.act_key == "hidden_act" and cb.result.settings["gradient_accumulation_steps"] == 2
+        # 4 phases of 3 steps; evaluations after steps 6 and 12 close phases 1 and 3
+        assert [v is not None for v in cb.result.history["val_loss"]] == [False, True, False, True]
+        assert grafs.registered()["grafs_test_found"] == cb.result.formula
+
+        # the final model, configured by name
+        fresh = BertForSequenceClassification(cb.use_in(config()))
+        act = fresh.bert.encoder.layer[0].intermediate.intermediate_act_fn
+        assert type(act).grafs_name == "grafs_test_found"
+        x = torch.linspace(-3, 3, 13)
+        torch.testing.assert_close(act(x), grafs.compile(cb.result.formula, backend="eager")(x))
+        batch = {k: torch.stack([Tokens(8, 2)[i][k] for i in range(8)]) for k in ("input_ids", "labels")}
+        fresh(**batch).loss.backward()
+    finally:
+        if "grafs_test_found" in grafs.registered():
+            grafs.unregister("grafs_test_found")
+
+
+def test_without_eval_data_the_error_says_what_to_pass(tmp_path):
+    from transformers import BertForSequenceClassification, Trainer, TrainingArguments
+    model = BertForSequenceClassification(config())
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=2, report_to="none",
+                             save_strategy="no", use_cpu=True, disable_tqdm=True)
+    cb = GrafsTrainerCallback(search_epochs=2, space=SearchSpace(**SPACE))
+    trainer = Trainer(model=model, args=args, train_dataset=Tokens(16, 0), callbacks=[cb])
+    with pytest.raises(GrafsError, match="attach"):
+        trainer.train()
