@@ -137,3 +137,12 @@ def test_a_formula_worse_than_the_original_is_rejected_by_the_verdict(monkeypatc
     assert r.verdict.formula == dead and not r.verdict.no_worse
     kept = grafs.search(model(), data(), keep_original_if_worse=False, **kw)
     assert kept.formula == dead and "rejected_formula" not in kept.history
+
+
+@pytest.mark.parametrize("formula, affine", [
+    ("0.7*(x - 1.2) + 0.8", True), ("min(0.4985*x - 0.1276, 0.7062*x - 0.8295)", True),
+    ("3*x", True), ("relu(x)", False), ("abs(x)", False), ("gelu(x)", False), ("x*x", False),
+    ("0.09621*x*max(-0.04581*x, 0.7062*x - 0.7127)", False), ("tanh(x)", False),
+    ("max(x, 0.999*x)", True)])
+def test_nearly_affine_on_the_pre_activation_range(formula, affine):
+    assert entry.nearly_affine(grafs.parse(formula)) is affine

@@ -179,13 +179,13 @@ def _check_trains(result: SearchResult, trainer: ScratchTrainer, space, original
     evaluated); else, or when it is affine, the original activation, with a warning."""
     from grafs.compiler.lower import clip_expr
     from grafs.grammar.parser import parse
-    from grafs.runtime.discretize import is_affine
     steps = 20
     bad = result.formula
-    if is_affine(parse(bad)):
+    if nearly_affine(parse(bad)):
         # a·x + b makes the layers around it one linear map: never what a user wants (on the
         # own-model study such a formula lost to ReLU every time, docs/results-own-models.md)
-        why = "is affine in x (the layers around it would be one linear map)"
+        why = ("is affine in x on [-3, 3], where most pre-activations lie (the layers around it "
+               "would be one linear map)")
         result.formula, what = original, f"your original activation {original}"
     elif math.isfinite(trainer.val_loss(bad, seed, max_steps=steps)):
         return
@@ -200,6 +200,31 @@ def _check_trains(result: SearchResult, trainer: ScratchTrainer, space, original
     result.history["unusable_formula"] = bad
     result.history.setdefault("warnings", []).append(msg)
     warnings.warn(msg, GrafsWarning, stacklevel=3)
+
+
+def nearly_affine(expr, lo: float = -3.0, hi: float = 3.0, tol: float = 0.02) -> bool:
+    """Whether ``expr`` is a·x + b on [lo, hi] up to ``tol`` (the RMS residual of its best
+    straight line over the RMS of its variation): exactly affine formulas, and piecewise ones
+    such as ``min(0.4985*x - 0.13, 0.7062*x - 0.83)`` whose kink lies outside the range
+    (that one lost to ReLU on the own-model study as the affine ones did)."""
+    from grafs.compiler.eager import run_expr
+    from grafs.errors import GrafsError
+    from grafs.runtime.discretize import is_affine
+    if is_affine(expr):
+        return True
+    xs = torch.linspace(lo, hi, 601, dtype=torch.float64)
+    try:
+        with torch.no_grad():
+            ys = run_expr(expr, xs, {}).double().expand_as(xs)
+    except (GrafsError, RuntimeError, KeyError, TypeError):
+        return False        # (a trainable family: not judged here)
+    if not torch.isfinite(ys).all():
+        return False
+    a = torch.stack([xs, torch.ones_like(xs)], 1)
+    coef = torch.linalg.lstsq(a, ys.unsqueeze(1)).solution
+    resid = (a @ coef).squeeze(1) - ys
+    spread = (ys - ys.mean()).pow(2).mean().sqrt()
+    return bool(spread == 0 or resid.pow(2).mean().sqrt() <= tol * spread)
 
 
 def _verdict(result: SearchResult, trainer: ScratchTrainer, original: str, seeds: int,
