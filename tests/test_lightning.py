@@ -6,7 +6,6 @@ the α/γ history of grafs.searching.loop.search bit for bit: both drive grafs.S
 """
 import json
 import os
-import socket
 
 import pytest
 import torch
@@ -208,13 +207,8 @@ def _ddp_worker(rank, port, tmp):
 
 
 def test_ddp_ranks_end_with_the_same_alpha_and_formula(tmp_path):
-    import multiprocessing
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    torch.multiprocessing.start_processes(_ddp_worker, args=(port, str(tmp_path)), nprocs=2,
-                                          join=True, start_method=method)
+    from grafs.testing.ranks import start_ranks
+    start_ranks(_ddp_worker, 2, str(tmp_path))
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert r0["formula"] == r1["formula"]
     assert r0["alpha"] == r1["alpha"] and r0["dropped"] == r1["dropped"]

@@ -44,11 +44,17 @@ def _cmd_search(args) -> int:
     from grafs.searching import distributed as gdist
     from grafs.searching import resolve_device
     dev = resolve_device(args.device)
-    # under torchrun (WORLD_SIZE > 1) every process runs this: a data-parallel search in which
-    # rank 0 alone prints and writes
+    # under torchrun: a data-parallel search in which rank 0 alone prints and writes
+    return _under_torchrun(dev, lambda: _search(args, dev, gdist.rank() == 0, gdist.world_size()))
+
+
+def _under_torchrun(dev, run) -> int:
+    """``run()``; under torchrun (WORLD_SIZE > 1) every process runs it, in the process group
+    this call initialises from torchrun's environment and destroys afterwards."""
+    from grafs.searching import distributed as gdist
     owns = gdist.env_world_size() > 1 and gdist.init_from_env(dev)
     try:
-        code = _search(args, dev, gdist.rank() == 0, gdist.world_size())
+        code = run()
     except BaseException:
         if owns:
             gdist.shutdown(wait=False)
@@ -143,6 +149,14 @@ def _print_late_rise(result) -> None:
 
 def _cmd_evaluate(args) -> int:
     _threads(args)
+    from grafs.searching import distributed as gdist
+    from grafs.searching import resolve_device
+    dev = resolve_device(args.device)
+    # under torchrun: the runs spread over the ranks of every node; rank 0 alone prints and writes
+    return _under_torchrun(dev, lambda: _evaluate(args, dev, gdist.rank() == 0))
+
+
+def _evaluate(args, dev, rank0: bool) -> int:
     from grafs.protocol.evaluate import evaluate
     from grafs.tasks import get_task
     task = get_task(args.task, **_task_options(args))
@@ -155,15 +169,16 @@ def _cmd_evaluate(args) -> int:
         times.append(res.search_seconds)
     # the ratio of the paper's tables: (mean) search time over the time of one evaluation run
     search_seconds = args.search_seconds or (sum(times) / len(times) if times else None)
-    from grafs.searching import resolve_device
     named: dict[str, str] = {f"F{i + 1}": f for i, f in enumerate(acts)}
     if args.scaled_baselines:
         from grafs.protocol.evaluate import scaled_baselines
         named.update(scaled_baselines(task))
     table = evaluate(task, named, seeds=args.seeds, baselines=args.baselines, epochs=args.epochs,
-                     search_seconds=search_seconds, progress=not args.quiet,
-                     device=resolve_device(args.device), callbacks=_callbacks(args),
+                     search_seconds=search_seconds, progress=not args.quiet and rank0,
+                     device=dev, callbacks=_callbacks(args) if rank0 else [],
                      jobs=args.jobs, out_dir=args.out)
+    if not rank0:
+        return 1 if table.failures else 0
     print(table.markdown())
     if args.json:
         from grafs.files import atomic_write_json

@@ -121,7 +121,8 @@ def evaluate(task, activations: Sequence[str] | dict[str, str] = (), *, seeds: i
              search_seconds: float | None = None, backend: str | None = None,
              device: str | torch.device | None = None, progress: bool = True,
              max_steps: int | None = None, callbacks=None, jobs: int = 1,
-             out_dir: str | os.PathLike | None = None) -> EvalTable:
+             out_dir: str | os.PathLike | None = None,
+             distributed: bool | None = None) -> EvalTable:
     """Train ``task``'s model from scratch with each activation for each seed; test metric table.
 
     ``task``: a grafs.tasks.Task or a task name. ``activations``: formulas (or name -> formula);
@@ -135,6 +136,11 @@ def evaluate(task, activations: Sequence[str] | dict[str, str] = (), *, seeds: i
     threads are split between them); the scores equal the sequential ones. A run that raises
     is listed in ``table.failures`` and the others are kept. ``out_dir``: finished runs are
     cached in ``out_dir/runs/`` and a later call skips them (see grafs.protocol.runs).
+    ``distributed``: under torchrun, the runs are spread over every rank of every node and every
+    rank returns the whole table (None: when a process group of several processes is
+    initialised; True: also initialise it from torchrun's environment; False: never; see
+    :func:`grafs.protocol.runs.run_all`); callbacks and ``progress`` then see the runs of other
+    ranks when all are done, so pass them on rank 0 only.
     """
     from grafs.protocol.runs import RunSpec, run_all
     from grafs.callbacks import CallbackList, EvalRunInfo, EvalStart
@@ -172,7 +178,8 @@ def evaluate(task, activations: Sequence[str] | dict[str, str] = (), *, seeds: i
             bar.set_postfix_str(f"{sp.name} seed {sp.seed}: "
                                 + (f"{r.score:.4f}" if r.error is None else "failed"))
     try:
-        results = run_all(task, specs, cfg, backend, dev, max_steps, jobs, out_dir, report)
+        results = run_all(task, specs, cfg, backend, dev, max_steps, jobs, out_dir, report,
+                          distributed)
     finally:
         if bar is not None:
             bar.close()

@@ -1,5 +1,6 @@
 """The evaluation protocol's training runs (one activation, one seed each): in this process or
-in ``jobs`` spawned worker processes, with an optional per-run result cache.
+in ``jobs`` spawned worker processes, with an optional per-run result cache; under torchrun
+(a ``torch.distributed`` process group) spread over every rank of every node.
 
 Every run is a function of its (activation, seed) alone: the model is built and trained from
 ``seed`` and the global torch RNG (dropout) is seeded with it inside a forked RNG state, so a
@@ -8,6 +9,13 @@ torch thread count: workers get the caller's threads split between them). A run 
 reported as failed and the others are kept; with a cache directory, every finished run is
 written to ``<cache>/runs/<key>.json`` (the key hashes everything the result depends on) and a
 later call skips it.
+
+Across ranks (``torchrun --nnodes N --nproc-per-node M -m grafs evaluate``): rank 0 reads the
+cache and tells every rank which runs are left; rank r trains every world-th of them (on
+``cuda:LOCAL_RANK`` for a CUDA device without an index) and caches what it trains; then every
+rank gets every result (rank 0 also caches the others' runs where its cache lacks them), so
+every rank returns the whole table. A run that raises, or a rank whose share cannot start,
+is a failed run in the table: the ranks still meet, none waits for ever.
 """
 from __future__ import annotations
 
@@ -142,11 +150,19 @@ def worker_devices(device: torch.device, jobs: int) -> list[torch.device]:
 
 def run_all(task, specs: Sequence[RunSpec], cfg, backend: str, device: torch.device,
             max_steps: int | None = None, jobs: int = 1, cache_dir: str | os.PathLike | None = None,
-            on_result: Callable[[RunResult], None] | None = None) -> list[RunResult]:
+            on_result: Callable[[RunResult], None] | None = None,
+            distributed: bool | None = None) -> list[RunResult]:
     """Every run of ``specs`` (cached ones read back), results in the order of ``specs``;
-    ``on_result`` sees each result in that order as soon as it and all before it are done."""
+    ``on_result`` sees each result in that order as soon as it and all before it are done.
+    ``distributed``: spread the runs over the ranks of a torch.distributed process group (None:
+    if one of several processes is initialised; True: also initialise it from torchrun's
+    environment; False: never)."""
     if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
         raise GrafsError(f"jobs must be an int >= 1, got {jobs!r}")
+    from grafs.searching import distributed as gdist
+    dist = gdist.context(distributed, device, explicit_device=True)
+    if dist is not None:
+        return _run_ranks(task, specs, cfg, backend, dist, max_steps, jobs, cache_dir, on_result)
     results: dict[int, RunResult] = {}
     paths: dict[int, Path] = {}
     emitted = 0
@@ -202,3 +218,51 @@ def _run_pool(task, todo, cfg, backend, device, max_steps, jobs, done) -> None:
             except Exception as err:  # noqa: BLE001 - a worker that died (killed, out of memory)
                 r = RunResult(futures[fut], error=f"worker process failed: {type(err).__name__}: {err}")
             done(r)
+
+
+def _run_ranks(task, specs, cfg, backend, dist, max_steps, jobs, cache_dir, on_result):
+    """:func:`run_all` over the ranks of ``dist`` (a grafs.searching.distributed.Dist)."""
+    import torch.distributed as tdist
+    device = dist.device
+    paths = {} if cache_dir is None else {
+        s.index: Path(cache_dir) / "runs" / f"{run_key(task, s, cfg, backend, device, max_steps)}.json"
+        for s in specs}
+    # rank 0's cache decides which runs are left, for every rank
+    box: list = [None]
+    if dist.rank == 0:
+        box[0] = [hit for s in specs if s.index in paths
+                  for hit in [_cache_read(paths[s.index], s)] if hit is not None]
+    tdist.broadcast_object_list(box, src=0, device=dist.comm_device)
+    results = {r.spec.index: r for r in box[0]}
+    todo = [s for s in specs if s.index not in results]
+    mine = todo[dist.rank::dist.world_size]
+    ran: dict[int, RunResult] = {}
+
+    def finished(r: RunResult) -> None:
+        ran[r.spec.index] = r
+        if r.error is None and r.spec.index in paths:
+            _cache_write(paths[r.spec.index], r)
+    try:
+        if jobs == 1 or len(mine) <= 1:
+            for spec in mine:
+                finished(run_one(task, spec, cfg, backend, device, max_steps))
+        else:
+            _run_pool(task, mine, cfg, backend, device, max_steps, min(jobs, len(mine)), finished)
+    except Exception as err:  # noqa: BLE001 - this rank's share fails, the ranks still meet
+        for spec in mine:
+            if spec.index not in ran:
+                ran[spec.index] = RunResult(spec, error=f"rank {dist.rank} of {dist.world_size} "
+                                                        f"failed: {type(err).__name__}: {err}")
+    shares: list = [None] * dist.world_size
+    tdist.all_gather_object(shares, list(ran.values()))
+    for rank, share in enumerate(shares):
+        for r in share:
+            results[r.spec.index] = r
+            if (dist.rank == 0 and rank != 0 and r.error is None and r.spec.index in paths
+                    and not paths[r.spec.index].exists()):   # another node's disk
+                _cache_write(paths[r.spec.index], r)
+    ordered = [results[s.index] for s in specs]
+    if on_result is not None:
+        for r in ordered:
+            on_result(r)
+    return ordered
