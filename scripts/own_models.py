@@ -108,6 +108,10 @@ def report_markdown(report: dict) -> str:
             out.append(f"| seed {f['seed']}: `{display(f['formula'])}` | {row['mean']:.4f} ± "
                        f"{row['sem']:.4f} | {cmp(orig)} | {cmp(best)} | {t:.0f} "
                        f"({t / r['eval_run_seconds']:.1f}) |")
+            if f"searched seed {f['seed']}" in rows:     # the check or the verdict replaced it
+                row = rows[f"searched seed {f['seed']}"]
+                out.append(f"| (searched: `{display(f['searched'])}`) | {row['mean']:.4f} ± "
+                           f"{row['sem']:.4f} | {cmp(orig)} | {cmp(best)} | |")
         out.append("")
     return "\n".join(out)
 
@@ -142,10 +146,13 @@ def main(argv=None):
             torch.manual_seed(s)
             t0 = time.perf_counter()
             r = grafs.search(make_model(), (x[train], y[train]), seed=s, batch_size=bs,
-                             optimizer=opt, progress=False, verdict_seeds=0, **extra)
+                             optimizer=opt, progress=False, **{"verdict_seeds": 0, **extra})
             t_search.append(time.perf_counter() - t0)
-            found.append({"seed": s, "formula": r.formula, "display": r.display,
+            # what the search itself found, before the check or the verdict replaced it
+            raw = r.history.get("unusable_formula") or r.history.get("rejected_formula") or r.formula
+            found.append({"seed": s, "formula": r.formula, "searched": raw, "display": r.display,
                           "epochs": r.settings["epochs"], "seconds": t_search[-1],
+                          "verdict": r.history.get("verdict"),
                           "warnings": r.history.get("warnings", [])})
             print(f"{name} seed {s}: {r.formula}  ({t_search[-1]:.0f} s, {r.settings['epochs']} epochs)", flush=True)
         epochs = found[0]["epochs"]
@@ -154,7 +161,9 @@ def main(argv=None):
                                  batch_size=bs, loss_fn=None, optimizer=opt, scheduler=None,
                                  activation_types=grafs.searching.DEFAULT_TYPES,
                                  device=torch.device("cpu"))
-        for label, formula in [(b, b) for b in BASELINES] + [(f"found seed {f['seed']}", f["formula"]) for f in found]:
+        runs = [(b, b) for b in BASELINES] + [(f"found seed {f['seed']}", f["formula"]) for f in found]
+        runs += [(f"searched seed {f['seed']}", f["searched"]) for f in found if f["searched"] != f["formula"]]
+        for label, formula in runs:
             t0 = time.perf_counter()
             losses = [trainer.val_loss(formula, seed=100 + k) for k in range(args.eval_seeds)]
             t_eval.append((time.perf_counter() - t0) / args.eval_seeds)

@@ -56,6 +56,7 @@ def test_auto_budget_defaults_and_verdict_on_a_user_model():
                      verdict_seeds=2)
     s = r.settings
     assert s["preset"] == "auto" and s["arch_lr"] == pytest.approx(3e-2)
+    assert s["arch_weight_decay"] == 0.0 and s["normalize"]
     spe = s["steps_per_epoch"]
     assert (s["shrink_start"] - s["warmstart_epochs"]) * spe >= MIN_STEPS_BEFORE_DROP
     assert s["epochs"] * spe >= MIN_TOTAL_STEPS
@@ -120,6 +121,7 @@ def test_paper_preset_keeps_the_papers_settings_and_runs_no_checks():
         r = grafs.search(model(), data(), preset="paper", epochs=3, batch_size=32,
                          space=grafs.SearchSpace(**SMALL), progress=False)
     assert r.settings["arch_lr"] == pytest.approx(1e-3) and r.settings["preset"] == "paper"
+    assert r.settings["arch_weight_decay"] == pytest.approx(1e-3)
     assert r.verdict is None and "scratch_runs" not in r.settings
     with pytest.raises(GrafsError, match="preset"):
         grafs.search(model(), data(), preset="fast")
