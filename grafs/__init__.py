@@ -28,13 +28,14 @@ _LAZY = {
     "Callback": "grafs.callbacks.events", "TensorBoardLogger": "grafs.callbacks.tensorboard",
     "register": "grafs.integrations.registry", "registered": "grafs.integrations.registry",
     "unregister": "grafs.integrations.registry", "export_onnx": "grafs.integrations.onnx",
+    "evaluate": "grafs.protocol.own_task",
 }
 
 __all__ = [
     "parse", "Expr", "compile", "to_python", "Activation",
     "SearchSpace", "RelaxedCell", "shrink_schedule",
     "search", "search_restarts", "Searcher", "SearchResult", "replace_activations", "Act", "Callback", "TensorBoardLogger",
-    "register", "unregister", "registered", "export_onnx",
+    "register", "unregister", "registered", "export_onnx", "evaluate",
     "GrafsError", "ParseError", "ArityError", "UnknownFunctionError", "CompileError",
     "SearchError", "SearchSpaceError",
 ]

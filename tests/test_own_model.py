@@ -148,3 +148,24 @@ def test_a_formula_worse_than_the_original_is_rejected_by_the_verdict(monkeypatc
     ("max(x, 0.999*x)", True)])
 def test_nearly_affine_on_the_pre_activation_range(formula, affine):
     assert entry.nearly_affine(grafs.parse(formula)) is affine
+
+
+def test_evaluate_runs_the_protocol_on_a_user_model(tmp_path):
+    x, y = data(160)
+    table = grafs.evaluate(model, (x, y), ["tanh(x)"], seeds=2, baselines=["relu"], epochs=2,
+                           batch_size=32, progress=False, out_dir=tmp_path)
+    assert [r.name for r in table.rows] == ["F1", "ReLU"]
+    assert table.metric == "accuracy" and table.higher_is_better
+    for r in table.rows:
+        assert len(r.scores) == 2 and all(0.0 <= s <= 1.0 for s in r.scores)
+    # the seeds are reproducible and a re-run reads the cache
+    again = grafs.evaluate(model, (x, y), ["tanh(x)"], seeds=2, baselines=["relu"], epochs=2,
+                           batch_size=32, progress=False, out_dir=tmp_path)
+    assert [r.scores for r in again.rows] == [r.scores for r in table.rows]
+    # regression targets: mean squared error, lower is better
+    reg = grafs.evaluate(lambda: nn.Sequential(nn.Linear(6, 8), nn.GELU(), nn.Linear(8, 1)),
+                         (x, x[:, :1] * x[:, 1:2]), [], seeds=1, baselines=["gelu"], epochs=1,
+                         progress=False)
+    assert reg.metric == "mse" and not reg.higher_is_better
+    with pytest.raises(GrafsError, match="pair of tensors"):
+        grafs.evaluate(model, x, ["tanh(x)"], progress=False)
