@@ -92,18 +92,29 @@ def loaders(x, y, batch_size: int, seed: int):
     return train, val
 
 
-def main(argv: list[str] | None = None) -> grafs.SearchResult:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parser(description: str) -> argparse.ArgumentParser:
+    """The options of this example (and of lightning_search.py, on the same data)."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--samples", type=int, default=4096)
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tiny", action="store_true", help="a seconds-long run (used by the tests)")
-    args = p.parse_args(argv)
-    options = {}
-    if args.tiny:   # far below the budget α needs: only for tests
-        args.samples, args.epochs = 256, 3
-        options = dict(space=grafs.SearchSpace("B(U(x), U(x))", unary=["relu", "gelu", "tanh"],
-                                               binary=["add", "max"]))
+    return p
+
+
+def tiny(args) -> dict:
+    """--tiny: fewer samples and epochs and a small search space (far below the budget α
+    needs: only for tests); the Searcher options."""
+    if not args.tiny:
+        return {}
+    args.samples, args.epochs = 256, 3
+    return dict(space=grafs.SearchSpace("B(U(x), U(x))", unary=["relu", "gelu", "tanh"],
+                                        binary=["add", "max"]))
+
+
+def main(argv: list[str] | None = None) -> grafs.SearchResult:
+    args = parser(__doc__.splitlines()[0]).parse_args(argv)
+    options = tiny(args)
     x, y = make_data(args.samples, seed=args.seed)
     torch.manual_seed(args.seed)
     model = make_model()

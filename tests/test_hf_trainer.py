@@ -13,6 +13,7 @@ from grafs.errors import GrafsError  # noqa: E402
 from grafs.integrations.hf_trainer import GrafsTrainerCallback  # noqa: E402
 from grafs.runtime.space import SearchSpace  # noqa: E402
 from grafs.searching.sites import SearchSite  # noqa: E402
+from tests.test_examples import load  # noqa: E402
 
 pytestmark = [pytest.mark.filterwarnings("ignore::grafs.errors.GrafsWarning"),   # tiny searches
               pytest.mark.filterwarnings("ignore::UserWarning"),
@@ -22,27 +23,14 @@ SPACE = dict(template="B(U(x), U(x))", unary=["relu", "gelu", "tanh", "mul_gamma
              binary=["add", "max", "mix"])
 
 
-class Tokens(torch.utils.data.Dataset):
-    """Random token sequences labelled by whether token 3 occurs in them: dict items."""
-
-    def __init__(self, n, seed):
-        g = torch.Generator().manual_seed(seed)
-        self.ids = torch.randint(4, 40, (n, 12), generator=g)
-        self.ids[torch.rand(n, generator=g) < 0.5, 5] = 3
-        self.labels = (self.ids == 3).any(-1).long()
-
-    def __len__(self):
-        return len(self.ids)
-
-    def __getitem__(self, i):
-        return {"input_ids": self.ids[i], "attention_mask": torch.ones(12, dtype=torch.long),
-                "labels": self.labels[i]}
+#: random token sequences labelled by whether token 3 occurs (dict items), from the example
+Tokens = load("hf_trainer_search").Tokens
 
 
 def config(**kw):
     from transformers import BertConfig
-    return BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                      intermediate_size=32, max_position_embeddings=16, **kw)
+    return BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                      intermediate_size=32, max_position_embeddings=32, **kw)
 
 
 def test_search_inside_trainer_train_registers_the_formula_by_name(tmp_path):
@@ -95,3 +83,9 @@ def test_without_eval_data_the_error_says_what_to_pass(tmp_path):
     trainer = Trainer(model=model, args=args, train_dataset=Tokens(16, 0), callbacks=[cb])
     with pytest.raises(GrafsError, match="attach"):
         trainer.train()
+
+
+def test_hf_trainer_example_runs():
+    r = load("hf_trainer_search").main(["--tiny"])
+    grafs.parse(r.formula)
+    assert "grafs_hf_found" not in grafs.registered()      # the example cleans up after itself

@@ -30,29 +30,13 @@ SPACE = dict(template="B(U(x), U(x))", unary=["relu", "gelu", "tanh", "mul_gamma
 KEYS = ("alpha", "gamma", "dropped", "num_active", "formula")
 
 
-class Module(L.LightningModule):
-    """A user's module: the loss in training_step (logged), Adam over all its parameters."""
-
-    def __init__(self, net: nn.Module):
-        super().__init__()
-        self.net = net
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        loss = nn.functional.cross_entropy(self.net(x), y)
-        self.log("train_loss", loss, on_epoch=True)
-        return loss
-
-    def validation_step(self, batch, batch_idx):
-        x, y = batch
-        self.log("val_loss", nn.functional.cross_entropy(self.net(x), y))
-
-    def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=1e-3)
-
-
 def example():
     return load("own_loop")
+
+
+#: the user's module of examples/lightning_search.py: its loss in training_step (logged),
+#: Adam over all its parameters
+Module = load("lightning_search").Classifier
 
 
 def net():
@@ -215,3 +199,11 @@ def test_ddp_ranks_end_with_the_same_alpha_and_formula(tmp_path):
     assert r0["weights"] == r1["weights"]           # DDP's averaged weight steps
     assert len(r0["alpha"]) == 3 and r0["alpha"][0] != r0["alpha"][-1]
     grafs.parse(r0["formula"])
+
+
+@pytest.mark.parametrize("precision, accumulate", [("32-true", 1), ("bf16-mixed", 2)])
+def test_lightning_example_runs(precision, accumulate):
+    r = load("lightning_search").main(["--tiny", "--precision", precision, "--accumulate",
+                                       str(accumulate)])
+    grafs.parse(r.formula)
+    assert r.settings["precision"] == precision and r.history["num_active"][-1] == 3
