@@ -121,7 +121,7 @@ def fit_times(args) -> dict[str, float] | None:
 
     def search():
         loop_search(make_model(args.width), train, val, space=space, epochs=args.epochs,
-                    arch_lr=3e-2, progress=False, loss_fn=loss_fn,
+                    arch_lr=3e-2, arch_weight_decay=0.0, progress=False, loss_fn=loss_fn,
                     optimizer=lambda ps: torch.optim.Adam(ps, lr=1e-3))
 
     def plain():

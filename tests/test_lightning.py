@@ -91,7 +91,8 @@ def fit(epochs=3, search_kw=None, **trainer_kw):
 def test_fit_with_the_callback_finds_the_loop_searchs_formula(accumulate):
     cb, _ = fit(accumulate_grad_batches=accumulate)
     ref = loop_search(net(), *loaders(), space=SearchSpace(**SPACE), epochs=3, seed=0,
-                      arch_lr=3e-2, cell_mode="lean", grad_accumulation=accumulate,
+                      arch_lr=3e-2, arch_weight_decay=0.0, cell_mode="lean",
+                      grad_accumulation=accumulate,
                       optimizer=lambda ps: torch.optim.Adam(ps, lr=1e-3),
                       loss_fn=nn.functional.cross_entropy, progress=False)
     assert cb.result.formula == ref.formula

@@ -53,6 +53,15 @@ def test_searcher_is_public_and_swaps_the_activations():
     assert grafs.Searcher(model(), epochs=3).space.normalize       # the studied default space
 
 
+def test_the_searchers_defaults_are_grafs_searchs_studied_ones():
+    from grafs.searching import entry
+    from grafs.searching.searcher import STUDIED_ARCH_LR, STUDIED_ARCH_WEIGHT_DECAY
+    assert (STUDIED_ARCH_LR, STUDIED_ARCH_WEIGHT_DECAY) == (entry.AUTO_ARCH_LR,
+                                                          entry.AUTO_ARCH_WEIGHT_DECAY)
+    s = grafs.Searcher(model(), epochs=3)
+    assert s.arch_opt.defaults["weight_decay"] == 0.0 and s.arch_opt.defaults["lr"] == 3e-2
+
+
 def test_arch_step_trains_alpha_only_and_keeps_accumulated_weight_gradients():
     net = model()
     s = searcher(net)
@@ -180,7 +189,7 @@ def test_own_loop_example_finds_the_loop_searchs_formula(warm, capsys):
     α, γ and validation losses at every epoch."""
     ex = load("own_loop")
     x, y = ex.make_data(256)
-    opts = dict(arch_lr=3e-2, warmstart_epochs=warm, cell_mode="lean")
+    opts = dict(arch_lr=3e-2, arch_weight_decay=0.0, warmstart_epochs=warm, cell_mode="lean")
 
     def fresh():
         torch.manual_seed(0)

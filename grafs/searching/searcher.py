@@ -44,9 +44,12 @@ from grafs.searching.sites import DEFAULT_TYPES, SearchSite, replace_activations
 #: random had 0.998–0.999 at its first drop, searches that recovered the teacher 0.97–0.98
 UNLEARNED_ENTROPY = 0.995
 
-#: the arch learning rate the built-in tasks' ablations support for any model (with op-output
-#: normalisation, ``SearchSpace.grafs(normalize=True)``; docs/results-teacher.md); the paper's is 1e-3
+#: the arch optimizer's settings the ablations support for any model, with op-output
+#: normalisation (``SearchSpace.grafs(normalize=True)``): arch_lr 3e-2 (docs/results-teacher.md)
+#: and no weight decay on α (docs/results-own-models.md); the paper's are 1e-3 and 1e-3. The
+#: same as grafs.search's preset "auto" (grafs.searching.entry.AUTO_ARCH_LR, ..._WEIGHT_DECAY)
 STUDIED_ARCH_LR = 3e-2
+STUDIED_ARCH_WEIGHT_DECAY = 0.0
 
 HISTORY_KEYS = ("epochs", "train_loss", "val_loss", "train_acc", "val_acc", "num_active", "alpha",
                 "gamma", "formula", "dropped", "seconds", "entropy")
@@ -223,7 +226,8 @@ class Searcher(SearchSteps):
 
     ``model`` is changed in place: its activation modules (``activation_types`` and every
     :class:`grafs.Act`) become sites of one shared relaxed cell of ``space`` (default: the
-    paper's cell with op-output normalisation, the setting studied with ``arch_lr=3e-2``).
+    paper's cell with op-output normalisation, the setting studied with ``arch_lr=3e-2`` and
+    ``arch_weight_decay=0``, as grafs.search's defaults).
     ``epochs``: how many times your loop will call :meth:`epoch_start`/:meth:`epoch_end`; the
     shrink schedule drops ops at epoch starts from ``shrink_start`` (default 2·E0) so the cell
     is discrete in the last epoch; for the first ``warmstart_epochs`` epochs the weight steps
@@ -243,7 +247,7 @@ class Searcher(SearchSteps):
     def __init__(self, model: nn.Module, *, epochs: int, space=None, seed: int = 0,
                  warmstart_epochs: int = 1, shrink_start: int | None = None,
                  arch_lr: float = STUDIED_ARCH_LR, arch_betas: Sequence[float] = (0.5, 0.999),
-                 arch_weight_decay: float = 1e-3, amp: str | None = None,
+                 arch_weight_decay: float = STUDIED_ARCH_WEIGHT_DECAY, amp: str | None = None,
                  loss_scaling: bool | None = None, cell_mode: str = "auto",
                  device: torch.device | str | None = None,
                  activation_types: Sequence[type] = DEFAULT_TYPES, distributed=None):
