@@ -76,6 +76,8 @@ def test_the_verdict_compares_means_against_the_noise():
     assert not tie.better and tie.no_worse
     worse = Verdict("f", "relu(x)", [0.40, 0.41, 0.42], [0.20, 0.21, 0.22])
     assert not worse.better and not worse.no_worse and "keep relu(x)" in str(worse)
+    kept = Verdict("relu(x)", "relu(x)", [0.2, 0.21], [0.2, 0.21])
+    assert str(kept).startswith("kept your relu(x)") and kept.no_worse and not kept.better
     diverged = Verdict("f", "relu(x)", [0.1, math.inf], [0.2, 0.2])
     assert not diverged.better and not diverged.no_worse
 

@@ -26,6 +26,10 @@ class Verdict:
         self.no_worse = ok and _mean(f) <= _mean(o) + _sem(o)
 
     def __str__(self) -> str:
+        if self.formula == self.original:
+            return (f"kept your {self.original}: the search found no formula to use instead "
+                    f"(val loss {_mean(self.found_losses):.4g} ± {_sem(self.found_losses):.2g} "
+                    f"over {len(self.found_losses)} seeds from scratch)")
         word = ("better" if self.better else "no worse (within the noise)" if self.no_worse
                 else f"not better: keep {self.original}")
         return (f"found {self.formula}: val loss {_mean(self.found_losses):.4g} ± "
