@@ -288,6 +288,6 @@ class SearchConfig(TrainConfig):
 
     def make_arch_optimizer(self, params: Iterable[torch.Tensor]) -> torch.optim.Optimizer:
         """Adam(arch_lr, arch_betas, arch_weight_decay) over the activation parameters (the
-        search's own, grafs.searching.step.arch_optimizer)."""
-        from grafs.searching.step import arch_optimizer
+        search's own, grafs.searching.searcher.arch_optimizer)."""
+        from grafs.searching.searcher import arch_optimizer
         return arch_optimizer(params, self.arch_lr, self.arch_betas, self.arch_weight_decay)
