@@ -100,15 +100,13 @@ def search(model: nn.Module, train_data, val_data=None, *, space=None, epochs: i
         raise GrafsError(f"check_every must be >= 1, got {check_every}")
     # shrinking starts at 2·E0 by default (the paper), or earlier if the run is too short for that
     start = shrink_start if shrink_start is not None else default_shrink_start(epochs, warmstart_epochs)
+    # what a resume must match (checkpoint.check_compatible) and the result records
     settings = dict(epochs=epochs, warmstart_epochs=warmstart_epochs, shrink_start=start, seed=seed,
                     batch_size=batch_size, arch_lr=arch_lr, arch_weight_decay=arch_weight_decay,
                     arch_betas=list(arch_betas), grad_accumulation=grad_accumulation,
                     template=space.template, num_ops=space.num_ops, cell_mode=cell_mode,
                     max_steps_per_epoch=max_steps_per_epoch, amp=amp,
-                    **({"normalize": True} if getattr(space, "normalize", False) else {}),
-                    **({"arch_steps": arch_steps} if arch_steps != 1 else {}),
-                    **({"arch_batch_size": arch_batch_size} if arch_batch_size else {}),
-                    **({"single_level": True} if single_level else {}))
+                    **_non_defaults(space, arch_steps, arch_batch_size, single_level))
     world = 1 if dist is None else dist.world_size
     if dist is not None:
         settings["world_size"] = world
@@ -140,11 +138,8 @@ def search(model: nn.Module, train_data, val_data=None, *, space=None, epochs: i
     steps_per_epoch = len(train) if max_steps_per_epoch is None else min(len(train), max_steps_per_epoch)
     cbs.on_search_start(SearchStart(dict(settings), [h.name for h in space.holes], epochs,
                                     first_epoch, steps_per_epoch, s.n_sites))
-    bar = None
-    if progress and (dist is None or dist.rank == 0):
-        from tqdm.auto import tqdm
-        bar = tqdm(total=epochs * steps_per_epoch, initial=first_epoch * steps_per_epoch,
-                   desc=_progress_desc, unit="step", dynamic_ncols=True)
+    bar = _progress_bar(progress and (dist is None or dist.rank == 0), epochs, first_epoch,
+                        steps_per_epoch, _progress_desc)
     t_start = time.perf_counter() - elapsed
     epoch_run = _EpochRun(s, stepper, train, val, steps_per_epoch, arch_steps, single_level,
                           grad_accumulation, check_every, ckpt_path, dist, cbs, bar)
@@ -169,6 +164,23 @@ def search(model: nn.Module, train_data, val_data=None, *, space=None, epochs: i
     result = s.result(settings, time.perf_counter() - t_start)
     cbs.on_search_end(result)
     return result
+
+
+def _non_defaults(space, arch_steps, arch_batch_size, single_level) -> dict:
+    """The settings recorded only when they differ from the default (older checkpoints, which
+    lack them, still resume)."""
+    return {**({"normalize": True} if getattr(space, "normalize", False) else {}),
+            **({"arch_steps": arch_steps} if arch_steps != 1 else {}),
+            **({"arch_batch_size": arch_batch_size} if arch_batch_size else {}),
+            **({"single_level": True} if single_level else {})}
+
+
+def _progress_bar(show: bool, epochs: int, first_epoch: int, steps_per_epoch: int, desc: str):
+    if not show:
+        return None
+    from tqdm.auto import tqdm
+    return tqdm(total=epochs * steps_per_epoch, initial=first_epoch * steps_per_epoch,
+                desc=desc, unit="step", dynamic_ncols=True)
 
 
 def _check_arguments(epochs, warmstart_epochs, grad_accumulation, arch_steps, arch_batch_size,
