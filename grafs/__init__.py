@@ -21,7 +21,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "SearchSpace": "grafs.runtime.space", "RelaxedCell": "grafs.runtime.cell",
     "shrink_schedule": "grafs.runtime.schedule",
-    "search": "grafs.searching.entry", "search_restarts": "grafs.searching.restarts",
+    "search": "grafs.searching.entry", "SearchConfig": "grafs.searching.config",
+    "search_restarts": "grafs.searching.restarts",
     "Searcher": "grafs.searching.searcher",
     "SearchResult": "grafs.searching.result", "replace_activations": "grafs.searching.sites",
     "Act": "grafs.searching.sites",
@@ -34,7 +35,7 @@ _LAZY = {
 __all__ = [
     "parse", "Expr", "compile", "to_python", "Activation",
     "SearchSpace", "RelaxedCell", "shrink_schedule",
-    "search", "search_restarts", "Searcher", "SearchResult", "replace_activations", "Act", "Callback", "TensorBoardLogger",
+    "search", "SearchConfig", "search_restarts", "Searcher", "SearchResult", "replace_activations", "Act", "Callback", "TensorBoardLogger",
     "register", "unregister", "registered", "export_onnx", "evaluate",
     "GrafsError", "ParseError", "ArityError", "UnknownFunctionError", "CompileError",
     "SearchError", "SearchSpaceError",

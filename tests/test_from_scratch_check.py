@@ -1,5 +1,6 @@
-"""A found formula that cannot be trained from scratch is flagged (grafs.protocol.evaluate.from_scratch_problem)
-and a search on a built-in task warns about it."""
+"""A found formula that cannot be trained from scratch is flagged (grafs.protocol.evaluate.from_scratch_problem),
+and a search on a built-in task (grafs.search with the task's evaluation protocol as its check)
+never returns it: its clipped form where that trains, else the task's own activation."""
 import warnings
 
 import pytest
@@ -56,23 +57,26 @@ def test_search_task_warns_and_records(monkeypatch, teacher):
     assert not [x for x in w if "trained from scratch" in str(x.message)]
     monkeypatch.setattr(grafs.protocol.evaluate, "from_scratch_problem",
                         lambda task, formula, seed=0: "gives a non-finite loss (nan) at initialisation")
-    with pytest.warns(GrafsWarning, match="non-finite loss .* will fail"):
+    with pytest.warns(GrafsWarning, match="non-finite loss .* returning your original activation relu"):
         r = search_task(task, seed=0, space=space, progress=False)
-    assert any("will fail" in m for m in r.history["warnings"])
+    assert r.formula == "relu(x)" and r.history["unusable_formula"] != "relu(x)"
+    assert any("returning your original activation" in m for m in r.history["warnings"])
 
 
 def test_an_overflowing_found_formula_gets_its_clipped_form():
     """docs/results.md, mnist1d seed 0: a sinh² formula overflows at the first step of training
     from scratch; with the search's bounded-op clipping written out (clamp) it trains."""
-    from grafs.protocol.task_search import clipped_formula
+    from grafs.compiler.lower import clip_expr
+    from grafs.grammar.parser import parse
     task = get_task("mnist1d")
+    ell = task.make_search_space().ell
     formula = ("1.000360131263733*max(0.5795313715934753*(1.000360131263733*max(1.6727933883666992"
                "*silu(x), 0.5845244526863098*sinh(x)))^2, 1.6727933883666992*silu(x))")
     assert "non-finite" in from_scratch_problem(task, formula)
-    clipped = clipped_formula(task, formula)
+    clipped = str(clip_expr(parse(formula), ell))
     assert "sinh(clamp(x, -2.99822295029797, 2.99822295029797))" in clipped
     assert from_scratch_problem(task, clipped) is None
-    assert clipped_formula(task, "relu(x)") is None          # nothing to clip
+    assert clip_expr(parse("relu(x)"), ell) is parse("relu(x)")          # nothing to clip
 
 
 def test_search_task_returns_the_clipped_formula_when_only_that_trains(monkeypatch, teacher):
@@ -86,7 +90,7 @@ def test_search_task_returns_the_clipped_formula_when_only_that_trains(monkeypat
                     epochs=3, warmstart_epochs=1, shrink_start_epoch=2)
     monkeypatch.setattr(grafs.protocol.evaluate, "from_scratch_problem",
                         lambda task, formula, seed=0: None if "clamp" in formula else "overflows")
-    with pytest.warns(GrafsWarning, match="returning it with the search's clipping written out"):
+    with pytest.warns(GrafsWarning, match="returning its clipped form .*, which trains"):
         r = search_task(task, seed=0, space=space, progress=False)
     assert "clamp" in r.formula and "clamp" not in r.history["unclipped_formula"]
     assert "clamp" in r.history["unscaled_formula"]        # (the same op without its constant)

@@ -89,7 +89,7 @@ def test_more_arch_steps_per_weight_step(tmp_path):
     for bad in (0, 1.5, "2"):
         with pytest.raises(GrafsError, match="arch_steps"):
             run(arch_steps=bad)
-    from grafs.tasks.config import SearchConfig
+    from grafs.searching.config import SearchConfig
     with pytest.raises(GrafsError, match="arch_steps"):
         SearchConfig(arch_steps=0)
 
@@ -128,7 +128,7 @@ def test_arch_batch_size_sets_the_validation_batches_of_the_arch_steps(tmp_path)
     with pytest.raises(GrafsError, match="DataLoader brings its own batch size"):
         search(model(), (x[:200], y[:200]), loader, space=SearchSpace(**SPACE), epochs=3,
                arch_batch_size=16, progress=False)
-    from grafs.tasks.config import SearchConfig
+    from grafs.searching.config import SearchConfig
     with pytest.raises(GrafsError, match="arch_batch_size"):
         SearchConfig(arch_batch_size=0)
 
@@ -494,7 +494,7 @@ def test_single_level_search_runs_half_the_passes_and_is_recorded(tmp_path):
         run(single_level=True, arch_steps=2)
     with pytest.raises(GrafsError, match="single_level"):
         run(single_level=1)
-    from grafs.tasks.config import SearchConfig
+    from grafs.searching.config import SearchConfig
     with pytest.raises(GrafsError, match="single_level"):
         SearchConfig(single_level=True, arch_steps=2)
     with pytest.raises(GrafsError, match="single_level"):

@@ -16,7 +16,7 @@ from grafs.errors import GrafsError
 from grafs.protocol.baselines import BASELINES
 from grafs.searching.sites import DEFAULT_TYPES, replace_activations
 from grafs.tasks.base import Task, accuracy, cross_entropy, mse
-from grafs.tasks.config import SearchConfig, TrainConfig
+from grafs.searching.config import SearchConfig, TrainConfig
 
 
 class _OwnModel:
@@ -69,10 +69,10 @@ def own_task(make_model: Callable[[], nn.Module], train_data, test_data=None, *,
         higher_is_better = metric is accuracy
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
                       weight_decay=weight_decay, schedule=schedule)
-    # (a search of a user's model is grafs.search, which sizes its own epochs; this record
-    # only completes the task)
-    search = SearchConfig(batch_size=batch_size, optimizer=optimizer, lr=lr,
-                          weight_decay=weight_decay, schedule=schedule, normalize=True, arch_lr=3e-2)
+    # grafs.search's own settings with this training recipe: a search of the task is the
+    # search a user runs on the model (budget sized from the data)
+    search = SearchConfig.auto(batch_size=batch_size, optimizer=optimizer, lr=lr,
+                               weight_decay=weight_decay, schedule=schedule)
     return Task(name=name, description=f"{name}: your model and data", train_x=x, train_y=y,
                 test_x=tx, test_y=ty, model_builder=_OwnModel(make_model, activation_types),
                 default_activation=nn.ReLU, activation_types=tuple(activation_types),

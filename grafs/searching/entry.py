@@ -9,6 +9,7 @@ recipe, from scratch).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from typing import Sequence
@@ -19,136 +20,175 @@ from torch import nn
 from grafs.errors import GrafsError, GrafsWarning
 from grafs.searching.data import split_dataset
 from grafs.searching.result import SearchResult
-from grafs.searching.scratch import ScratchTrainer
+from grafs.searching.scratch import OnRank0, ScratchTrainer
 from grafs.searching.sites import DEFAULT_TYPES, Act
 from grafs.searching.verdict import Verdict
 
-#: The budget rule (docs/guide/search.md, "The budget"): the search needs at least this many
-#: arch steps after the warm start before its first drop, and this many steps in all. Anchored
-#: on the built-in tasks whose searches beat their baselines: mnist1d (47 arch steps after the
-#: warm start before the first drop, 470 in all), teacher (144 and 1440), inr (100 and 600);
-#: with digits' 17 and 170, α was still about uniform at the first drop.
-MIN_STEPS_BEFORE_DROP = 100
-MIN_TOTAL_STEPS = 500
-#: the settings the ablations support for a model grafs knows nothing about: op-output
-#: normalisation and arch_lr 3e-2 (the built-in tasks, docs/results-teacher.md), and no weight
-#: decay on α (docs/results-own-models.md: with Adam, decay 1e-3 pulled α back to uniform,
-#: entropy 0.995 at the first drop against 0.95 without; 7 of 9 own-model searches no worse
-#: than the original activation against 6 of 9)
-AUTO_ARCH_LR = 3e-2
-AUTO_ARCH_WEIGHT_DECAY = 0.0
-PAPER_ARCH_LR = 1e-3
-PRESETS = ("auto", "paper")
+#: the budget rule and the presets' values, kept importable from here
+from grafs.searching.config import (AUTO_ARCH_LR, AUTO_ARCH_WEIGHT_DECAY,  # noqa: E402,F401
+                                    MIN_STEPS_BEFORE_DROP, MIN_TOTAL_STEPS, PAPER_ARCH_LR, PRESETS,
+                                    SearchConfig, TrainConfig, size_budget)
+
+#: the keyword names of grafs.search that differ from the SearchConfig field they set
+_ALIASES = {"shrink_start": "shrink_start_epoch", "grad_accumulation": "grad_accum_steps"}
+_FIELDS = {f.name for f in dataclasses.fields(SearchConfig)}
 
 
-def size_budget(steps_per_epoch: int, epochs: int | None = None, warmstart_epochs: int | None = None,
-           shrink_start: int | None = None) -> tuple[int, int, int]:
-    """(epochs, warmstart_epochs, shrink_start) that give α :data:`MIN_STEPS_BEFORE_DROP` arch
-    steps after the warm start before the first drop and :data:`MIN_TOTAL_STEPS` in all; the
-    values given are checked instead of chosen, and a GrafsError says what is missing."""
-    spe = max(1, steps_per_epoch)
-    warm = warmstart_epochs if warmstart_epochs is not None else max(1, math.ceil(50 / spe))
-    start = shrink_start if shrink_start is not None else warm + math.ceil(MIN_STEPS_BEFORE_DROP / spe)
-    need = max(math.ceil(MIN_TOTAL_STEPS / spe), start + 3)
-    if epochs is None:
-        return need, warm, start
-    problems = []
-    if (start - warm) * spe < MIN_STEPS_BEFORE_DROP:
-        problems.append(f"{(start - warm) * spe} arch steps between the warm start and the first "
-                        f"drop (needs {MIN_STEPS_BEFORE_DROP})")
-    if epochs * spe < MIN_TOTAL_STEPS:
-        problems.append(f"{epochs * spe} steps in all (needs {MIN_TOTAL_STEPS})")
-    if problems:
-        raise GrafsError(f"a search of {epochs} epochs × {spe} steps gives α "
-                         + " and ".join(problems) + f": its drops would be close to random. "
-                         f"Leave epochs out (budget='auto' sizes the search: {need} epochs here), "
-                         f"or pass budget='as_given' to run it anyway")
-    return epochs, warm, start
-
-
-def search(model: nn.Module, train_data, val_data=None, *, preset: str = "auto",
-           epochs: int | None = None, restarts: int = 1,
-           verdict_seeds: int = 3, check: bool = True, keep_original_if_worse: bool = True,
-           seed: int = 0, batch_size: int = 128,
-           space=None, arch_lr: float | None = None, arch_weight_decay: float | None = None,
-           warmstart_epochs: int | None = None,
-           shrink_start: int | None = None, train_fraction: float = 0.75,
-           activation_types: Sequence[type] = DEFAULT_TYPES, device=None, progress: bool = True,
-           budget: str = "auto", **kwargs) -> SearchResult:
+def search(model, train_data, val_data=None, *, config: SearchConfig | None = None,
+           preset: str = "auto", seed: int = 0, epochs: int | None = None,
+           restarts: int | None = None, batch_size: int | None = None, budget: str | None = None,
+           verdict_seeds: int | None = None, check: bool | None = None,
+           keep_original_if_worse: bool | None = None, arch_lr: float | None = None,
+           arch_weight_decay: float | None = None, warmstart_epochs: int | None = None,
+           shrink_start: int | None = None, train_fraction: float | None = None,
+           space=None, activation_types: Sequence[type] = DEFAULT_TYPES, device=None,
+           progress: bool = True, scratch=None, **kwargs) -> SearchResult:
     """Search ``model``'s activation (see the guide, docs/guide/search.md).
 
-    ``preset="auto"`` (default): the settings the studies support for any model (op-output
-    normalisation, ``arch_lr=3e-2``, no weight decay on α), ``budget="auto"`` sizes the epochs from the data (or
-    checks the ``epochs`` given, refusing a budget below what α needs), ``restarts`` searches
-    are compared by training each formula from scratch with the search's own recipe, the
-    returned formula is checked to train from scratch (else its clipped form, else your
-    original activation is returned, with a warning), and ``result.verdict`` compares it with
-    the original activation over ``verdict_seeds`` from-scratch trainings (0: no verdict); when
-    the verdict finds it worse than the original (``keep_original_if_worse``), the original is
-    returned, with a warning, and ``history["rejected_formula"]`` keeps the found one.
-    ``preset="paper"``: the paper's settings as given (``SearchSpace.grafs()``,
-    ``arch_lr=1e-3``, ``arch_weight_decay=1e-3``, ``epochs=10``), no budget rule, restart pick, check or verdict.
-    Every other keyword goes to :func:`grafs.searching.loop.search` (optimizer, scheduler,
-    loss_fn, amp, checkpoint_dir, resume, callbacks, distributed, ...).
+    ``model``: the network (each restart searches a copy), or ``seed -> nn.Module`` (a fresh
+    model per restart). ``config``: a :class:`~grafs.searching.config.SearchConfig` — the one
+    configuration of a search, the same object every built-in task carries; by default
+    ``SearchConfig.preset(preset)``. Every keyword that names a ``SearchConfig`` field (those
+    in the signature, and e.g. ``arch_steps``, ``arch_batch_size``, ``restart_select``,
+    ``max_steps_per_epoch``, ``lr``, ``optimizer="sgd"``) overrides the config's value.
+
+    ``preset="auto"`` (default, ``SearchConfig.auto()``): the settings the studies support for
+    any model (op-output normalisation, ``arch_lr=3e-2``, no weight decay on α),
+    ``budget="auto"`` sizes the epochs from the data (or checks the ``epochs`` given, refusing
+    a budget below what α needs), ``restarts`` searches are compared by training each formula
+    from scratch with the search's own recipe, the returned formula is checked to train from
+    scratch (else its clipped form, else your original activation is returned, with a
+    warning), and ``result.verdict`` compares it with the original activation over
+    ``verdict_seeds`` from-scratch trainings (0: no verdict); when the verdict finds it worse
+    than the original (``keep_original_if_worse``), the original is returned, with a warning,
+    and ``history["rejected_formula"]`` keeps the found one. ``preset="paper"``
+    (``SearchConfig.paper()``): the paper's settings as given (``SearchSpace.grafs()``,
+    ``arch_lr=1e-3``, ``arch_weight_decay=1e-3``, ``epochs=10``), no budget rule, restart
+    pick, check or verdict.
+
+    ``optimizer``/``scheduler`` may also be factories (``lambda params: ...``, ``lambda opt:
+    ...``) instead of the config's; ``scratch``: what measures formulas from scratch (default:
+    :class:`~grafs.searching.scratch.ScratchTrainer`, the search's own recipe; a built-in task
+    passes its evaluation protocol). Every other keyword goes to
+    :func:`grafs.searching.loop.search` (loss_fn, amp, checkpoint_dir, resume, callbacks,
+    distributed, cell_mode, ...).
     """
     from grafs.runtime.space import SearchSpace
-    from grafs.searching.loop import search as search_once
-    if preset not in PRESETS:
-        raise GrafsError(f"preset must be one of {', '.join(map(repr, PRESETS))}, got {preset!r}")
-    if budget not in ("auto", "as_given"):
-        raise GrafsError(f"budget must be 'auto' (size or check the epochs) or 'as_given', got {budget!r}")
-    if not isinstance(restarts, int) or restarts < 1:
-        raise GrafsError(f"restarts must be an int >= 1, got {restarts!r}")
-    paper = preset == "paper"
+    given = dict(epochs=epochs, restarts=restarts, batch_size=batch_size, budget=budget,
+                 verdict_seeds=verdict_seeds, check=check,
+                 keep_original_if_worse=keep_original_if_worse, arch_lr=arch_lr,
+                 arch_weight_decay=arch_weight_decay, warmstart_epochs=warmstart_epochs,
+                 shrink_start=shrink_start, train_fraction=train_fraction)
+    cfg = configure(config, preset, {**{k: v for k, v in given.items() if v is not None},
+                                     **_config_keywords(kwargs)})
     if space is None:
-        space = SearchSpace.grafs() if paper else SearchSpace.grafs(normalize=True)
-    arch_lr = arch_lr if arch_lr is not None else (PAPER_ARCH_LR if paper else AUTO_ARCH_LR)
-    if arch_weight_decay is None:
-        arch_weight_decay = 1e-3 if paper else AUTO_ARCH_WEIGHT_DECAY
-    if val_data is None:      # one split for every restart and every from-scratch run
-        train_data, val_data = split_dataset(train_data, train_fraction, seed)
+        space = SearchSpace.grafs(normalize=cfg.normalize)
+    split = (train_data, val_data) if val_data is not None else \
+        split_dataset(train_data, cfg.train_fraction, seed)   # one split for every restart
     from grafs.searching.distributed import world_size
     # a data-parallel search's batch_size is per process: each reads its shard
-    world = world_size(kwargs.get("distributed"))
-    spe = _steps_per_epoch(train_data, batch_size * world, kwargs.get("max_steps_per_epoch"))
-    if paper or budget == "as_given":
-        epochs = 10 if epochs is None else epochs
-        warm = 1 if warmstart_epochs is None else warmstart_epochs
-        start = shrink_start
-    else:
-        epochs, warm, start = size_budget(spe, epochs, warmstart_epochs, shrink_start)
+    dist_arg = kwargs.get("distributed")
+    micro = _steps_per_epoch(split[0], cfg.batch_size * world_size(dist_arg),
+                             None if cfg.max_steps_per_epoch is None
+                             else cfg.max_steps_per_epoch * cfg.grad_accum_steps)
+    epochs, warm, start = cfg.epoch_plan(micro)
+    opt_steps = epochs * math.ceil(micro / cfg.grad_accum_steps)
+    if not callable(kwargs.get("optimizer")):
+        kwargs["optimizer"] = cfg.make_optimizer
+    if kwargs.get("scheduler") is None:
+        kwargs["scheduler"] = lambda opt: cfg.make_scheduler(opt, opt_steps)
     dev = _device(model, device)
-    original = _original_activation(model, activation_types)
-    trainer = ScratchTrainer(model, train_data, val_data, epochs=epochs, batch_size=batch_size,
-                             loss_fn=kwargs.get("loss_fn"), optimizer=kwargs.get("optimizer"),
-                             scheduler=kwargs.get("scheduler"), activation_types=activation_types,
-                             device=dev, max_steps_per_epoch=kwargs.get("max_steps_per_epoch"))
+    measure = cfg.check or cfg.verdict_seeds or (cfg.restarts > 1 and cfg.restart_select == "scratch")
+    if scratch is None and measure:
+        scratch = ScratchTrainer(model, *split, epochs=epochs, batch_size=cfg.batch_size,
+                                 loss_fn=kwargs.get("loss_fn"), optimizer=kwargs["optimizer"],
+                                 scheduler=kwargs["scheduler"], activation_types=activation_types,
+                                 device=dev, max_steps_per_epoch=cfg.max_steps_per_epoch)
+    if scratch is not None:
+        from grafs.searching import distributed as gdist
+        ctx = gdist.context(dist_arg, dev, device is not None)
+        if ctx is not None:         # every rank must pick and return the same formula
+            scratch = OnRank0(scratch, ctx)
     common = dict(space=space, epochs=epochs, warmstart_epochs=warm, shrink_start=start,
-                  batch_size=batch_size, arch_lr=arch_lr, arch_weight_decay=arch_weight_decay,
-                  activation_types=activation_types,
-                  device=device, progress=progress, **kwargs)
-    if restarts == 1:
-        result = search_once(model, train_data, val_data, seed=seed, **common)
-    else:
-        from grafs.searching.restarts import search_restarts
-        score = None if paper else (lambda r: trainer.val_loss(r.formula, seed=seed))
-        result = search_restarts(model, train_data, val_data, restarts=restarts, seed=seed,
-                                 score=score, **common)
-    result.settings.update(preset=preset, budget=budget, steps_per_epoch=spe)
-    if paper:
+                  batch_size=cfg.batch_size, arch_lr=cfg.arch_lr,
+                  arch_weight_decay=cfg.arch_weight_decay, arch_betas=tuple(cfg.arch_betas),
+                  arch_steps=cfg.arch_steps, arch_batch_size=cfg.arch_batch_size,
+                  single_level=cfg.single_level, grad_accumulation=cfg.grad_accum_steps,
+                  max_steps_per_epoch=None if cfg.max_steps_per_epoch is None
+                  else cfg.max_steps_per_epoch * cfg.grad_accum_steps,
+                  activation_types=activation_types, device=device, progress=progress, **kwargs)
+    result = _search(model, split, train_data if val_data is None else None, cfg, seed, scratch,
+                     common)
+    result.settings.update(budget=cfg.budget, steps_per_epoch=micro)
+    if config is None:
+        result.settings["preset"] = preset
+    if not cfg.check and not cfg.verdict_seeds:
         return result
-    if check:
-        _check_trains(result, trainer, space, original, seed)
-    if verdict_seeds:
-        verdict = _verdict(result, trainer, original, verdict_seeds, seed)
+    original = _original_activation(_as_module(model, seed), activation_types)
+    if cfg.check:
+        _check_trains(result, scratch, space, original, seed)
+    if cfg.verdict_seeds:
+        verdict = _verdict(result, scratch, original, cfg.verdict_seeds, seed)
         result.history["verdict"] = verdict.to_dict()
-        if keep_original_if_worse and not verdict.no_worse and result.formula != original:
+        if cfg.keep_original_if_worse and not verdict.no_worse and result.formula != original:
             msg = f"{verdict}; returning your original activation {original}"
             result.history["rejected_formula"] = result.formula
             result.history.setdefault("warnings", []).append(msg)
             result.formula = original
             warnings.warn(msg, GrafsWarning, stacklevel=2)
-    result.settings["scratch_runs"] = trainer.runs
+    result.settings["scratch_runs"] = scratch.runs
+    return result
+
+
+def configure(config: SearchConfig | None, preset: str, overrides: dict) -> SearchConfig:
+    """The search's configuration: ``config`` (or the preset's) with ``overrides`` applied and
+    validated; a shorter ``epochs`` alone moves the warm start and first drop inside the run
+    (:meth:`SearchConfig.for_epochs`)."""
+    if config is not None and preset != "auto":
+        raise GrafsError(f"give a config or a preset, not both (config={type(config).__name__}, "
+                         f"preset={preset!r})")
+    if config is not None and not isinstance(config, SearchConfig):
+        raise GrafsError(f"config must be a grafs.SearchConfig (e.g. SearchConfig.auto(), or a "
+                         f"task's search_config), got {type(config).__name__}")
+    cfg = config if config is not None else SearchConfig.preset(preset)
+    overrides = {_ALIASES.get(k, k): v for k, v in overrides.items()}
+    epochs = overrides.pop("epochs", None)
+    if epochs is None:
+        return cfg.replace(**overrides)
+    if cfg.epochs is None or {"warmstart_epochs", "shrink_start_epoch"} & set(overrides):
+        return cfg.replace(**overrides, epochs=epochs)
+    return cfg.replace(**overrides).for_epochs(epochs)
+
+
+def _config_keywords(kwargs: dict) -> dict:
+    """Pop the keywords that name a SearchConfig field (an optimizer factory stays: it is not
+    the config's optimizer name; ``optimizer=None`` means the config's)."""
+    if kwargs.get("optimizer", 0) is None:
+        del kwargs["optimizer"]
+    names = [k for k in kwargs if _ALIASES.get(k, k) in _FIELDS
+             and not (k == "optimizer" and callable(kwargs[k]))]
+    return {k: kwargs.pop(k) for k in names}
+
+
+def _as_module(model, seed: int) -> nn.Module:
+    return model if isinstance(model, nn.Module) else model(seed)
+
+
+def _search(model, split, unsplit, cfg: SearchConfig, seed: int, scratch, common: dict) -> SearchResult:
+    """One search, or ``cfg.restarts`` of them with the pick (grafs.searching.restarts)."""
+    from grafs.searching.loop import search as search_once
+    if cfg.restarts == 1:
+        return search_once(_as_module(model, seed), *split, seed=seed, **common)
+    from grafs.searching.restarts import search_restarts
+    score = None
+    if cfg.restart_select == "scratch":
+        def score(r: SearchResult) -> float:
+            return scratch.val_loss(r.formula, seed)
+    own = cfg.restart_splits and unsplit is not None     # each restart splits with its seed
+    result = search_restarts(model, *((unsplit, None) if own else split), restarts=cfg.restarts,
+                             seed=seed, pick_epoch=cfg.restart_pick_epoch, own_splits=own,
+                             train_fraction=cfg.train_fraction, score=score, **common)
+    result.settings["restart_select"] = cfg.restart_select
     return result
 
 
@@ -162,7 +202,8 @@ def _device(model: nn.Module, device) -> torch.device:
     from grafs.searching.data import resolve_device
     if device is not None:
         return resolve_device(device)
-    return next((p.device for p in model.parameters()), torch.device("cpu"))
+    params = model.parameters() if isinstance(model, nn.Module) else ()
+    return next((p.device for p in params), torch.device("cpu"))
 
 
 def _original_activation(model: nn.Module, types: Sequence[type]) -> str:
@@ -181,13 +222,14 @@ def _original_activation(model: nn.Module, types: Sequence[type]) -> str:
                      f"{type(model).__name__}; use grafs.Act in place of functional calls")
 
 
-def _check_trains(result: SearchResult, trainer: ScratchTrainer, space, original: str, seed: int) -> None:
-    """The returned formula trains from scratch for a few steps with the search's recipe and
-    is not affine; if it does not train, its clipped form (the function the search
-    evaluated); else, or when it is affine, the original activation, with a warning."""
+def _check_trains(result: SearchResult, scratch, space, original: str, seed: int) -> None:
+    """The returned formula trains from scratch (``scratch.problem``: a few steps with the
+    search's recipe, or a task's evaluation protocol) and is not affine; if it does not train,
+    its clipped form (the function the search evaluated, ``history["unclipped_formula"]``
+    keeps the found one); else, or when it is affine, the original activation; with a
+    warning, the replaced formula in ``history["unusable_formula"]``."""
     from grafs.compiler.lower import clip_expr
     from grafs.grammar.parser import parse
-    steps = 20
     bad = result.formula
     if nearly_affine(parse(bad)):
         # a·x + b makes the layers around it one linear map: never what a user wants (on the
@@ -195,13 +237,19 @@ def _check_trains(result: SearchResult, trainer: ScratchTrainer, space, original
         why = ("is affine in x on [-3, 3], where most pre-activations lie (the layers around it "
                "would be one linear map)")
         result.formula, what = original, f"your original activation {original}"
-    elif math.isfinite(trainer.val_loss(bad, seed, max_steps=steps)):
-        return
     else:
-        why = f"does not train from scratch with the search's settings (a non-finite loss within {steps} steps)"
+        why = scratch.problem(bad, seed)
+        if why is None:
+            return
         clipped = str(clip_expr(parse(bad), space.ell)) if space.clip else None
-        if clipped is not None and clipped != bad and math.isfinite(trainer.val_loss(clipped, seed, max_steps=steps)):
-            result.formula, what = clipped, "its clipped form (the function the search evaluated)"
+        if clipped is not None and clipped != bad and scratch.problem(clipped, seed) is None:
+            # the function the search trained, bounded-op clipping included, does train
+            result.formula = clipped
+            result.history["unclipped_formula"] = bad
+            unscaled = result.history.get("unscaled_formula")
+            if unscaled:        # the same ops without their constants: clipped alike
+                result.history["unscaled_formula"] = str(clip_expr(parse(unscaled), space.ell))
+            what = f"its clipped form (the function the search evaluated), which trains: {clipped}"
         else:
             result.formula, what = original, f"your original activation {original}"
     msg = f"the found formula {bad} {why}; returning {what}"
@@ -235,7 +283,7 @@ def nearly_affine(expr, lo: float = -3.0, hi: float = 3.0, tol: float = 0.02) ->
     return bool(spread == 0 or resid.pow(2).mean().sqrt() <= tol * spread)
 
 
-def _verdict(result: SearchResult, trainer: ScratchTrainer, original: str, seeds: int,
+def _verdict(result: SearchResult, trainer, original: str, seeds: int,
              seed: int) -> Verdict:
     from grafs.grammar.parser import parse
     same = parse(result.formula) is parse(original)

@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
+from torch import nn
+
 from grafs.errors import GrafsError
 from grafs.searching.result import SearchResult
 
@@ -261,7 +263,7 @@ def search_restarts(model, train_data, val_data=None, *, restarts: int = 3, seed
                     score: Callable[[SearchResult], float] | None = None,
                     **kwargs) -> SearchResult:
     """:func:`grafs.search` ``restarts`` times (seeds ``seed``, ``seed + 1000``, …) from copies
-    of ``model`` in its current state, on one training/validation split (with no
+    of ``model`` in its current state (or from ``model(seed)`` when it is a factory), on one training/validation split (with no
     ``val_data``, the training data split with ``seed``); returns the search with the lowest
     final validation loss, every restart listed in ``history["restarts"]``. Costs ``restarts``
     searches, or less with ``pick_epoch`` (a race, see :func:`run_restarts`). ``own_splits``
@@ -289,8 +291,10 @@ def search_restarts(model, train_data, val_data=None, *, restarts: int = 3, seed
 
     def one(s, ck, res, stop):     # ``model`` itself stays as it is: each restart gets a copy
         tr, va = split_dataset(data, train_fraction, s) if own_splits else (train_data, val_data)
-        return search(copy.deepcopy(model), tr, va, seed=s, checkpoint_dir=ck,
-                      resume=res, _stop_after_epoch=stop, **kwargs)
+        net = copy.deepcopy(model) if isinstance(model, nn.Module) else model(s)
+        i = (s - seed) // RESTART_SEED_STRIDE
+        return search(net, tr, va, seed=s, checkpoint_dir=ck, resume=res, _stop_after_epoch=stop,
+                      _progress_desc=f"restart {i + 1}/{restarts} (seed {s})", **kwargs)
     return run_restarts(one, seed, restarts, checkpoint_dir, resume, pick_epoch,
                         kwargs.get("distributed"), epochs, score=score)
 

@@ -20,14 +20,24 @@ from grafs.searching.sites import replace_activations
 from grafs.searching.step import default_loss
 
 
+#: steps of the quick from-scratch check (:meth:`ScratchTrainer.problem`)
+CHECK_STEPS = 20
+
+
 class ScratchTrainer:
-    """Trains fresh copies of ``model`` (a template kept unchanged) with the search's recipe."""
+    """Trains fresh copies of ``model`` (a template kept unchanged) with the search's recipe.
+
+    What ``grafs.search`` measures formulas with (any object with :meth:`problem`,
+    :meth:`val_loss` and ``runs`` will do: a built-in task passes its evaluation protocol,
+    grafs.protocol.task_search.TaskScratch)."""
 
     def __init__(self, model: nn.Module, train_data, val_data, *, epochs: int, batch_size: int,
                  loss_fn: Callable | None, optimizer: Callable | None, scheduler: Callable | None,
                  activation_types: Sequence[type], device: torch.device,
                  max_steps_per_epoch: int | None = None):
-        self.template = copy.deepcopy(model).cpu()
+        # a factory (seed -> model) builds each fresh model itself
+        self.factory = None if isinstance(model, nn.Module) else model
+        self.template = copy.deepcopy(model).cpu() if self.factory is None else None
         self.train_data, self.val_data = train_data, val_data
         self.epochs, self.batch_size = epochs, batch_size
         self.loss_fn = loss_fn or default_loss
@@ -39,15 +49,26 @@ class ScratchTrainer:
     def fresh_model(self, formula: str | None, seed: int) -> nn.Module:
         """A copy of the template, re-initialised under ``seed``, with ``formula`` at its
         activation sites (None keeps the original activations)."""
-        model = copy.deepcopy(self.template)
         torch.manual_seed(seed)
-        for m in model.modules():
-            if hasattr(m, "reset_parameters") and callable(m.reset_parameters):
-                m.reset_parameters()
+        if self.factory is not None:
+            model = self.factory(seed)
+        else:
+            model = copy.deepcopy(self.template)
+            for m in model.modules():
+                if hasattr(m, "reset_parameters") and callable(m.reset_parameters):
+                    m.reset_parameters()
         if formula is not None:
             from grafs.compiler import compile as gcompile
             replace_activations(model, lambda: gcompile(formula, backend="eager"), self.types)
         return model.to(self.device)
+
+    def problem(self, formula: str, seed: int = 0) -> str | None:
+        """What stops ``formula`` from training from scratch with the search's recipe (a
+        non-finite loss within :data:`CHECK_STEPS` steps), or None."""
+        if math.isfinite(self.val_loss(formula, seed, max_steps=CHECK_STEPS)):
+            return None
+        return (f"does not train from scratch with the search's settings (a non-finite loss "
+                f"within {CHECK_STEPS} steps)")
 
     def val_loss(self, formula: str | None, seed: int = 0, max_steps: int | None = None) -> float:
         """The validation loss after training from scratch; inf when a training or validation
@@ -94,3 +115,22 @@ class ScratchTrainer:
             n += len(xb)
         out = total / max(n, 1)
         return out if math.isfinite(out) else math.inf
+
+
+class OnRank0:
+    """A from-scratch trainer whose runs happen on rank 0 alone, every rank getting the result
+    (grafs.searching.distributed.Dist.from_rank0): every process of a data-parallel search
+    must pick the same restart and return the same formula."""
+
+    def __init__(self, trainer, dist):
+        self.trainer, self.dist = trainer, dist
+
+    @property
+    def runs(self) -> int:
+        return self.trainer.runs
+
+    def problem(self, formula: str, seed: int = 0) -> str | None:
+        return self.dist.from_rank0(lambda: self.trainer.problem(formula, seed))
+
+    def val_loss(self, formula: str | None, seed: int = 0) -> float:
+        return self.dist.from_rank0(lambda: self.trainer.val_loss(formula, seed))

@@ -36,6 +36,7 @@ from grafs.errors import GrafsError, GrafsWarning
 from grafs.runtime.discretize import centred, found_formula
 from grafs.runtime.entropy import hole_entropies
 from grafs.runtime.schedule import shrink_schedule
+from grafs.searching.config import AUTO_ARCH_LR, AUTO_ARCH_WEIGHT_DECAY, arch_optimizer
 from grafs.searching.result import SearchResult, json_default
 from grafs.searching.sites import DEFAULT_TYPES, SearchSite, replace_activations
 
@@ -45,26 +46,15 @@ from grafs.searching.sites import DEFAULT_TYPES, SearchSite, replace_activations
 UNLEARNED_ENTROPY = 0.995
 
 #: the arch optimizer's settings the ablations support for any model, with op-output
-#: normalisation (``SearchSpace.grafs(normalize=True)``): arch_lr 3e-2 (docs/results-teacher.md)
-#: and no weight decay on α (docs/results-own-models.md); the paper's are 1e-3 and 1e-3. The
-#: same as grafs.search's preset "auto" (grafs.searching.entry.AUTO_ARCH_LR, ..._WEIGHT_DECAY)
-STUDIED_ARCH_LR = 3e-2
-STUDIED_ARCH_WEIGHT_DECAY = 0.0
+#: normalisation (``SearchSpace.grafs(normalize=True)``): grafs.search's preset "auto"
+#: (grafs.searching.config); the paper's are 1e-3 and 1e-3
+STUDIED_ARCH_LR = AUTO_ARCH_LR
+STUDIED_ARCH_WEIGHT_DECAY = AUTO_ARCH_WEIGHT_DECAY
 
 HISTORY_KEYS = ("epochs", "train_loss", "val_loss", "train_acc", "val_acc", "num_active", "alpha",
                 "gamma", "formula", "dropped", "seconds", "entropy")
 
 AMP_DTYPES = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def arch_optimizer(params, lr: float, betas, weight_decay: float) -> torch.optim.Optimizer:
-    """Adam over α and γ, the fused implementation where the tensors' device has it: one
-    kernel for all of them, where the default loops over them in Python (on the teacher task's
-    MLP, 0.4 ms of a 1 ms plain step)."""
-    params = list(params)
-    fused = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
-    return torch.optim.Adam(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay,
-                            fused=True if fused else None)
 
 
 def optimizer_step(scaler, opt, params, dist=None, also=()) -> None:

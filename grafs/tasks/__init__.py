@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from grafs.errors import GrafsError
 from grafs.tasks.base import SPLITS, Task, accuracy, cross_entropy
-from grafs.tasks.config import OPTIMIZERS, SCHEDULES, SearchConfig, TrainConfig
+from grafs.searching.config import OPTIMIZERS, SCHEDULES, SearchConfig, TrainConfig
 from grafs.tasks.digits import make_digits_task
 from grafs.tasks.inr import make_inr_task
 from grafs.tasks.mnist1d import make_mnist1d_task

@@ -1,11 +1,11 @@
 """The :class:`Task` record, a minimal reference training loop, and task overrides.
 
 A task bundles in-memory data tensors, a model builder with a pluggable activation, the
-loss and the metric, and two sets of default hyper-parameters (grafs.tasks.config):
+loss and the metric, and two sets of default hyper-parameters (grafs.searching.config):
 
-* ``search_config`` (:class:`~grafs.tasks.config.SearchConfig`) for a GRAFS search (weights +
+* ``search_config`` (:class:`~grafs.searching.config.SearchConfig`) for a GRAFS search (weights +
   architecture);
-* ``eval_config`` (:class:`~grafs.tasks.config.TrainConfig`) for training a model with a
+* ``eval_config`` (:class:`~grafs.searching.config.TrainConfig`) for training a model with a
   fixed activation from scratch (evaluation of a found formula).
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from grafs.errors import GrafsError
 from grafs.models.common import ActivationFactory, check_activation_factory
-from grafs.tasks.config import SearchConfig, TrainConfig, check_pos_int
+from grafs.searching.config import SearchConfig, TrainConfig, check_pos_int
 
 __all__ = ["Task", "cross_entropy", "accuracy", "mse", "SPLITS", "apply_overrides", "check_option",
            "evaluation_overrides", "parse_overrides"]

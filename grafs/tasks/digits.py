@@ -21,7 +21,7 @@ from torch import nn
 from grafs.errors import GrafsError
 from grafs.models.resnet import resnet_small
 from grafs.tasks.base import Task, apply_overrides, check_option
-from grafs.tasks.config import SearchConfig, TrainConfig
+from grafs.searching.config import SearchConfig, TrainConfig
 
 __all__ = ["load_digits", "make_digits_task", "DATA_DEFAULTS"]
 

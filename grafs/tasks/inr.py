@@ -45,7 +45,7 @@ from grafs.models.common import check_activation_factory, make_activation
 from grafs.ops import EXTRA_UNARY
 from grafs.tasks._skimage import BUNDLED, load_gray
 from grafs.tasks.base import Task, apply_overrides, check_option, mse
-from grafs.tasks.config import SearchConfig, TrainConfig
+from grafs.searching.config import SearchConfig, TrainConfig
 
 __all__ = ["CoordMLP", "load_inr", "make_inr_task", "mse", "psnr", "psnr_of_mse",
            "pixel_coordinates", "DATA_DEFAULTS"]

@@ -25,7 +25,7 @@ from torch import nn
 from grafs.errors import GrafsError
 from grafs.models.small import conv1d_net
 from grafs.tasks.base import Task, apply_overrides, check_option
-from grafs.tasks.config import SearchConfig, TrainConfig
+from grafs.searching.config import SearchConfig, TrainConfig
 
 __all__ = ["load_mnist1d", "make_mnist1d_task", "DATA_DEFAULTS"]
 

@@ -22,7 +22,7 @@ from torch.nn import functional as F
 
 from grafs.errors import GrafsError
 from grafs.tasks.base import Task, apply_overrides, check_option, mse
-from grafs.tasks.config import SearchConfig, TrainConfig
+from grafs.searching.config import SearchConfig, TrainConfig
 
 __all__ = ["make_teacher_task", "shape_error", "mse", "DATA_DEFAULTS", "TEACHERS"]
 

@@ -36,7 +36,7 @@ from grafs.errors import GrafsError
 from grafs.models.gpt import mini_gpt
 from grafs.tasks.base import Task, accuracy, apply_overrides, \
     cross_entropy
-from grafs.tasks.config import SearchConfig, TrainConfig
+from grafs.searching.config import SearchConfig, TrainConfig
 
 __all__ = ["VOCAB", "encode", "decode", "build_corpus", "make_sequences", "load_text",
            "make_text_task", "DATA_DEFAULTS"]

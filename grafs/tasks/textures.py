@@ -43,7 +43,7 @@ from grafs.errors import GrafsError
 from grafs.models.resnet import CifarResNet
 from grafs.tasks._skimage import BUNDLED, load_gray
 from grafs.tasks.base import Task, apply_overrides, check_option
-from grafs.tasks.config import SearchConfig, TrainConfig
+from grafs.searching.config import SearchConfig, TrainConfig
 
 __all__ = ["load_textures", "patch_boxes", "make_textures_task", "DATA_DEFAULTS", "PATCH"]
 
