@@ -140,6 +140,20 @@ def test_resume_with_other_settings_is_refused(tmp_path):
         run(resume=tmp_path, epochs=6)
 
 
+def test_resume_of_another_models_checkpoint_is_a_clear_error(tmp_path):
+    """The same settings, another network: a GrafsError naming the file and torch's mismatch."""
+    with pytest.raises(Interrupted):
+        run(checkpoint_dir=tmp_path, _stop_after_epoch=1)
+    torch.manual_seed(0)
+    wider = nn.Sequential(nn.Linear(8, 24), nn.ReLU(), nn.Linear(24, 16), nn.ReLU(), nn.Linear(16, 2))
+    args = dict(space=SearchSpace(**SPACE), epochs=5, seed=1, batch_size=32, progress=False,
+                arch_lr=3e-2, resume=tmp_path)
+    with pytest.raises(GrafsError, match=r"cannot resume from .*checkpoint.pt: it was written by a "
+                                         r"search of another model .*size mismatch"):
+        search(wider, data(), **args)
+    assert run(resume=tmp_path).formula == run().formula        # the checkpoint itself still resumes
+
+
 class Spy(torch.optim.SGD):
     """Records the gradients the weight optimizer sees at each step."""
     seen: list = []

@@ -280,11 +280,20 @@ def _resume(path: Path, s: Searcher, w_opt, w_sched, settings, world, dev, dist)
     ck = read_checkpoint(path, dev) if dist is None else \
         dist.from_rank0(lambda: read_checkpoint(path, "cpu"))
     check_compatible(ck, path, settings, world)
-    s.model.load_state_dict(ck["model"])
-    w_opt.load_state_dict(ck["w_opt"])
-    s.load_state_dict(ck)
-    if w_sched is not None and "w_sched" in ck:
-        w_sched.load_state_dict(ck["w_sched"])
+    try:
+        s.model.load_state_dict(ck["model"])
+        w_opt.load_state_dict(ck["w_opt"])
+        s.load_state_dict(ck)
+        if w_sched is not None and "w_sched" in ck:
+            w_sched.load_state_dict(ck["w_sched"])
+    except (RuntimeError, ValueError, KeyError) as err:
+        # same settings, another network (layers, widths, activation sites): torch names the
+        # mismatch, grafs names the file and what to do
+        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()] or [type(err).__name__]
+        first = " ".join(lines[:2])[:300]
+        raise GrafsError(f"cannot resume from {path}: it was written by a search of another "
+                         f"model with the same settings ({first}); resume with the model it was "
+                         f"written for, or start without resume") from None
     set_rng_state(ck["rng"] if dist is None else ck["rng_ranks"][dist.rank])
     return int(ck["epoch"]) + 1, float(ck["elapsed"])
 
