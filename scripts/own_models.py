@@ -92,10 +92,12 @@ def report_markdown(report: dict) -> str:
         out.append(f"**{name}** (original {orig['name']}; best baseline {best['name']} "
                    f"{best['mean']:.4f} ± {best['sem']:.4f}; an evaluation run "
                    f"{r['eval_run_seconds']:.1f} s)\n")
-        out.append("| activation | held-out loss | vs original | vs best baseline | search s (÷ eval run) |")
-        out.append("|---|---|---|---|---|")
+        ev = r["eval_run_seconds"]
+        out.append("| activation | held-out loss | vs original | vs best baseline | all s (÷ eval run) "
+                   "| search + pick (÷ eval run) | check (÷) | verdict (÷) |")
+        out.append("|---|---|---|---|---|---|---|---|")
         for b in BASELINES:
-            out.append(f"| {b} | {rows[b]['mean']:.4f} ± {rows[b]['sem']:.4f} | | | |")
+            out.append(f"| {b} | {rows[b]['mean']:.4f} ± {rows[b]['sem']:.4f} | | | | | | |")
         for f, t in zip(r["found"], r["search_seconds"]):
             row = rows[f"found seed {f['seed']}"]
 
@@ -106,12 +108,14 @@ def report_markdown(report: dict) -> str:
                     return "**better**"
                 return "no worse" if row["mean"] <= ref["mean"] + ref["sem"] else "worse"
             out.append(f"| seed {f['seed']}: `{display(f['formula'])}` | {row['mean']:.4f} ± "
-                       f"{row['sem']:.4f} | {cmp(orig)} | {cmp(best)} | {t:.0f} "
-                       f"({t / r['eval_run_seconds']:.1f}) |")
+                       f"{row['sem']:.4f} | {cmp(orig)} | {cmp(best)} | {t:.0f} ({t / ev:.1f}) | "
+                       + (" | ".join(f"{f[k] / ev:.1f}" for k in ("search_seconds", "check_seconds",
+                                                                  "verdict_seconds"))
+                          if "search_seconds" in f else "| |") + " |")
             if f"searched seed {f['seed']}" in rows:     # the check or the verdict replaced it
                 row = rows[f"searched seed {f['seed']}"]
                 out.append(f"| (searched: `{display(f['searched'])}`) | {row['mean']:.4f} ± "
-                           f"{row['sem']:.4f} | {cmp(orig)} | {cmp(best)} | |")
+                           f"{row['sem']:.4f} | {cmp(orig)} | {cmp(best)} | | | | |")
         out.append("")
     return "\n".join(out)
 
@@ -152,6 +156,10 @@ def main(argv=None):
             raw = r.history.get("unusable_formula") or r.history.get("rejected_formula") or r.formula
             found.append({"seed": s, "formula": r.formula, "searched": raw, "display": r.display,
                           "epochs": r.settings["epochs"], "seconds": t_search[-1],
+                          # the search with its pick, the check, the verdict (grafs.search's own clocks)
+                          "search_seconds": r.search_seconds,
+                          "check_seconds": r.settings.get("check_seconds", 0.0),
+                          "verdict_seconds": r.settings.get("verdict_seconds", 0.0),
                           "verdict": r.history.get("verdict"),
                           "warnings": r.history.get("warnings", [])})
             print(f"{name} seed {s}: {r.formula}  ({t_search[-1]:.0f} s, {r.settings['epochs']} epochs)", flush=True)

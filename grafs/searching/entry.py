@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 import warnings
 from typing import Sequence
 
@@ -125,10 +126,14 @@ def search(model, train_data, val_data=None, *, config: SearchConfig | None = No
     if not cfg.check and not cfg.verdict_seeds:
         return result
     original = _original_activation(_as_module(model, seed), activation_types)
+    t0 = time.perf_counter()
     if cfg.check:
         _check_trains(result, scratch, space, original, seed)
+    t1 = time.perf_counter()
+    result.settings["check_seconds"] = t1 - t0        # (search_seconds: the search and its pick)
     if cfg.verdict_seeds:
         verdict = _verdict(result, scratch, original, cfg.verdict_seeds, seed)
+        result.settings["verdict_seconds"] = time.perf_counter() - t1
         result.history["verdict"] = verdict.to_dict()
         if cfg.keep_original_if_worse and not verdict.no_worse and result.formula != original:
             msg = f"{verdict}; returning your original activation {original}"
