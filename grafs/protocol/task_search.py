@@ -67,7 +67,9 @@ class TaskScratch:
         from grafs.protocol.evaluate import from_scratch_problem
         self.runs += 1
         problem = from_scratch_problem(self.task, formula, seed=seed)
-        return None if problem is None else f"{problem} on task {self.task.name!r}"
+        if problem is None or repr(self.task.name) in problem:
+            return problem
+        return f"{problem} on task {self.task.name!r}"
 
 
 def scratch_val_loss(task, formula: str, split, *, seed: int = 0,
