@@ -25,6 +25,10 @@ class Act(nn.Module):
     def __init__(self, formula: str = "relu(x)"):
         super().__init__()
         from grafs.compiler import compile as gcompile
+        from grafs.ops import lookup
+        op = lookup(formula.strip()) if isinstance(formula, str) else None
+        if op is not None and op.arity == 1 and op.infix is None:
+            formula = f"{op.name}(x)"       # a bare function name, e.g. Act("gelu")
         self.formula = formula
         self.fn = gcompile(formula, backend="eager")
 
