@@ -26,13 +26,12 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-import warnings
 from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
-from grafs.errors import GrafsError, GrafsWarning
+from grafs.errors import GrafsError, warn
 from grafs.runtime.discretize import centred, found_formula
 from grafs.runtime.entropy import hole_entropies
 from grafs.runtime.schedule import shrink_schedule
@@ -392,4 +391,4 @@ def warn_if_unlearned(cell, epoch: int, history: dict) -> None:
                f"before shrinking (more epochs or steps per epoch, a later shrink_start) or a "
                f"larger arch_lr")
         history.setdefault("warnings", []).append(msg)
-        warnings.warn(msg, GrafsWarning, stacklevel=4)
+        warn(msg)
