@@ -173,3 +173,20 @@ def test_search_warnings_point_at_the_callers_line():
     ours = [w for w in caught if issubclass(w.category, GrafsWarning)]
     assert ours
     assert {w.filename for w in ours} == {__file__}
+
+
+def test_a_model_searched_in_place_is_refused_rather_than_nested():
+    m = model()
+    grafs.Searcher(m, epochs=3)             # the Searcher changes the model in place
+    with pytest.raises(GrafsError, match="already holds a search's sites"):
+        grafs.Searcher(m, epochs=3)
+    with pytest.raises(GrafsError, match="already holds a search's sites"):
+        grafs.search(m, data(), **fast())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only error")
+def test_searcher_on_cuda_without_cuda_is_a_grafs_error():
+    with pytest.raises(GrafsError, match="CUDA is not available"):
+        grafs.Searcher(model(), epochs=3, device="cuda")
+    with pytest.raises(GrafsError, match="CUDA is not available"):
+        grafs.search(model(), data(), device="cuda", **fast())

@@ -47,6 +47,10 @@ def replace_activations(model: nn.Module, factory: Callable[[nn.Module], nn.Modu
     Returns the number of sites replaced; raises GrafsError if there are none.
     """
     import inspect
+    if any(isinstance(m, SearchSite) for m in model.modules()):
+        raise GrafsError(f"{type(model).__name__} already holds a search's sites (grafs.SearchSite: a "
+                         f"grafs.Searcher or grafs.searching.loop.search changed it in place); "
+                         f"search or train a fresh model, or a copy made before the search")
     types = tuple(types) + (Act,)
     try:
         takes_arg = len(inspect.signature(factory).parameters) >= 1
