@@ -89,3 +89,30 @@ def test_hf_trainer_example_runs():
     r = load("hf_trainer_search").main(["--tiny"])
     grafs.parse(r.formula)
     assert "grafs_hf_found" not in grafs.registered()      # the example cleans up after itself
+
+
+def test_the_same_callback_in_a_second_train_searches_the_new_model(tmp_path):
+    from transformers import BertForSequenceClassification, Trainer, TrainingArguments
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=4, per_device_train_batch_size=8,
+                             per_device_eval_batch_size=8, report_to="none", save_strategy="no",
+                             use_cpu=True, disable_tqdm=True, seed=0)
+    cb = GrafsTrainerCallback("grafs_test_again", search_epochs=2, backend="eager",
+                              space=SearchSpace(**SPACE))
+    try:
+        models = []
+        for _ in range(2):
+            torch.manual_seed(0)
+            models.append(BertForSequenceClassification(config()))
+            trainer = Trainer(model=models[-1], args=args, train_dataset=Tokens(32, 0),
+                              eval_dataset=Tokens(16, 1))
+            cb.attach(trainer)
+            trainer.train()
+            assert cb.searcher.model is models[-1]
+            assert sum(isinstance(m, SearchSite) for m in models[-1].modules()) == 2
+            assert cb.result.history["epochs"] == [0, 1]
+            assert grafs.registered()["grafs_test_again"] == cb.result.formula
+        with pytest.raises(GrafsError, match="already searched"):
+            trainer.train()
+    finally:
+        if "grafs_test_again" in grafs.registered():
+            grafs.unregister("grafs_test_again")

@@ -101,7 +101,13 @@ class GrafsTrainerCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, train_dataloader=None,
                        eval_dataloader=None, **kwargs):
         if self.searcher is not None:
-            return
+            if self.searcher.model is model and self.result is None:
+                return                  # this search, trained again
+            if self.searcher.model is model:
+                raise GrafsError("GrafsTrainerCallback already searched this model (its "
+                                 "activations are the found cell now); to train it on, train "
+                                 "without the callback; for another search, a fresh model")
+            self.searcher, self.result, self._phase, self._pending = None, None, -1, {}
         options = dict(self.options)
         if "activation_types" not in options:
             self.act_key, cls = _config_activation(model)
