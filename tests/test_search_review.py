@@ -190,3 +190,28 @@ def test_searcher_on_cuda_without_cuda_is_a_grafs_error():
         grafs.Searcher(model(), epochs=3, device="cuda")
     with pytest.raises(GrafsError, match="CUDA is not available"):
         grafs.search(model(), data(), device="cuda", **fast())
+
+
+class _Attention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.mlp = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 2))
+
+    def forward(self, x):
+        h = x.view(len(x), 2, 8)
+        return self.mlp(self.attn(h, h, h)[0].mean(1))
+
+
+def test_scratch_runs_reinitialise_attention_weights_per_seed():
+    template = _Attention()
+    x, y = torch.randn(32, 16), torch.randint(0, 2, (32,))
+    t = ScratchTrainer(template, (x, y), (x, y), epochs=1, batch_size=8, loss_fn=None,
+                       optimizer=None, scheduler=None, activation_types=DEFAULT_TYPES,
+                       device=torch.device("cpu"))
+    a, b = t.fresh_model(None, 0), t.fresh_model(None, 1)
+    for name in ("attn.in_proj_weight", "mlp.0.weight"):
+        wa, wb = a.get_parameter(name), b.get_parameter(name)
+        assert not torch.equal(wa, wb), name            # each seed its own initialisation
+        assert not torch.equal(wa, template.get_parameter(name)), name
+    torch.testing.assert_close(t.fresh_model(None, 0).attn.in_proj_weight, a.attn.in_proj_weight)

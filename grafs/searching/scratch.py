@@ -58,8 +58,10 @@ class ScratchTrainer:
         else:
             model = copy.deepcopy(self.template)
             for m in model.modules():
-                if hasattr(m, "reset_parameters") and callable(m.reset_parameters):
-                    m.reset_parameters()
+                # (nn.MultiheadAttention and nn.Transformer have only the private one)
+                reset = getattr(m, "reset_parameters", None) or getattr(m, "_reset_parameters", None)
+                if callable(reset):
+                    reset()
         if formula is not None:
             from grafs.compiler import compile as gcompile
             replace_activations(model, lambda: gcompile(formula, backend="eager"), self.types)
