@@ -45,8 +45,8 @@ def search(model, train_data, val_data=None, *, config: SearchConfig | None = No
            progress: bool = True, scratch=None, **kwargs) -> SearchResult:
     """Search ``model``'s activation (see the guide, docs/guide/search.md).
 
-    ``model``: the network (each restart searches a copy), or ``seed -> nn.Module`` (a fresh
-    model per restart). ``config``: a :class:`~grafs.searching.config.SearchConfig` — the one
+    ``model``: the network (searched as a copy: your model is left as it was), or
+    ``seed -> nn.Module`` (a fresh model per restart). ``config``: a :class:`~grafs.searching.config.SearchConfig` — the one
     configuration of a search, the same object every built-in task carries; by default
     ``SearchConfig.preset(preset)``. Every keyword that names a ``SearchConfig`` field (those
     in the signature, and e.g. ``arch_steps``, ``arch_batch_size``, ``restart_select``,
