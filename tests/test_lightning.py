@@ -226,3 +226,13 @@ def test_the_same_callback_in_a_second_fit_searches_the_new_module_or_refuses_th
     with pytest.raises(GrafsError, match="already searched"):
         trainer(cb, 2).fit(second, train, val)
     assert formula
+
+
+def test_a_fit_shorter_than_the_search_warns_that_the_formula_is_unfinished():
+    from grafs.errors import GrafsWarning
+    cb = GrafsSearch(epochs=4, space=SearchSpace(**SPACE), cell_mode="lean")
+    train, val = loaders()
+    with pytest.warns(GrafsWarning, match="after 2 of the search's 4 epochs"):
+        trainer(cb, 2).fit(Module(net()), train, val)
+    assert not cb.searcher.cell.is_discrete()
+    assert any("unfinished search" in w for w in cb.result.history["warnings"])

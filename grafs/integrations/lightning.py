@@ -35,7 +35,7 @@ from typing import Any, Callable
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from grafs.errors import GrafsError
+from grafs.errors import GrafsError, warn
 from grafs.searching.data import cycle
 from grafs.searching.result import SearchResult
 from grafs.searching.rng import rng_state, set_rng_state
@@ -200,6 +200,13 @@ class GrafsSearch(Callback):
                     "accumulate_grad_batches": trainer.accumulate_grad_batches,
                     "arch_every": self.arch_every}
         self.result = s.result(settings)
+        if s.next_epoch < s.epochs:
+            # (max_epochs below the search's epochs, early stopping, an interrupted fit)
+            msg = (f"the fit ended after {s.next_epoch} of the search's {s.epochs} epochs, before "
+                   f"the cell was discrete: {self.result.formula} is the leading formula of an "
+                   f"unfinished search (give the Trainer max_epochs >= GrafsSearch's epochs)")
+            self.result.history.setdefault("warnings", []).append(msg)
+            warn(msg)
 
     # -- checkpoints -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
