@@ -183,9 +183,9 @@ def _check_keywords(kwargs: dict) -> None:
     params = inspect.signature(search_once).parameters
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):
         return              # (a stand-in that takes any keyword)
-    loop_names = {n for n in params if not n.startswith("_")}
+    loop_names = {n for n in params if not n.startswith("_")}    # (private ones pass, unlisted)
     own = {n for n in inspect.signature(search).parameters if n != "kwargs"}
-    unknown = sorted(set(kwargs) - loop_names)
+    unknown = sorted(set(kwargs) - set(params))
     if not unknown:
         return
     accepted = sorted((own | loop_names | _FIELDS | set(_ALIASES)) - {"model", "train_data", "val_data"})
