@@ -216,3 +216,17 @@ def test_scratch_runs_reinitialise_attention_weights_per_seed():
         assert not torch.equal(wa, wb), name            # each seed its own initialisation
         assert not torch.equal(wa, template.get_parameter(name)), name
     torch.testing.assert_close(t.fresh_model(None, 0).attn.in_proj_weight, a.attn.in_proj_weight)
+
+
+def test_the_cli_lists_no_variants_of_a_rejected_formula_under_the_original(capsys):
+    from grafs.cli.search_commands import _print_found
+    from grafs.searching.result import SearchResult
+    h = {"unscaled_formula": "x*tanh(x)", "uncentred_formula": "1.53*x*tanh(x) + 0.2",
+         "rejected_formula": "1.53*x*tanh(x)"}
+    _print_found(SearchResult("relu(x)", h, {}))
+    out = capsys.readouterr().out
+    assert "use this activation: relu(x)" in out
+    assert "variants" not in out and "x*tanh(x)  —" not in out
+    assert "the search found 1.53*x*tanh(x), but the verdict found it worse" in out
+    _print_found(SearchResult("x*tanh(x)", {"uncentred_formula": "x*tanh(x) + 0.2"}, {}))
+    assert "variants:" in capsys.readouterr().out          # a found formula keeps its variants
