@@ -230,3 +230,32 @@ def test_the_cli_lists_no_variants_of_a_rejected_formula_under_the_original(caps
     assert "the search found 1.53*x*tanh(x), but the verdict found it worse" in out
     _print_found(SearchResult("x*tanh(x)", {"uncentred_formula": "x*tanh(x) + 0.2"}, {}))
     assert "variants:" in capsys.readouterr().out          # a found formula keeps its variants
+
+
+class _Scaled(nn.Module):
+    """A custom layer with a parameter of its own and no reset_parameters."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(6, 16)
+        self.gain = nn.Parameter(torch.randn(16))
+        self.act = nn.ReLU()
+        self.out = nn.Linear(16, 2)
+
+    def forward(self, x):
+        return self.out(self.act(self.lin(x) * self.gain))
+
+
+def test_scratch_runs_warn_about_parameters_they_cannot_reinitialise():
+    x, y = data()
+    kw = dict(epochs=1, batch_size=8, loss_fn=None, optimizer=None, scheduler=None,
+              activation_types=DEFAULT_TYPES, device=torch.device("cpu"))
+    with pytest.warns(GrafsWarning, match=r"_Scaled\.gain: parameters of modules without reset_parameters"):
+        t = ScratchTrainer(_Scaled(), (x, y), (x, y), **kw)
+    # what it says: every seed starts the gain from the model's values
+    assert torch.equal(t.fresh_model(None, 0).gain, t.fresh_model(None, 1).gain)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GrafsWarning)
+        ScratchTrainer(model(), (x, y), (x, y), **kw)          # every module resets: no warning
+        ScratchTrainer(_Attention(), (x, y), (x, y), **kw)
+        ScratchTrainer(lambda s: _Scaled(), (x, y), (x, y), **kw)   # a factory builds fresh ones

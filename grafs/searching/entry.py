@@ -21,7 +21,7 @@ from grafs.errors import GrafsError, warn
 from grafs.searching.data import split_dataset
 from grafs.searching.result import SearchResult
 from grafs.searching.scratch import OnRank0, ScratchTrainer
-from grafs.searching.sites import DEFAULT_TYPES, Act
+from grafs.searching.sites import DEFAULT_TYPES, Act, check_not_searched
 from grafs.searching.verdict import Verdict
 
 #: the budget rule and the presets' values, kept importable from here
@@ -82,6 +82,8 @@ def search(model, train_data, val_data=None, *, config: SearchConfig | None = No
     cfg = configure(config, preset, {**{k: v for k, v in given.items() if v is not None},
                                      **_config_keywords(kwargs)})
     _check_keywords(kwargs)
+    if isinstance(model, nn.Module):
+        check_not_searched(model)
     # named before the search, so a model whose activation has no formula fails at once
     original = _original_activation(_as_module(model, seed), activation_types) \
         if cfg.check or cfg.verdict_seeds else None

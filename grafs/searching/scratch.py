@@ -48,6 +48,8 @@ class ScratchTrainer:
         self.accum = grad_accum_steps
         self.max_steps = max_steps_per_epoch
         self.runs = 0          # from-scratch trainings done (their cost is reported)
+        if self.template is not None:
+            _warn_unreset(self.template)
 
     def fresh_model(self, formula: str | None, seed: int) -> nn.Module:
         """A copy of the template, re-initialised under ``seed``, with ``formula`` at its
@@ -59,9 +61,9 @@ class ScratchTrainer:
             model = copy.deepcopy(self.template)
             for m in model.modules():
                 # (nn.MultiheadAttention and nn.Transformer have only the private one)
-                reset = getattr(m, "reset_parameters", None) or getattr(m, "_reset_parameters", None)
-                if callable(reset):
-                    reset()
+                if _resets(m):
+                    reset = getattr(m, "reset_parameters", None)
+                    (reset if callable(reset) else m._reset_parameters)()
         if formula is not None:
             from grafs.compiler import compile as gcompile
             replace_activations(model, lambda: gcompile(formula, backend="eager"), self.types)
@@ -123,6 +125,25 @@ class ScratchTrainer:
             n += len(xb)
         out = total / max(n, 1)
         return out if math.isfinite(out) else math.inf
+
+
+def _resets(m: nn.Module) -> bool:
+    return callable(getattr(m, "reset_parameters", None)) or \
+        callable(getattr(m, "_reset_parameters", None))
+
+
+def _warn_unreset(model: nn.Module) -> None:
+    """Warn when some of ``model``'s parameters belong to modules without ``reset_parameters``:
+    every from-scratch run starts them from the values they have in the model as passed."""
+    from grafs.errors import warn
+    names = [f"{name or type(model).__name__}.{p}" for name, m in model.named_modules()
+             if not _resets(m) for p, _ in m.named_parameters(recurse=False)]
+    if names:
+        shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+        warn(f"{shown}: parameters of modules without reset_parameters; the from-scratch runs "
+             f"(check, restart pick, verdict) start them from your model's values for every "
+             f"seed. Pass the model as a factory, seed -> nn.Module, for a fresh "
+             f"initialisation per seed")
 
 
 class OnRank0:

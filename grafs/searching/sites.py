@@ -47,10 +47,7 @@ def replace_activations(model: nn.Module, factory: Callable[[nn.Module], nn.Modu
     Returns the number of sites replaced; raises GrafsError if there are none.
     """
     import inspect
-    if any(isinstance(m, SearchSite) for m in model.modules()):
-        raise GrafsError(f"{type(model).__name__} already holds a search's sites (grafs.SearchSite: a "
-                         f"grafs.Searcher or grafs.searching.loop.search changed it in place); "
-                         f"search or train a fresh model, or a copy made before the search")
+    check_not_searched(model)
     types = tuple(types) + (Act,)
     try:
         takes_arg = len(inspect.signature(factory).parameters) >= 1
@@ -70,6 +67,15 @@ def replace_activations(model: nn.Module, factory: Callable[[nn.Module], nn.Modu
         raise GrafsError(f"no activation modules of types {[t.__name__ for t in types]} found in "
                          f"{type(model).__name__}; use grafs.Act in place of functional calls")
     return count
+
+
+def check_not_searched(model: nn.Module) -> None:
+    """A GrafsError when ``model`` already holds a search's sites (a second cell would nest
+    around the first, and the first one's state would ride along)."""
+    if any(isinstance(m, SearchSite) for m in model.modules()):
+        raise GrafsError(f"{type(model).__name__} already holds a search's sites (grafs.SearchSite: a "
+                         f"grafs.Searcher or grafs.searching.loop.search changed it in place); "
+                         f"search or train a fresh model, or a copy made before the search")
 
 
 class SearchSite(nn.Module):
