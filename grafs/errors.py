@@ -56,3 +56,17 @@ class SearchSpaceError(GrafsError):
 
 class SearchError(GrafsError):
     """A search could not go on (e.g. a non-finite loss)."""
+
+
+def warn(message: str, category: type[Warning] = GrafsWarning) -> None:
+    """``warnings.warn`` attributed to the first caller outside the grafs package (the user's
+    line that called grafs.search, a Searcher method, ...), however deep inside grafs the
+    warning arises."""
+    import os
+    import sys
+    import warnings
+    pkg = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    level, frame = 2, sys._getframe(1)
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(pkg):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level if frame is not None else 2)

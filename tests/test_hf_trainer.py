@@ -89,3 +89,83 @@ def test_hf_trainer_example_runs():
     r = load("hf_trainer_search").main(["--tiny"])
     grafs.parse(r.formula)
     assert "grafs_hf_found" not in grafs.registered()      # the example cleans up after itself
+
+
+def test_the_same_callback_in_a_second_train_searches_the_new_model(tmp_path):
+    from transformers import BertForSequenceClassification, Trainer, TrainingArguments
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=4, per_device_train_batch_size=8,
+                             per_device_eval_batch_size=8, report_to="none", save_strategy="no",
+                             use_cpu=True, disable_tqdm=True, seed=0)
+    cb = GrafsTrainerCallback("grafs_test_again", search_epochs=2, backend="eager",
+                              space=SearchSpace(**SPACE))
+    try:
+        models = []
+        for _ in range(2):
+            torch.manual_seed(0)
+            models.append(BertForSequenceClassification(config()))
+            trainer = Trainer(model=models[-1], args=args, train_dataset=Tokens(32, 0),
+                              eval_dataset=Tokens(16, 1))
+            cb.attach(trainer)
+            trainer.train()
+            assert cb.searcher.model is models[-1]
+            assert sum(isinstance(m, SearchSite) for m in models[-1].modules()) == 2
+            assert cb.result.history["epochs"] == [0, 1]
+            assert grafs.registered()["grafs_test_again"] == cb.result.formula
+        with pytest.raises(GrafsError, match="already searched"):
+            trainer.train()
+    finally:
+        if "grafs_test_again" in grafs.registered():
+            grafs.unregister("grafs_test_again")
+
+
+def test_a_resumed_train_starts_the_search_anew_over_its_remaining_steps(tmp_path):
+    """The search is not in the Trainer's checkpoints: a train() resumed at step 4 of 8 runs
+    the whole search (warm start, every drop, a discrete cell) over its 4 steps."""
+    from transformers import BertForSequenceClassification, Trainer, TrainingArguments
+
+    def run(resume=None):
+        torch.manual_seed(0)
+        model = BertForSequenceClassification(config())
+        args = TrainingArguments(output_dir=str(tmp_path), max_steps=8, per_device_train_batch_size=8,
+                                 per_device_eval_batch_size=8, report_to="none",
+                                 save_strategy="steps", save_steps=4, use_cpu=True,
+                                 disable_tqdm=True, seed=0)
+        trainer = Trainer(model=model, args=args, train_dataset=Tokens(64, 0),
+                          eval_dataset=Tokens(16, 1))
+        cb = GrafsTrainerCallback("grafs_test_resumed", search_epochs=2, backend="eager",
+                                  space=SearchSpace(**SPACE)).attach(trainer)
+        trainer.train(resume_from_checkpoint=resume)
+        return cb
+    try:
+        run()
+        cb = run(str(tmp_path / "checkpoint-4"))
+        assert cb.result.history["epochs"] == [0, 1]
+        assert cb.searcher.cell.is_discrete()
+        assert cb.result.settings["max_steps"] == 4
+    finally:
+        if "grafs_test_resumed" in grafs.registered():
+            grafs.unregister("grafs_test_resumed")
+
+
+def test_save_model_after_a_search_writes_one_copy_of_the_shared_cell(tmp_path):
+    from transformers import BertForSequenceClassification, Trainer, TrainingArguments
+    from safetensors.torch import load_file
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(config())
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=8,
+                             per_device_eval_batch_size=8, report_to="none", save_strategy="no",
+                             use_cpu=True, disable_tqdm=True, seed=0)
+    trainer = Trainer(model=model, args=args, train_dataset=Tokens(32, 0), eval_dataset=Tokens(16, 1))
+    cb = GrafsTrainerCallback("grafs_test_saved", search_epochs=2, backend="eager",
+                              space=SearchSpace(**SPACE)).attach(trainer)
+    try:
+        trainer.train()
+        trainer.save_model(str(tmp_path / "final"))       # safetensors refused the shared cell
+        saved = load_file(str(tmp_path / "final" / "model.safetensors"))
+        cells = [k for k in saved if ".cell.gamma" in k]
+        assert cells == ["bert.encoder.layer.0.intermediate.intermediate_act_fn.cell.gamma"]
+        torch.testing.assert_close(saved[cells[0]], cb.searcher.cell.gamma.detach())
+        assert "bert.encoder.layer.1.output.dense.weight" in saved
+    finally:
+        if "grafs_test_saved" in grafs.registered():
+            grafs.unregister("grafs_test_saved")

@@ -208,3 +208,31 @@ def test_lightning_example_runs(precision, accumulate):
                                        str(accumulate)])
     grafs.parse(r.formula)
     assert r.settings["precision"] == precision and r.history["num_active"][-1] == 3
+
+
+def test_the_same_callback_in_a_second_fit_searches_the_new_module_or_refuses_the_old():
+    cb = GrafsSearch(space=SearchSpace(**SPACE), cell_mode="lean")
+    train, val = loaders()
+    first = Module(net())
+    trainer(cb, 2).fit(first, train, val)
+    formula = cb.result.formula
+    second = Module(net())
+    trainer(cb, 2).fit(second, train, val)
+    # the new module is searched (it kept its ReLUs, and the history ran on, before)
+    from grafs.searching.sites import SearchSite
+    assert cb.searcher.model is second and any(isinstance(m, SearchSite) for m in second.modules())
+    assert cb.result.history["epochs"] == [0, 1]
+    grafs.parse(cb.result.formula)
+    with pytest.raises(GrafsError, match="already searched"):
+        trainer(cb, 2).fit(second, train, val)
+    assert formula
+
+
+def test_a_fit_shorter_than_the_search_warns_that_the_formula_is_unfinished():
+    from grafs.errors import GrafsWarning
+    cb = GrafsSearch(epochs=4, space=SearchSpace(**SPACE), cell_mode="lean")
+    train, val = loaders()
+    with pytest.warns(GrafsWarning, match="after 2 of the search's 4 epochs"):
+        trainer(cb, 2).fit(Module(net()), train, val)
+    assert not cb.searcher.cell.is_discrete()
+    assert any("unfinished search" in w for w in cb.result.history["warnings"])

@@ -113,6 +113,15 @@ def _print_found(result) -> None:
     from grafs.grammar.display import display
     print(f"use this activation: {result.display}")   # rounded; the exact one parses the same
     print(f"  exact formula:     {result.formula}")
+    h = result.history
+    replaced = h.get("rejected_formula") or (h.get("unusable_formula")
+                                             and not h.get("unclipped_formula"))
+    if replaced:
+        # the original activation came back: the history's variants are the found formula's
+        why = ("the verdict found it worse" if h.get("rejected_formula")
+               else "it did not train from scratch or was affine")
+        print(f"  (your original activation: the search found {display(replaced)}, but {why})")
+        return
     variants = []
     unscaled = result.history.get("unscaled_formula")
     if unscaled and unscaled != result.formula:

@@ -23,7 +23,8 @@ it from the Trainer's events, with dict batches (``model(**batch).loss``):
 
 Under DDP each rank averages the α/γ gradients of its arch step with the others' (through
 ``torch.distributed``), so every rank registers the same formula. Not saved in the Trainer's
-checkpoints: a resumed ``train()`` starts the search anew.
+checkpoints: a resumed ``train()`` starts the search anew over the steps it has left. The
+checkpoints hold one copy of the cell that every site shares (safetensors refuses aliases).
 """
 from __future__ import annotations
 
@@ -79,7 +80,7 @@ class GrafsTrainerCallback(TrainerCallback):
         self._phase = -1
         self._pending: dict = {}
         self._batches = None
-        self._max_steps = 1
+        self._max_steps, self._first_step = 1, 0
 
     def attach(self, trainer) -> "GrafsTrainerCallback":
         """Add this callback to ``trainer`` with its eval dataloader as the arch data (unless
@@ -101,7 +102,13 @@ class GrafsTrainerCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, train_dataloader=None,
                        eval_dataloader=None, **kwargs):
         if self.searcher is not None:
-            return
+            if self.searcher.model is model and self.result is None:
+                return                  # this search, trained again
+            if self.searcher.model is model:
+                raise GrafsError("GrafsTrainerCallback already searched this model (its "
+                                 "activations are the found cell now); to train it on, train "
+                                 "without the callback; for another search, a fresh model")
+            self.searcher, self.result, self._phase, self._pending = None, None, -1, {}
         options = dict(self.options)
         if "activation_types" not in options:
             self.act_key, cls = _config_activation(model)
@@ -111,8 +118,11 @@ class GrafsTrainerCallback(TrainerCallback):
         options.setdefault("loss_scaling", bool(getattr(args, "fp16", False)))
         device = next(model.parameters()).device
         self.searcher = Searcher(model, epochs=self.search_epochs, device=device, **options)
+        _declare_shared_cell(model)
         self._loader = self._arch_loader(args, train_dataloader, eval_dataloader)
-        self._max_steps = max(1, int(state.max_steps))
+        # the phases span the steps this train() runs (a resumed one starts the search anew)
+        self._first_step = int(state.global_step)
+        self._max_steps = max(1, int(state.max_steps) - self._first_step)
         self._device = device
 
     def _arch_loader(self, args, train_dataloader, eval_dataloader):
@@ -129,7 +139,8 @@ class GrafsTrainerCallback(TrainerCallback):
 
     def on_step_begin(self, args, state, control, model=None, **kwargs):
         s = self.searcher
-        phase = min(self.search_epochs - 1, state.global_step * self.search_epochs // self._max_steps)
+        phase = min(self.search_epochs - 1,
+                    (state.global_step - self._first_step) * self.search_epochs // self._max_steps)
         if phase != self._phase:
             self._close_phase()
             s.epoch_start(phase)
@@ -181,6 +192,20 @@ class GrafsTrainerCallback(TrainerCallback):
                     "gradient_accumulation_steps": args.gradient_accumulation_steps}
         self.result = self.searcher.result(settings)
         register(self.name, self.result.formula, backend=self.backend)
+
+
+def _declare_shared_cell(model) -> None:
+    """Declare every site's copy of the shared cell but the first one's as tied weights, so
+    that transformers' safetensors checkpoints (the Trainer's ``save_steps``,
+    ``trainer.save_model()``) keep one copy instead of refusing the shared tensors."""
+    from grafs.searching.sites import SearchSite
+    sites = [(n, m) for n, m in model.named_modules() if isinstance(m, SearchSite)]
+    if len(sites) < 2:
+        return
+    first = sites[0][0]
+    names = [f"cell.{k}" for k in sites[0][1].cell.state_dict()]
+    for _, site in sites[1:]:
+        site._tied_weights_keys = {k: f"{first}.{k}" for k in names}
 
 
 def _config_activation(model, required: bool = True):

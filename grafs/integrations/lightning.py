@@ -35,7 +35,7 @@ from typing import Any, Callable
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from grafs.errors import GrafsError
+from grafs.errors import GrafsError, warn
 from grafs.searching.data import cycle
 from grafs.searching.result import SearchResult
 from grafs.searching.rng import rng_state, set_rng_state
@@ -75,6 +75,9 @@ class GrafsSearch(Callback):
         self.arch_loss, self.monitor, self.train_monitor = arch_loss, monitor, train_monitor
         self.restore_rng = restore_rng
         self.options = searcher_options
+        self._reset()
+
+    def _reset(self) -> None:
         self.searcher: Searcher | None = None
         #: the found formula and the search's history, once ``fit`` has trained
         self.result: SearchResult | None = None
@@ -85,8 +88,17 @@ class GrafsSearch(Callback):
 
     # -- set-up --------------------------------------------------------------------------------
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if stage != "fit" or self.searcher is not None:
+        if stage != "fit":
             return
+        if self.searcher is not None:
+            if self.searcher.model is not pl_module:
+                self._reset()           # another module: a search of its own
+            elif self.result is None:
+                return                  # this search, fitted again (e.g. from a checkpoint)
+            else:
+                raise GrafsError("GrafsSearch already searched this module (its activations are "
+                                 "the found cell now); to train it on, fit without the callback; "
+                                 "for another search, a fresh module")
         epochs = self.epochs if self.epochs is not None else trainer.max_epochs
         if not isinstance(epochs, int) or epochs < 1:
             raise GrafsError(f"GrafsSearch needs the number of epochs the search spans: "
@@ -188,6 +200,13 @@ class GrafsSearch(Callback):
                     "accumulate_grad_batches": trainer.accumulate_grad_batches,
                     "arch_every": self.arch_every}
         self.result = s.result(settings)
+        if s.next_epoch < s.epochs:
+            # (max_epochs below the search's epochs, early stopping, an interrupted fit)
+            msg = (f"the fit ended after {s.next_epoch} of the search's {s.epochs} epochs, before "
+                   f"the cell was discrete: {self.result.formula} is the leading formula of an "
+                   f"unfinished search (give the Trainer max_epochs >= GrafsSearch's epochs)")
+            self.result.history.setdefault("warnings", []).append(msg)
+            warn(msg)
 
     # -- checkpoints -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

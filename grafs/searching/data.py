@@ -100,6 +100,13 @@ def resolve_device(device=None) -> torch.device:
 
 def split_dataset(data, fraction: float = 0.75, seed: int = 0):
     """Split tensors or a Dataset into (train, val) = (fraction, 1 - fraction), seeded."""
+    from torch.utils.data import DataLoader
+    if isinstance(data, DataLoader):
+        raise GrafsError("train_data is a DataLoader and no val_data was given: a DataLoader's "
+                         "batches cannot be split into training and validation data; pass "
+                         "val_data (a DataLoader, a Dataset or (inputs, targets) tensors), or "
+                         "train_data as a Dataset or tensors to split it "
+                         f"{fraction:.0%}/{1 - fraction:.0%}")
     ds = _as_dataset(data, "train_data")
     n = len(ds)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))

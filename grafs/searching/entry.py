@@ -9,20 +9,20 @@ recipe, from scratch).
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import time
-import warnings
 from typing import Sequence
 
 import torch
 from torch import nn
 
-from grafs.errors import GrafsError, GrafsWarning
+from grafs.errors import GrafsError, warn
 from grafs.searching.data import split_dataset
 from grafs.searching.result import SearchResult
 from grafs.searching.scratch import OnRank0, ScratchTrainer
-from grafs.searching.sites import DEFAULT_TYPES, Act
+from grafs.searching.sites import DEFAULT_TYPES, Act, check_not_searched
 from grafs.searching.verdict import Verdict
 
 #: the budget rule and the presets' values, kept importable from here
@@ -46,8 +46,8 @@ def search(model, train_data, val_data=None, *, config: SearchConfig | None = No
            progress: bool = True, scratch=None, **kwargs) -> SearchResult:
     """Search ``model``'s activation (see the guide, docs/guide/search.md).
 
-    ``model``: the network (each restart searches a copy), or ``seed -> nn.Module`` (a fresh
-    model per restart). ``config``: a :class:`~grafs.searching.config.SearchConfig` — the one
+    ``model``: the network (searched as a copy: your model is left as it was), or
+    ``seed -> nn.Module`` (a fresh model per restart). ``config``: a :class:`~grafs.searching.config.SearchConfig` — the one
     configuration of a search, the same object every built-in task carries; by default
     ``SearchConfig.preset(preset)``. Every keyword that names a ``SearchConfig`` field (those
     in the signature, and e.g. ``arch_steps``, ``arch_batch_size``, ``restart_select``,
@@ -82,6 +82,12 @@ def search(model, train_data, val_data=None, *, config: SearchConfig | None = No
                  shrink_start=shrink_start, train_fraction=train_fraction)
     cfg = configure(config, preset, {**{k: v for k, v in given.items() if v is not None},
                                      **_config_keywords(kwargs)})
+    _check_keywords(kwargs)
+    if isinstance(model, nn.Module):
+        check_not_searched(model)
+    # named before the search, so a model whose activation has no formula fails at once
+    original = _original_activation(_as_module(model, seed), activation_types) \
+        if cfg.check or cfg.verdict_seeds else None
     if space is None:
         space = SearchSpace.grafs(normalize=cfg.normalize)
     split = (train_data, val_data) if val_data is not None else \
@@ -104,7 +110,8 @@ def search(model, train_data, val_data=None, *, config: SearchConfig | None = No
         scratch = ScratchTrainer(model, *split, epochs=epochs, batch_size=cfg.batch_size,
                                  loss_fn=kwargs.get("loss_fn"), optimizer=kwargs["optimizer"],
                                  scheduler=kwargs["scheduler"], activation_types=activation_types,
-                                 device=dev, max_steps_per_epoch=cfg.max_steps_per_epoch)
+                                 device=dev, max_steps_per_epoch=cfg.max_steps_per_epoch,
+                                 grad_accum_steps=cfg.grad_accum_steps)
     if scratch is not None:
         from grafs.searching import distributed as gdist
         ctx = gdist.context(dist_arg, dev, device is not None)
@@ -125,7 +132,6 @@ def search(model, train_data, val_data=None, *, config: SearchConfig | None = No
         result.settings["preset"] = preset
     if not cfg.check and not cfg.verdict_seeds:
         return result
-    original = _original_activation(_as_module(model, seed), activation_types)
     t0 = time.perf_counter()
     if cfg.check:
         _check_trains(result, scratch, space, original, seed)
@@ -140,7 +146,7 @@ def search(model, train_data, val_data=None, *, config: SearchConfig | None = No
             result.history["rejected_formula"] = result.formula
             result.history.setdefault("warnings", []).append(msg)
             result.formula = original
-            warnings.warn(msg, GrafsWarning, stacklevel=2)
+            warn(msg)
     result.settings["scratch_runs"] = scratch.runs
     return result
 
@@ -175,6 +181,29 @@ def _config_keywords(kwargs: dict) -> dict:
     return {k: kwargs.pop(k) for k in names}
 
 
+def _check_keywords(kwargs: dict) -> None:
+    """A GrafsError for a keyword neither grafs.search nor the search loop takes (a typo such
+    as ``arch_lrr=``), naming the close ones and the accepted names."""
+    import difflib
+    import inspect
+    from grafs.searching.loop import search as search_once
+    params = inspect.signature(search_once).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return              # (a stand-in that takes any keyword)
+    loop_names = {n for n in params if not n.startswith("_")}    # (private ones pass, unlisted)
+    own = {n for n in inspect.signature(search).parameters if n != "kwargs"}
+    unknown = sorted(set(kwargs) - set(params))
+    if not unknown:
+        return
+    accepted = sorted((own | loop_names | _FIELDS | set(_ALIASES)) - {"model", "train_data", "val_data"})
+    hints = []
+    for k in unknown:
+        close = difflib.get_close_matches(k, accepted, n=2, cutoff=0.6)
+        hints.append(f"{k!r}" + (f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""))
+    raise GrafsError(f"grafs.search got unknown keyword{'s' if len(unknown) > 1 else ''} "
+                     f"{', '.join(hints)}; accepted: {', '.join(accepted)}")
+
+
 def _as_module(model, seed: int) -> nn.Module:
     return model if isinstance(model, nn.Module) else model(seed)
 
@@ -183,13 +212,20 @@ def _search(model, split, unsplit, cfg: SearchConfig, seed: int, scratch, common
     """One search, or ``cfg.restarts`` of them with the pick (grafs.searching.restarts)."""
     from grafs.searching.loop import search as search_once
     if cfg.restarts == 1:
-        return search_once(_as_module(model, seed), *split, seed=seed, **common)
+        # a copy: the user's model keeps its activations and weights (a second search of it,
+        # or its from-scratch runs, would otherwise start from this search's sites and weights)
+        fresh = copy.deepcopy(model) if isinstance(model, nn.Module) else model(seed)
+        return search_once(fresh, *split, seed=seed, **common)
     from grafs.searching.restarts import search_restarts
     score = None
     if cfg.restart_select == "scratch":
         def score(r: SearchResult) -> float:
             return scratch.val_loss(r.formula, seed)
     own = cfg.restart_splits and unsplit is not None     # each restart splits with its seed
+    if cfg.restart_splits and not own:
+        warn("restart_splits=True needs the training data unsplit: with val_data given, every "
+             "restart searches on that one split (leave val_data out to give each restart its "
+             "own split)")
     result = search_restarts(model, *((unsplit, None) if own else split), restarts=cfg.restarts,
                              seed=seed, pick_epoch=cfg.restart_pick_epoch, own_splits=own,
                              train_fraction=cfg.train_fraction, score=score, **common)
@@ -211,18 +247,57 @@ def _device(model: nn.Module, device) -> torch.device:
     return next((p.device for p in params), torch.device("cpu"))
 
 
-def _original_activation(model: nn.Module, types: Sequence[type]) -> str:
-    """The formula of the model's first searched activation (e.g. 'relu(x)')."""
+#: nn.GELU(approximate="tanh") as a formula
+_GELU_TANH = "0.5*x*(1 + tanh(0.7978845608028654*(x + 0.044715*x^3)))"
+
+
+def _module_formula(m: nn.Module) -> str | None:
+    """The formula of activation module ``m`` with its own settings (a LeakyReLU's slope, an
+    ELU's alpha, GELU's tanh form, ...), or None when there is none."""
     from grafs.ops import lookup
+    if isinstance(m, Act):
+        return m.formula
+    if isinstance(m, nn.LeakyReLU):
+        return f"leaky_relu(x, {float(m.negative_slope)!r})"
+    if isinstance(m, nn.ELU):
+        return f"elu(x, {float(m.alpha)!r})"
+    if isinstance(m, nn.CELU):            # celu(x, a) = a·elu(x/a)
+        a = float(m.alpha)
+        return "elu(x)" if a == 1.0 else f"{a!r}*elu(x/{a!r})"
+    if isinstance(m, nn.GELU) and m.approximate == "tanh":
+        return _GELU_TANH
+    if isinstance(m, nn.Softplus) and float(m.beta) != 1.0:
+        return f"softplus({float(m.beta)!r}*x)/{float(m.beta)!r}"
+    op = lookup(type(m).__name__)
+    return None if op is None else f"{op.name}(x)"
+
+
+def _same_function(formula: str, m: nn.Module) -> bool:
+    """Whether ``formula`` computes what module ``m`` does (on a grid over [-8, 8])."""
+    from grafs.compiler import compile as gcompile
+    xs = torch.linspace(-8, 8, 1601)
+    try:
+        with torch.no_grad():
+            want = gcompile(formula, backend="eager")(xs)
+            got = m.cpu()(xs.clone()).reshape(-1)        # (an inplace=True module)
+    except (GrafsError, RuntimeError, TypeError, ValueError):
+        return False
+    return got.shape == want.shape and torch.allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def _original_activation(model: nn.Module, types: Sequence[type]) -> str:
+    """The formula of the model's first searched activation, with its settings (e.g.
+    'relu(x)', 'leaky_relu(x, 0.2)'): what the check falls back to and the verdict compares
+    with. A GrafsError when the module computes no formula grafs can write (e.g. a PReLU,
+    whose slope is learned)."""
     for m in model.modules():
-        if isinstance(m, Act):
-            return m.formula
-        if isinstance(m, tuple(types)):
-            op = lookup(type(m).__name__)
-            if op is not None:
-                return f"{op.name}(x)"
-            raise GrafsError(f"cannot name {type(m).__name__} as a formula for the verdict; pass "
-                             f"verdict_seeds=0, or use grafs.Act('<formula>') in the model")
+        if isinstance(m, tuple(types) + (Act,)):
+            formula = _module_formula(m)
+            if formula is not None and (isinstance(m, Act) or _same_function(formula, copy.deepcopy(m))):
+                return formula
+            raise GrafsError(f"cannot write {m!r} as a formula for the check and the verdict; "
+                             f"use grafs.Act('<formula>') in the model, or pass check=False and "
+                             f"verdict_seeds=0")
     raise GrafsError(f"no activation modules of types {[t.__name__ for t in types]} found in "
                      f"{type(model).__name__}; use grafs.Act in place of functional calls")
 
@@ -260,7 +335,7 @@ def _check_trains(result: SearchResult, scratch, space, original: str, seed: int
     msg = f"the found formula {bad} {why}; returning {what}"
     result.history["unusable_formula"] = bad
     result.history.setdefault("warnings", []).append(msg)
-    warnings.warn(msg, GrafsWarning, stacklevel=3)
+    warn(msg)
 
 
 def nearly_affine(expr, lo: float = -3.0, hi: float = 3.0, tol: float = 0.02) -> bool:

@@ -59,7 +59,8 @@ def search(model: nn.Module, train_data, val_data=None, *, space=None, epochs: i
     ``val_data`` the training data is split ``train_fraction``/rest (75/25). ``optimizer`` and
     ``scheduler`` are factories (``lambda params: torch.optim.SGD(params, 0.1)``,
     ``lambda opt: ...``; the scheduler steps after every weight-optimizer step); defaults:
-    Adam(1e-3), no scheduler.
+    Adam(1e-3), no scheduler. ``loss_fn``: by default cross-entropy for integer targets and
+    mean squared error for floating-point ones (regression).
     ``device``: where the search runs (default: the model's device); tensor data that fits is
     moved there once. ``amp``: None (fp32), "bf16" or "fp16" (autocast; fp16 with loss
     scaling); the cell computes in fp32 either way. ``cell_mode``: "auto" (the Triton cell on

@@ -34,7 +34,7 @@ class ScratchTrainer:
     def __init__(self, model: nn.Module, train_data, val_data, *, epochs: int, batch_size: int,
                  loss_fn: Callable | None, optimizer: Callable | None, scheduler: Callable | None,
                  activation_types: Sequence[type], device: torch.device,
-                 max_steps_per_epoch: int | None = None):
+                 max_steps_per_epoch: int | None = None, grad_accum_steps: int = 1):
         # a factory (seed -> model) builds each fresh model itself
         self.factory = None if isinstance(model, nn.Module) else model
         self.template = copy.deepcopy(model).cpu() if self.factory is None else None
@@ -43,8 +43,13 @@ class ScratchTrainer:
         self.loss_fn = loss_fn or default_loss
         self.optimizer, self.scheduler = optimizer, scheduler
         self.types, self.device = tuple(activation_types), device
+        # as the search: optimizer steps of grad_accum_steps micro-batches each (the scheduler
+        # is sized in optimizer steps), at most max_steps_per_epoch of them per epoch
+        self.accum = grad_accum_steps
         self.max_steps = max_steps_per_epoch
         self.runs = 0          # from-scratch trainings done (their cost is reported)
+        if self.template is not None:
+            _warn_unreset(self.template)
 
     def fresh_model(self, formula: str | None, seed: int) -> nn.Module:
         """A copy of the template, re-initialised under ``seed``, with ``formula`` at its
@@ -55,8 +60,10 @@ class ScratchTrainer:
         else:
             model = copy.deepcopy(self.template)
             for m in model.modules():
-                if hasattr(m, "reset_parameters") and callable(m.reset_parameters):
-                    m.reset_parameters()
+                # (nn.MultiheadAttention and nn.Transformer have only the private one)
+                if _resets(m):
+                    reset = getattr(m, "reset_parameters", None)
+                    (reset if callable(reset) else m._reset_parameters)()
         if formula is not None:
             from grafs.compiler import compile as gcompile
             replace_activations(model, lambda: gcompile(formula, backend="eager"), self.types)
@@ -85,10 +92,12 @@ class ScratchTrainer:
         opt = self.optimizer(params) if self.optimizer is not None else torch.optim.Adam(params, lr=1e-3)
         sched = self.scheduler(opt) if self.scheduler is not None else None
         batches = Batches(self.train_data, self.batch_size, seed, 0, "train_data", self.device)
-        per_epoch = len(batches) if self.max_steps is None else min(len(batches), self.max_steps)
+        per_epoch = len(batches) if self.max_steps is None else \
+            min(len(batches), self.max_steps * self.accum)     # micro-batches
         model.train()
         done = 0
         for epoch in range(self.epochs):
+            opt.zero_grad(set_to_none=True)
             for step, (xb, yb) in enumerate(batches.epoch(epoch)):
                 if step >= per_epoch or (max_steps is not None and done >= max_steps):
                     break
@@ -96,12 +105,13 @@ class ScratchTrainer:
                 loss = self.loss_fn(model(xb), yb)
                 if not torch.isfinite(loss.detach()):
                     return False
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                if sched is not None:
-                    sched.step()
+                (loss / self.accum).backward()
                 done += 1
+                if (step + 1) % self.accum == 0 or step + 1 == per_epoch:
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
+                    if sched is not None:
+                        sched.step()
         return True
 
     @torch.no_grad()
@@ -115,6 +125,25 @@ class ScratchTrainer:
             n += len(xb)
         out = total / max(n, 1)
         return out if math.isfinite(out) else math.inf
+
+
+def _resets(m: nn.Module) -> bool:
+    return callable(getattr(m, "reset_parameters", None)) or \
+        callable(getattr(m, "_reset_parameters", None))
+
+
+def _warn_unreset(model: nn.Module) -> None:
+    """Warn when some of ``model``'s parameters belong to modules without ``reset_parameters``:
+    every from-scratch run starts them from the values they have in the model as passed."""
+    from grafs.errors import warn
+    names = [f"{name or type(model).__name__}.{p}" for name, m in model.named_modules()
+             if not _resets(m) for p, _ in m.named_parameters(recurse=False)]
+    if names:
+        shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+        warn(f"{shown}: parameters of modules without reset_parameters; the from-scratch runs "
+             f"(check, restart pick, verdict) start them from your model's values for every "
+             f"seed. Pass the model as a factory, seed -> nn.Module, for a fresh "
+             f"initialisation per seed")
 
 
 class OnRank0:

@@ -26,17 +26,17 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-import warnings
 from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
-from grafs.errors import GrafsError, GrafsWarning
+from grafs.errors import GrafsError, warn
 from grafs.runtime.discretize import centred, found_formula
 from grafs.runtime.entropy import hole_entropies
 from grafs.runtime.schedule import shrink_schedule
 from grafs.searching.config import AUTO_ARCH_LR, AUTO_ARCH_WEIGHT_DECAY, arch_optimizer
+from grafs.searching.data import resolve_device
 from grafs.searching.result import SearchResult, json_default
 from grafs.searching.sites import DEFAULT_TYPES, SearchSite, replace_activations
 
@@ -244,7 +244,7 @@ class Searcher(SearchSteps):
         from grafs.runtime.space import SearchSpace
         check_epochs(epochs, warmstart_epochs)
         space = space if space is not None else SearchSpace.grafs(normalize=True)
-        dev = torch.device(device) if device is not None else next(
+        dev = resolve_device(device) if device is not None else next(
             (p.device for p in model.parameters()), torch.device("cpu"))
         dist = _dist_context(distributed, dev, device is not None)
         self.space, self.epochs, self.warmstart_epochs = space, epochs, warmstart_epochs
@@ -392,4 +392,4 @@ def warn_if_unlearned(cell, epoch: int, history: dict) -> None:
                f"before shrinking (more epochs or steps per epoch, a later shrink_start) or a "
                f"larger arch_lr")
         history.setdefault("warnings", []).append(msg)
-        warnings.warn(msg, GrafsWarning, stacklevel=4)
+        warn(msg)

@@ -25,6 +25,10 @@ class Act(nn.Module):
     def __init__(self, formula: str = "relu(x)"):
         super().__init__()
         from grafs.compiler import compile as gcompile
+        from grafs.ops import lookup
+        op = lookup(formula.strip()) if isinstance(formula, str) else None
+        if op is not None and op.arity == 1 and op.infix is None:
+            formula = f"{op.name}(x)"       # a bare function name, e.g. Act("gelu")
         self.formula = formula
         self.fn = gcompile(formula, backend="eager")
 
@@ -43,6 +47,7 @@ def replace_activations(model: nn.Module, factory: Callable[[nn.Module], nn.Modu
     Returns the number of sites replaced; raises GrafsError if there are none.
     """
     import inspect
+    check_not_searched(model)
     types = tuple(types) + (Act,)
     try:
         takes_arg = len(inspect.signature(factory).parameters) >= 1
@@ -62,6 +67,15 @@ def replace_activations(model: nn.Module, factory: Callable[[nn.Module], nn.Modu
         raise GrafsError(f"no activation modules of types {[t.__name__ for t in types]} found in "
                          f"{type(model).__name__}; use grafs.Act in place of functional calls")
     return count
+
+
+def check_not_searched(model: nn.Module) -> None:
+    """A GrafsError when ``model`` already holds a search's sites (a second cell would nest
+    around the first, and the first one's state would ride along)."""
+    if any(isinstance(m, SearchSite) for m in model.modules()):
+        raise GrafsError(f"{type(model).__name__} already holds a search's sites (grafs.SearchSite: a "
+                         f"grafs.Searcher or grafs.searching.loop.search changed it in place); "
+                         f"search or train a fresh model, or a copy made before the search")
 
 
 class SearchSite(nn.Module):
