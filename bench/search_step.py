@@ -18,6 +18,8 @@ steps, after warm-up; on CUDA the device is synchronized before every clock read
     python -m bench.search_step --device cuda                # resnet20 and vit_tiny
     python -m bench.search_step --configs mnist1d resnet20 vit_tiny --device cuda --modes auto lean
     python -m bench.search_step --full-search mnist1d digits # + full search vs full evaluation
+    python -m bench.search_step --no-steps --full-search mnist1d digits textures inr --amortised
+                                                             # + each search over its steady steps
     python -m bench.search_step --no-steps --full-search teacher --full-repeats 3 \
         --set search_epochs=30 shrink_start_epoch=4          # only that (search_: not the eval run)
 
@@ -394,7 +396,7 @@ def warm_imports() -> None:
     import torch._dynamo  # noqa: F401
 
 
-def steady_steps(task, res, dev, steps: int = 10, blocks: int = 3) -> dict:
+def steady_steps(task, res, dev, steps: int = 5, blocks: int = 3) -> dict:
     """Seconds of one steady search step (C builds done, warmed up) of ``task``'s default search
     at each (active ops, warm start) its epochs ran with (``res.history``): the bench's
     :class:`SearchStep` (the Stepper a search runs) on the task's model, batches and search
@@ -418,7 +420,7 @@ def steady_steps(task, res, dev, steps: int = 10, blocks: int = 3) -> dict:
         pending = getattr(s.cell, "_c_pending", None)
         if pending is not None:
             pending.build()                      # wait for it: the steady state
-        timer.block(fn, 3)
+        timer.block(fn, 2)
         out[(n, warm)] = statistics.median(timer.block(fn) for _ in range(blocks))
     return out
 
