@@ -18,6 +18,8 @@ steps, after warm-up; on CUDA the device is synchronized before every clock read
     python -m bench.search_step --device cuda                # resnet20 and vit_tiny
     python -m bench.search_step --configs mnist1d resnet20 vit_tiny --device cuda --modes auto lean
     python -m bench.search_step --full-search mnist1d digits # + full search vs full evaluation
+    python -m bench.search_step --no-steps --full-search mnist1d digits textures inr --amortised
+                                                             # + each search over its steady steps
     python -m bench.search_step --no-steps --full-search teacher --full-repeats 3 \
         --set search_epochs=30 shrink_start_epoch=4          # only that (search_: not the eval run)
 
@@ -90,10 +92,10 @@ class Config:
 class TaskConfig(Config):
     """A built-in task's model, data split and optimizers (its search defaults)."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, task=None):
         from grafs.tasks import get_task
         self.name = name
-        self.task = get_task(name)
+        self.task = task if task is not None else get_task(name)
         self.cfg = self.task.search_config
         self.batch_size = self.cfg.batch_size
         self.activation_types = tuple(self.task.activation_types)
@@ -386,13 +388,54 @@ def bench_config(conf: Config, dev, modes, stages, repeats: int, inner: int, war
     print(table(op_rows, op_header), flush=True)
 
 
-def full_search(names, dev, overrides=None, repeats: int = 1) -> None:
+def warm_imports() -> None:
+    """Import what the first optimizer step of a process imports (``torch._dynamo``, through
+    the optimizers' ``_disable_dynamo`` wrapper: about a second here) before anything is timed,
+    so that neither the search nor the evaluation run timed first in this process pays it.
+    (``grafs search`` and ``grafs evaluate``, separate processes, each pay it once.)"""
+    import torch._dynamo  # noqa: F401
+
+
+def steady_steps(task, res, dev, steps: int = 5, blocks: int = 3) -> dict:
+    """Seconds of one steady search step (C builds done, warmed up) of ``task``'s default search
+    at each (active ops, warm start) its epochs ran with (``res.history``): the bench's
+    :class:`SearchStep` (the Stepper a search runs) on the task's model, batches and search
+    space, the cell shrunk to each count in turn. Median of ``blocks`` blocks of ``steps``."""
+    cfg = task.search_config
+    space = task.make_search_space()
+    space.normalize = cfg.normalize
+    conf = TaskConfig(task.name, task)
+    train, val = conf.batches(dev)
+    timer = Timer(train, val, dev, steps)
+    torch.manual_seed(0)
+    s = SearchStep(conf, dev, "auto", space)
+    warm_epochs = res.settings.get("warmstart_epochs", cfg.warmstart_epochs)
+    configs = sorted({(n, e < warm_epochs) for e, n in enumerate(res.history["num_active"])},
+                     key=lambda c: (-c[0], c[1]))
+    out = {}
+    for n, warm in configs:
+        s.cell.drop(s.cell.num_active() - n)
+        fn = (lambda xb, yb, xv, yv: s.stepper.step(xb, yb, xv, yv, warm=True)) if warm else s
+        timer.block(fn, 1)                       # starts the build of this active set
+        pending = getattr(s.cell, "_c_pending", None)
+        if pending is not None:
+            pending.build()                      # wait for it: the steady state
+        timer.block(fn, 2)
+        out[(n, warm)] = statistics.median(timer.block(fn) for _ in range(blocks))
+    return out
+
+
+def full_search(names, dev, overrides=None, repeats: int = 1, amortised: bool = False) -> None:
     """Per task: ``repeats`` × (a full search, then a full evaluation run), interleaved so that
-    drift on a busy machine hits both; the ratio uses the medians."""
+    drift on a busy machine hits both; the ratio uses the medians. ``amortised``: also the
+    search's wall time over the sum of its steps at their steady cost (:func:`steady_steps`,
+    measured after the runs): what the per-epoch costs (the first C build, the validation
+    pass, builds after drops, setup and the checks after the search) add to the steps."""
     import statistics
     from grafs.protocol.task_search import search_task
     from grafs.tasks import get_task
-    rows = []
+    warm_imports()
+    rows, am_rows = [], []
     for name in names:
         task = get_task(name, **(overrides or {}))
         t_searches, t_evals = [], []
@@ -419,11 +462,28 @@ def full_search(names, dev, overrides=None, repeats: int = 1) -> None:
                      f"{ec.epochs} / {e_steps}", f"{t_search / t_eval:.2f}",
                      f"{t_search / s_steps * 1e3:.1f} / {t_eval / e_steps * 1e3:.1f}",
                      f"`{res.formula}`"])
+        if amortised:
+            log(f"[full] {name}: steady steps ...")
+            steady = steady_steps(task, res, dev)
+            warm_epochs = res.settings.get("warmstart_epochs", sc.warmstart_epochs)
+            spe = s_steps // sc.epochs
+            t_steps = sum(spe * steady[(n, e < warm_epochs)]
+                          for e, n in enumerate(res.history["num_active"]))
+            am_rows.append([name, f"{t_search:.1f}", f"{t_steps:.1f}", f"{t_search / t_steps:.2f}",
+                            " ".join(f"{n}{'w' if w else ''}:{t * 1e3:.1f}"
+                                     for (n, w), t in steady.items())])
     extra = f", overrides {overrides}" if overrides else ""
     print(f"\n### full search vs full evaluation run (default activation; median of {repeats}"
           f"{extra})\n")
     print(table(rows, ["task", "search s", "search epochs / steps", "eval s", "eval epochs / steps",
                        "search / eval", "ms per step search / eval", "formula found"]), flush=True)
+    if am_rows:
+        print("\n### whole search vs its steps at their steady cost (per-epoch costs amortised)\n")
+        print("steady step ms per (active ops, w: warm start) measured after the runs, same "
+              "process; the search's wall time includes setup, the first C build, the "
+              "validation passes, builds after drops and the checks after the search\n")
+        print(table(am_rows, ["task", "search s", "sum of steady steps s", "search / steady",
+                              "steady ms per step (active ops)"]), flush=True)
 
 
 def main() -> None:
@@ -448,6 +508,9 @@ def main() -> None:
                     help="--full-search: searches and evaluation runs per task (medians)")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="--full-search: task overrides, as `grafs search --set`")
+    ap.add_argument("--amortised", action="store_true",
+                    help="--full-search: also each search's wall time over its steps at their "
+                         "steady cost (what the per-epoch costs add)")
     ap.add_argument("--no-steps", action="store_true",
                     help="skip the per-step tables (with --full-search: only the full runs)")
     a = ap.parse_args()
@@ -481,7 +544,8 @@ def main() -> None:
             bench_config(CONFIGS[c](), dev, modes, a.stages, repeats, inner, max(1, warmup))
     if a.full_search:
         from grafs.tasks.base import parse_overrides
-        full_search(a.full_search, dev, parse_overrides(a.set), max(1, a.full_repeats))
+        full_search(a.full_search, dev, parse_overrides(a.set), max(1, a.full_repeats),
+                    a.amortised)
 
 
 if __name__ == "__main__":

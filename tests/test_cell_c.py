@@ -316,3 +316,22 @@ def test_a_cell_in_use_deep_copies_and_pickles(mode):
     for other in (twin, loaded):
         assert other.active_ops() == cell.active_ops()
         assert torch.equal(other(x, w), y)
+
+
+def test_a_searcher_starts_the_first_build_when_it_builds_the_cell(monkeypatch, tmp_path):
+    """grafs.Searcher (and so every search) starts compiling the first active set's C code in
+    the background as it builds the cell; the first call uses that build, not another."""
+    import grafs
+    monkeypatch.setenv("GRAFS_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(c_cell, "_LIBS", {})
+    sp = SearchSpace("B(U(x), U(x))", unary=["gelu", "tanh", "abs"], binary=["add", "mul"])
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+    s = grafs.Searcher(net, epochs=3, space=sp, cell_mode="c")
+    first = s.cell._c_pending
+    assert first is not None and first.active == s.cell.active_ops()
+    assert not s.cell.prebuild(torch.device("cpu"))          # one build per active set
+    net(torch.randn(16, 4)).sum().backward()
+    assert s.cell._generated_last["c"][1] is first
+    # nothing to start where the calls will not run the C cell
+    lean = sp.relax("lean", seed=0)
+    assert not lean.prebuild(torch.device("cpu")) and lean._c_pending is None

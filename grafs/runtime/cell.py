@@ -59,6 +59,8 @@ class _ActiveIndex:
     single: torch.Tensor                # the slot is its hole's only active op
     mask_i8: torch.Tensor               # the mask as the Triton kernels read it
     unit_weights: torch.Tensor          # the weights of a discrete cell (1 at active slots)
+    unit_scaled: torch.Tensor           # the same times the op-normalisation constants, if any
+    n_active: int                       # active ops in all holes
     batched: dict = field(default_factory=dict)   # n -> index tensors for n samples at once
 
 
@@ -146,13 +148,16 @@ class RelaxedCell(CompiledCellCode, nn.Module):
                         for h in self.space.holes)
             flat = [(i, self.slot_of[(h.index, o)], len(hole_ops) == 1)
                     for i, (h, hole_ops) in enumerate(zip(self.space.holes, ops)) for o in hole_ops]
+            unit = self.active.to(self.gamma.dtype)
             idx = self._index_cache = _ActiveIndex(
                 ops=ops, device=dev,
                 slots=torch.tensor([k for _, k, _ in flat], device=dev),
                 seg=torch.tensor([i for i, _, _ in flat], device=dev),
                 single=torch.tensor([s for _, _, s in flat], device=dev),
                 mask_i8=self.active.to(torch.int8).contiguous(),
-                unit_weights=self.active.to(self.gamma.dtype))
+                unit_weights=unit,
+                unit_scaled=unit if self.scale is None else unit * self.scale,
+                n_active=len(flat))
         return idx
 
     def _load_from_state_dict(self, *args, **kwargs):
@@ -163,7 +168,7 @@ class RelaxedCell(CompiledCellCode, nn.Module):
         return self._active_index().ops
 
     def num_active(self) -> int:
-        return sum(len(ops) for ops in self.active_ops())  # cached: no device sync
+        return self._active_index().n_active  # cached: no device sync
 
     @property
     def num_holes(self) -> int:
@@ -210,8 +215,13 @@ class RelaxedCell(CompiledCellCode, nn.Module):
         """Draw the mixture weights of the next ``n`` calls in one batch (each call still gets
         its own independent sample; the search draws one batch per forward pass, one sample per
         activation site, instead of a few kernels at every site). Calls beyond ``n`` sample
-        for themselves."""
-        self._pool = [] if self.is_discrete() else list(self.sample_weights(n).unbind(0))
+        for themselves. The batch is multiplied by the op-normalisation constants here, once
+        (the same products, bit for bit, as each call's own multiplication)."""
+        if self.is_discrete():
+            self._pool = []
+            return
+        w = self.sample_weights(n)
+        self._pool = list((w if self.scale is None else w * self.scale).unbind(0))
 
     def clear_samples(self) -> None:
         """Forget undrawn batched samples (their graph belongs to the pass that drew them)."""
@@ -254,32 +264,32 @@ class RelaxedCell(CompiledCellCode, nn.Module):
         return plan
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-        key = self.active_ops()
+        idx = self._active_index()
+        key = idx.ops
         mode = self.mode_for(x.device, x.numel())
         if mode == "c" and self.mode == "auto" and _functorch_wrapped(x):
             mode = "lean"   # vmap/jacrev/grad of torch.func need differentiable torch ops
-        if weights is None and self.is_discrete():
+        scale = self.scale
+        if weights is None and idx.n_active == len(idx.ops):
             # one op per hole: every Dirichlet sample is exactly 1 (gradient 0), so nothing is
             # drawn and α gets no gradient; the reference path then skips the weights entirely
-            if mode == "eager" and not len(self.terms) and self.scale is None:
+            if mode == "eager" and not len(self.terms) and scale is None:
                 return run_program(self._program(key, self.clip, unit=True), x, {},
                                    {"g": self.gamma}, self.terms)
-            w = self._active_index().unit_weights
-        elif weights is not None:
-            w = weights
-        elif self._pool:
-            w = self._pool.pop()
+            w = idx.unit_scaled
+        elif weights is None and self._pool:
+            w = self._pool.pop()                # (scaled when drawn)
         else:
-            w = self.sample_weights()
-        if self.scale is not None:
-            w = w * self.scale
+            w = self.sample_weights() if weights is None else weights
+            if scale is not None:
+                w = w * scale
         if mode == "lean":
             return lean_apply(self._lean_plan(key), x, w, self.gamma, self.terms if len(self.terms) else None)
         if mode == "eager":
             return run_program(self._program(key, self.clip), x, {}, {"w": w, "g": self.gamma},
                                self.terms)
         if mode in ("triton", "c"):
-            return self._generated_for(mode, key)(x, w, self.gamma, self._active_index().mask_i8)
+            return self._generated_for(mode, key)(x, w, self.gamma, idx.mask_i8)
         k = self._kernels_for(key)
         if mode == "compile":
             return k.fwd(x.reshape(-1), w, self.gamma).view(x.shape)

@@ -70,6 +70,23 @@ class CompiledCellCode:
                                                    self.clip, active=key)
         return cell
 
+    def prebuild(self, device) -> bool:
+        """Start compiling the C code of the current active set in the background thread now,
+        where calls on ``device`` will run the C cell, so that the first call, which would
+        otherwise compile it (about a second at 110 ops on a small CPU, the only build a search
+        waits for), finds it built or under way. The build is the one that call would make;
+        results do not depend on when it finishes. Returns whether a build was started."""
+        from grafs.compiler.cell.c_build import unavailable_reason
+        if not self.c_build_in_background or self.mode_for(device) != "c" \
+                or unavailable_reason() is not None:
+            return False
+        key = self.active_ops()
+        if ("c", key) in self._generated or self._c_pending is not None:
+            return False
+        self._c_pending = self._new_c_cell(key)
+        self._c_pending.start_build()
+        return True
+
     def _c_cell_for(self, key, current):
         """The C cell to call for active set ``key``. After a drop, the build for exactly
         ``key`` compiles in the background (one build at a time: a drop during a build waits
