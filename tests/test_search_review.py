@@ -18,14 +18,7 @@ from grafs.searching.scratch import ScratchTrainer
 from grafs.searching.sites import DEFAULT_TYPES
 from grafs.searching.step import default_loss
 
-SMALL = dict(template="B(U(x), U(x))", unary=("identity", "relu", "tanh", "exp"),
-             binary=("add", "mul"))
-
-
-def data(n=96, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 6, generator=g)
-    return x, (x[:, 0] * x[:, 1] > 0).long()
+from tests.test_own_model import SMALL, data
 
 
 def model(act=nn.ReLU, seed=0, out=2):
