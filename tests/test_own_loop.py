@@ -182,6 +182,19 @@ def test_state_dict_resumes_to_the_uninterrupted_search():
     assert resumed.history["dropped"] == full.history["dropped"]
 
 
+def test_a_state_of_another_space_or_schedule_is_refused_by_name():
+    state = searcher(model()).state_dict()
+    with pytest.raises(GrafsError, match=r"saved by another search \(epochs 3 there, 5 here"):
+        searcher(model(), epochs=5).load_state_dict(state)
+    other = SearchSpace(**{**SPACE, "unary": ["relu", "tanh"]})
+    with pytest.raises(GrafsError, match=r"saved by another search \(ops .* there"):
+        searcher(model(), space=other).load_state_dict(state)
+    old = {k: v for k, v in state.items() if k != "search"}     # saved before it was recorded
+    with pytest.raises(GrafsError, match="does not fit the cell"):
+        searcher(model(), space=other).load_state_dict(old)
+    searcher(model()).load_state_dict(state)                      # the same search loads
+
+
 @pytest.mark.parametrize("warm", [0, 1])
 def test_own_loop_example_finds_the_loop_searchs_formula(warm, capsys):
     """examples/own_loop.py's hand-written loop and grafs.searching.loop.search over the same

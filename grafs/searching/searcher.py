@@ -333,11 +333,28 @@ class Searcher(SearchSteps):
         return {"a_opt": self.arch_opt.state_dict(),
                 "history": json.dumps(self.history, default=json_default),
                 "cell": self.cell.state_dict(), "arch_scaler": self.arch_scaler.state_dict(),
-                "next_epoch": self.next_epoch}
+                "next_epoch": self.next_epoch, "search": self._identity()}
+
+    def _identity(self) -> dict:
+        """What a saved state must match to be loaded: the space and the shrink schedule."""
+        return {"template": self.space.template, "ops": [list(h.ops) for h in self.space.holes],
+                "epochs": self.epochs, "warmstart_epochs": self.warmstart_epochs,
+                "shrink_start": self.shrink_start}
 
     def load_state_dict(self, state: dict) -> None:
+        saved = state.get("search")     # (states saved before it was recorded load unchecked)
+        if saved is not None and saved != self._identity():
+            mine = self._identity()
+            diff = ", ".join(f"{k} {saved.get(k)!r} there, {mine[k]!r} here" for k in mine
+                             if saved.get(k) != mine[k])
+            raise GrafsError(f"this search state was saved by another search ({diff}); load it "
+                             f"into a Searcher with the same space and schedule")
         if "cell" in state:
-            self.cell.load_state_dict(state["cell"])
+            try:
+                self.cell.load_state_dict(state["cell"])
+            except RuntimeError as err:
+                raise GrafsError(f"this search state does not fit the cell ({str(err).splitlines()[0]}); "
+                                 f"load it into a Searcher with the same space") from None
         self.arch_opt.load_state_dict(state["a_opt"])
         if state.get("arch_scaler"):
             self.arch_scaler.load_state_dict(state["arch_scaler"])
