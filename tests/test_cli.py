@@ -140,3 +140,20 @@ def test_search_restarts_flag_prints_every_restart_and_saves_the_pick(tmp_path, 
     assert code == 2 and "conflicts with --restarts" in err
     code, _, err = run(capsys, "search", "--task", "teacher", "--restarts", "0", "--quiet")
     assert code == 2 and "restarts must be an int >= 1" in err
+
+
+def test_grafs_warnings_print_as_lines_without_the_console_scripts_source(capsys):
+    """On the command line a GrafsWarning is one 'grafs: warning: ...' line; others go to the
+    usual printer; main puts the printer back when it returns."""
+    import warnings
+
+    from grafs.cli import _grafs_warnings_as_lines
+    from grafs.errors import GrafsWarning
+    seen = []
+    show = _grafs_warnings_as_lines(lambda *a: seen.append(a))
+    show(GrafsWarning("the found formula is affine"), GrafsWarning, "/venv/bin/grafs", 6)
+    show(UserWarning("other"), UserWarning, "x.py", 1)
+    assert capsys.readouterr().err == "grafs: warning: the found formula is affine\n"
+    assert [a[1] for a in seen] == [UserWarning]
+    before = warnings.showwarning
+    assert main(["show", "relu(x)"]) == 0 and warnings.showwarning is before

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 from grafs.errors import GrafsError
 
@@ -72,11 +73,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    show = warnings.showwarning
+    warnings.showwarning = _grafs_warnings_as_lines(show)
     try:
         return args.fn(args)
     except GrafsError as err:
         print(f"grafs: error: {err}", file=sys.stderr)
         return 2
+    finally:
+        warnings.showwarning = show
+
+
+def _grafs_warnings_as_lines(show):
+    """grafs' own warnings as ``grafs: warning: ...`` lines (on the command line the source
+    line a warning is attributed to is the console script's, which tells the user nothing);
+    other warnings as ``show`` prints them."""
+    from grafs.errors import GrafsWarning
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, GrafsWarning):
+            print(f"grafs: warning: {message}", file=file or sys.stderr)
+        else:
+            show(message, category, filename, lineno, file, line)
+    return showwarning
 
 
 if __name__ == "__main__":  # pragma: no cover
