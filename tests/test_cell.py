@@ -360,3 +360,13 @@ def test_cell_call_never_syncs_the_device(mode):
         cell.clear_samples()
     finally:
         torch.cuda.set_sync_debug_mode(prev)
+
+
+def test_relax_defaults_to_the_cells_own_default_mode():
+    """SearchSpace.relax() and RelaxedCell() build the same cell mode by default (relax's was
+    'fused', an Inductor compile of minutes on a CPU)."""
+    import inspect
+
+    from grafs.runtime.cell import RelaxedCell
+    default = inspect.signature(RelaxedCell).parameters["mode"].default
+    assert inspect.signature(SearchSpace.relax).parameters["mode"].default == default == "auto"

@@ -131,8 +131,10 @@ class SearchSpace:
     def num_ops(self) -> int:
         return sum(len(h.ops) for h in self.holes)
 
-    def relax(self, mode: str = "fused", seed: int | None = None):
-        """The relaxed (DrNAS) cell as an nn.Module; see :class:`grafs.runtime.cell.RelaxedCell`."""
+    def relax(self, mode: str = "auto", seed: int | None = None):
+        """The relaxed (DrNAS) cell as an nn.Module, in RelaxedCell's default mode ("auto": the
+        Triton cell on CUDA, the C or lean cell elsewhere; "fused" compiled with Inductor, minutes
+        on a CPU, was the default here); see :class:`grafs.runtime.cell.RelaxedCell`."""
         from grafs.runtime.cell import RelaxedCell
         return RelaxedCell(self, mode=mode, seed=seed)
 
