@@ -54,10 +54,10 @@ def test_searcher_is_public_and_swaps_the_activations():
 
 
 def test_the_searchers_defaults_are_grafs_searchs_studied_ones():
-    from grafs.searching import entry
+    from grafs.searching import config
     from grafs.searching.searcher import STUDIED_ARCH_LR, STUDIED_ARCH_WEIGHT_DECAY
-    assert (STUDIED_ARCH_LR, STUDIED_ARCH_WEIGHT_DECAY) == (entry.AUTO_ARCH_LR,
-                                                          entry.AUTO_ARCH_WEIGHT_DECAY)
+    assert (STUDIED_ARCH_LR, STUDIED_ARCH_WEIGHT_DECAY) == (config.AUTO_ARCH_LR,
+                                                          config.AUTO_ARCH_WEIGHT_DECAY)
     s = grafs.Searcher(model(), epochs=3)
     assert s.arch_opt.defaults["weight_decay"] == 0.0 and s.arch_opt.defaults["lr"] == 3e-2
 

@@ -9,8 +9,9 @@ from torch import nn
 
 import grafs
 from grafs.errors import GrafsError, GrafsWarning
-from grafs.searching import entry
-from grafs.searching.entry import MIN_STEPS_BEFORE_DROP, MIN_TOTAL_STEPS, size_budget
+from grafs.searching.check import nearly_affine
+from grafs.searching.config import MIN_STEPS_BEFORE_DROP, MIN_TOTAL_STEPS, size_budget
+from grafs.searching.scratch import ScratchTrainer
 from grafs.searching.result import SearchResult
 from grafs.searching.verdict import Verdict
 
@@ -101,7 +102,7 @@ def test_a_formula_that_does_not_train_from_scratch_is_never_returned(monkeypatc
                              space=space(), progress=False, verdict_seeds=0, optimizer=opt)
         assert r.history["unusable_formula"] == formula
         assert want in r.formula
-        assert math.isfinite(entry.ScratchTrainer(
+        assert math.isfinite(ScratchTrainer(
             model(), data(), data(1), epochs=2, batch_size=32, loss_fn=None, optimizer=opt,
             scheduler=None, activation_types=(nn.ReLU,), device=torch.device("cpu")).val_loss(r.formula))
 
@@ -149,7 +150,7 @@ def test_a_formula_worse_than_the_original_is_rejected_by_the_verdict(monkeypatc
     ("0.09621*x*max(-0.04581*x, 0.7062*x - 0.7127)", False), ("tanh(x)", False),
     ("max(x, 0.999*x)", True)])
 def test_nearly_affine_on_the_pre_activation_range(formula, affine):
-    assert entry.nearly_affine(grafs.parse(formula)) is affine
+    assert nearly_affine(grafs.parse(formula)) is affine
 
 
 def test_evaluate_runs_the_protocol_on_a_user_model(tmp_path):

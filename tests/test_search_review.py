@@ -13,10 +13,11 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import grafs
 from grafs.errors import GrafsError, GrafsWarning
-from grafs.searching import entry, loop
+from grafs.searching import loop
+from grafs.searching.original import original_activation
 from grafs.searching.scratch import ScratchTrainer
 from grafs.searching.sites import DEFAULT_TYPES
-from grafs.searching.step import default_loss
+from grafs.searching.losses import default_loss
 
 from tests.test_own_model import SMALL, data
 
@@ -53,7 +54,7 @@ def test_search_leaves_the_model_as_it_was_and_a_second_search_is_a_fresh_one():
                                  lambda: grafs.Act("gelu"), lambda: grafs.Act("sin(x)")])
 def test_the_original_activation_is_named_with_its_own_settings(act):
     module = act()
-    formula = entry._original_activation(model(lambda: module), DEFAULT_TYPES)
+    formula = original_activation(model(lambda: module), DEFAULT_TYPES)
     xs = torch.linspace(-6, 6, 241)
     got = grafs.compile(formula, backend="eager")(xs)
     torch.testing.assert_close(got, module(xs.clone()), rtol=1e-5, atol=1e-6)

@@ -2,7 +2,7 @@
 
 ``register("my_act", formula)`` makes a class (a :class:`grafs.Activation` subclass built
 from the formula) and puts it into every supported library's activation registry — now for
-the libraries already imported, and through a post-import hook (:mod:`grafs.integrations._hooks`)
+the libraries already imported, and through a post-import hook (:mod:`grafs.integrations.post_import`)
 for those imported later. Nothing is imported by grafs, so no library is a dependency.
 
 Each lookup by name builds a fresh module, so learnable ``{param}``s are per layer, and they
@@ -22,7 +22,7 @@ from grafs.compiler import BACKENDS, Activation
 from grafs.compiler.lower import DEFAULT_ELL
 from grafs.errors import CompileError, GrafsError
 from grafs.grammar import expr as E
-from grafs.integrations import _hooks
+from grafs.integrations import post_import
 from grafs.integrations import timm as _timm
 from grafs.integrations import transformers as _transformers
 
@@ -100,7 +100,7 @@ def register(name: str, formula, *, backend: str = "inductor", clip: bool = Fals
     for target in TARGETS:
         if target.MODULE not in _HOOKED:
             _HOOKED.add(target.MODULE)
-            _hooks.when_imported(target.MODULE, lambda mod, t=target: _install_all(t, mod))
+            post_import.when_imported(target.MODULE, lambda mod, t=target: _install_all(t, mod))
     return cls
 
 

@@ -15,7 +15,8 @@ from torch import nn
 from grafs.errors import GrafsError
 from grafs.protocol.baselines import BASELINES
 from grafs.searching.sites import DEFAULT_TYPES, replace_activations
-from grafs.tasks.base import Task, accuracy, cross_entropy, mse
+from grafs.searching.losses import default_loss, mse
+from grafs.tasks.base import Task, accuracy
 from grafs.searching.config import SearchConfig, TrainConfig
 
 
@@ -61,7 +62,7 @@ def own_task(make_model: Callable[[], nn.Module], train_data, test_data=None, *,
     else:
         tx, ty = _tensors(test_data, "test_data")
     classes = not y.is_floating_point()
-    loss_fn = loss_fn or (cross_entropy if classes else mse)
+    loss_fn = loss_fn or default_loss       # (cross-entropy for classes, else mse)
     metric = metric or (accuracy if classes else mse)
     if metric_name is None:
         metric_name = getattr(metric, "__name__", "metric")

@@ -183,24 +183,24 @@ def found_formula(cell) -> E.Expr:
     from grafs.grammar.display import display_expr
     if varies_with_x(e):
         if is_affine(e):
-            warn((
+            warn(
                 f"the found formula {display_expr(e)} is affine in x: a network with it is linear "
                 f"between its normalisation and pooling layers (on the textures task such a "
                 f"ResNet20 scored 0.19 against ReLU's 0.82); the search ranked a linear op "
                 f"highest, usually a sign that α had too few arch steps to learn (see the "
-                f"search's entropy diagnostics)"))
+                f"search's entropy diagnostics)")
         return e
     alt = cell.discretize(keep_x=True)
     if not varies_with_x(alt):
-        warn((
+        warn(
             f"the found formula {display_expr(e)} does not depend on x (a constant activation), "
-            f"and no choice of the search space's ops does"))
+            f"and no choice of the search space's ops does")
         return e
     changed = [f"{h.name}: {a} → {b}" for h, a, b in
                zip(cell.space.holes, cell.chosen_ops(), cell.chosen_ops(keep_x=True)) if a != b]
-    warn((
+    warn(
         f"the highest-α formula {display_expr(e)} does not depend on x (a constant activation); "
-        f"returning the closest formula that does, {display_expr(alt)} ({', '.join(changed)})"))
+        f"returning the closest formula that does, {display_expr(alt)} ({', '.join(changed)})")
     return alt
 
 

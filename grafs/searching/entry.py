@@ -22,13 +22,11 @@ from grafs.errors import GrafsError, warn
 from grafs.searching.data import split_dataset
 from grafs.searching.result import SearchResult
 from grafs.searching.scratch import OnRank0, ScratchTrainer
-from grafs.searching.sites import DEFAULT_TYPES, Act, check_not_searched
-from grafs.searching.verdict import Verdict
-
-#: the budget rule and the presets' values, kept importable from here
-from grafs.searching.config import (AUTO_ARCH_LR, AUTO_ARCH_WEIGHT_DECAY,  # noqa: E402,F401
-                                    MIN_STEPS_BEFORE_DROP, MIN_TOTAL_STEPS, PAPER_ARCH_LR, PRESETS,
-                                    SearchConfig, TrainConfig, size_budget)
+from grafs.searching.check import check_trains
+from grafs.searching.config import SearchConfig
+from grafs.searching.original import original_activation
+from grafs.searching.sites import DEFAULT_TYPES, check_not_searched
+from grafs.searching.verdict import measure_verdict
 
 #: the keyword names of grafs.search that differ from the SearchConfig field they set
 _ALIASES = {"shrink_start": "shrink_start_epoch", "grad_accumulation": "grad_accum_steps"}
@@ -86,7 +84,7 @@ def search(model, train_data, val_data=None, *, config: SearchConfig | None = No
     if isinstance(model, nn.Module):
         check_not_searched(model)
     # named before the search, so a model whose activation has no formula fails at once
-    original = _original_activation(_as_module(model, seed), activation_types) \
+    original = original_activation(_as_module(model, seed), activation_types) \
         if cfg.check or cfg.verdict_seeds else None
     if space is None:
         space = SearchSpace.grafs(normalize=cfg.normalize)
@@ -95,9 +93,9 @@ def search(model, train_data, val_data=None, *, config: SearchConfig | None = No
     from grafs.searching.distributed import world_size
     # a data-parallel search's batch_size is per process: each reads its shard
     dist_arg = kwargs.get("distributed")
-    micro = _steps_per_epoch(split[0], cfg.batch_size * world_size(dist_arg),
-                             None if cfg.max_steps_per_epoch is None
-                             else cfg.max_steps_per_epoch * cfg.grad_accum_steps)
+    # the cap is in optimizer steps, the loop counts micro-batches
+    micro_cap = None if cfg.max_steps_per_epoch is None else cfg.max_steps_per_epoch * cfg.grad_accum_steps
+    micro = _steps_per_epoch(split[0], cfg.batch_size * world_size(dist_arg), micro_cap)
     epochs, warm, start = cfg.epoch_plan(micro)
     opt_steps = epochs * math.ceil(micro / cfg.grad_accum_steps)
     if not callable(kwargs.get("optimizer")):
@@ -122,8 +120,7 @@ def search(model, train_data, val_data=None, *, config: SearchConfig | None = No
                   arch_weight_decay=cfg.arch_weight_decay, arch_betas=tuple(cfg.arch_betas),
                   arch_steps=cfg.arch_steps, arch_batch_size=cfg.arch_batch_size,
                   single_level=cfg.single_level, grad_accumulation=cfg.grad_accum_steps,
-                  max_steps_per_epoch=None if cfg.max_steps_per_epoch is None
-                  else cfg.max_steps_per_epoch * cfg.grad_accum_steps,
+                  max_steps_per_epoch=micro_cap,
                   activation_types=activation_types, device=device, progress=progress, **kwargs)
     result = _search(model, split, train_data if val_data is None else None, cfg, seed, scratch,
                      common)
@@ -134,11 +131,11 @@ def search(model, train_data, val_data=None, *, config: SearchConfig | None = No
         return result
     t0 = time.perf_counter()
     if cfg.check:
-        _check_trains(result, scratch, space, original, seed)
+        check_trains(result, scratch, space, original, seed)
     t1 = time.perf_counter()
     result.settings["check_seconds"] = t1 - t0        # (search_seconds: the search and its pick)
     if cfg.verdict_seeds:
-        verdict = _verdict(result, scratch, original, cfg.verdict_seeds, seed)
+        verdict = measure_verdict(result, scratch, original, cfg.verdict_seeds, seed)
         result.settings["verdict_seconds"] = time.perf_counter() - t1
         result.history["verdict"] = verdict.to_dict()
         if cfg.keep_original_if_worse and not verdict.no_worse and result.formula != original:
@@ -217,10 +214,7 @@ def _search(model, split, unsplit, cfg: SearchConfig, seed: int, scratch, common
         fresh = copy.deepcopy(model) if isinstance(model, nn.Module) else model(seed)
         return search_once(fresh, *split, seed=seed, **common)
     from grafs.searching.restarts import search_restarts
-    score = None
-    if cfg.restart_select == "scratch":
-        def score(r: SearchResult) -> float:
-            return scratch.val_loss(r.formula, seed)
+    score = (lambda r: scratch.val_loss(r.formula, seed)) if cfg.restart_select == "scratch" else None
     own = cfg.restart_splits and unsplit is not None     # each restart splits with its seed
     if cfg.restart_splits and not own:
         warn("restart_splits=True needs the training data unsplit: with val_data given, every "
@@ -245,128 +239,3 @@ def _device(model: nn.Module, device) -> torch.device:
         return resolve_device(device)
     params = model.parameters() if isinstance(model, nn.Module) else ()
     return next((p.device for p in params), torch.device("cpu"))
-
-
-#: nn.GELU(approximate="tanh") as a formula
-_GELU_TANH = "0.5*x*(1 + tanh(0.7978845608028654*(x + 0.044715*x^3)))"
-
-
-def _module_formula(m: nn.Module) -> str | None:
-    """The formula of activation module ``m`` with its own settings (a LeakyReLU's slope, an
-    ELU's alpha, GELU's tanh form, ...), or None when there is none."""
-    from grafs.ops import lookup
-    if isinstance(m, Act):
-        return m.formula
-    if isinstance(m, nn.LeakyReLU):
-        return f"leaky_relu(x, {float(m.negative_slope)!r})"
-    if isinstance(m, nn.ELU):
-        return f"elu(x, {float(m.alpha)!r})"
-    if isinstance(m, nn.CELU):            # celu(x, a) = a·elu(x/a)
-        a = float(m.alpha)
-        return "elu(x)" if a == 1.0 else f"{a!r}*elu(x/{a!r})"
-    if isinstance(m, nn.GELU) and m.approximate == "tanh":
-        return _GELU_TANH
-    if isinstance(m, nn.Softplus) and float(m.beta) != 1.0:
-        return f"softplus({float(m.beta)!r}*x)/{float(m.beta)!r}"
-    op = lookup(type(m).__name__)
-    return None if op is None else f"{op.name}(x)"
-
-
-def _same_function(formula: str, m: nn.Module) -> bool:
-    """Whether ``formula`` computes what module ``m`` does (on a grid over [-8, 8])."""
-    from grafs.compiler import compile as gcompile
-    xs = torch.linspace(-8, 8, 1601)
-    try:
-        with torch.no_grad():
-            want = gcompile(formula, backend="eager")(xs)
-            got = m.cpu()(xs.clone()).reshape(-1)        # (an inplace=True module)
-    except (GrafsError, RuntimeError, TypeError, ValueError):
-        return False
-    return got.shape == want.shape and torch.allclose(got, want, rtol=1e-4, atol=1e-5)
-
-
-def _original_activation(model: nn.Module, types: Sequence[type]) -> str:
-    """The formula of the model's first searched activation, with its settings (e.g.
-    'relu(x)', 'leaky_relu(x, 0.2)'): what the check falls back to and the verdict compares
-    with. A GrafsError when the module computes no formula grafs can write (e.g. a PReLU,
-    whose slope is learned)."""
-    for m in model.modules():
-        if isinstance(m, tuple(types) + (Act,)):
-            formula = _module_formula(m)
-            if formula is not None and (isinstance(m, Act) or _same_function(formula, copy.deepcopy(m))):
-                return formula
-            raise GrafsError(f"cannot write {m!r} as a formula for the check and the verdict; "
-                             f"use grafs.Act('<formula>') in the model, or pass check=False and "
-                             f"verdict_seeds=0")
-    raise GrafsError(f"no activation modules of types {[t.__name__ for t in types]} found in "
-                     f"{type(model).__name__}; use grafs.Act in place of functional calls")
-
-
-def _check_trains(result: SearchResult, scratch, space, original: str, seed: int) -> None:
-    """The returned formula trains from scratch (``scratch.problem``: a few steps with the
-    search's recipe, or a task's evaluation protocol) and is not affine; if it does not train,
-    its clipped form (the function the search evaluated, ``history["unclipped_formula"]``
-    keeps the found one); else, or when it is affine, the original activation; with a
-    warning, the replaced formula in ``history["unusable_formula"]``."""
-    from grafs.compiler.lower import clip_expr
-    from grafs.grammar.parser import parse
-    bad = result.formula
-    if nearly_affine(parse(bad)):
-        # a·x + b makes the layers around it one linear map: never what a user wants (on the
-        # own-model study such a formula lost to ReLU every time, docs/results-own-models.md)
-        why = ("is affine in x on [-3, 3], where most pre-activations lie (the layers around it "
-               "would be one linear map)")
-        result.formula, what = original, f"your original activation {original}"
-    else:
-        why = scratch.problem(bad, seed)
-        if why is None:
-            return
-        clipped = str(clip_expr(parse(bad), space.ell)) if space.clip else None
-        if clipped is not None and clipped != bad and scratch.problem(clipped, seed) is None:
-            # the function the search trained, bounded-op clipping included, does train
-            result.formula = clipped
-            result.history["unclipped_formula"] = bad
-            unscaled = result.history.get("unscaled_formula")
-            if unscaled:        # the same ops without their constants: clipped alike
-                result.history["unscaled_formula"] = str(clip_expr(parse(unscaled), space.ell))
-            what = f"its clipped form (the function the search evaluated), which trains: {clipped}"
-        else:
-            result.formula, what = original, f"your original activation {original}"
-    msg = f"the found formula {bad} {why}; returning {what}"
-    result.history["unusable_formula"] = bad
-    result.history.setdefault("warnings", []).append(msg)
-    warn(msg)
-
-
-def nearly_affine(expr, lo: float = -3.0, hi: float = 3.0, tol: float = 0.02) -> bool:
-    """Whether ``expr`` is a·x + b on [lo, hi] up to ``tol`` (the RMS residual of its best
-    straight line over the RMS of its variation): exactly affine formulas, and piecewise ones
-    such as ``min(0.4985*x - 0.13, 0.7062*x - 0.83)`` whose kink lies outside the range
-    (that one lost to ReLU on the own-model study as the affine ones did)."""
-    from grafs.compiler.eager import run_expr
-    from grafs.errors import GrafsError
-    from grafs.runtime.discretize import is_affine
-    if is_affine(expr):
-        return True
-    xs = torch.linspace(lo, hi, 601, dtype=torch.float64)
-    try:
-        with torch.no_grad():
-            ys = run_expr(expr, xs, {}).double().expand_as(xs)
-    except (GrafsError, RuntimeError, KeyError, TypeError):
-        return False        # (a trainable family: not judged here)
-    if not torch.isfinite(ys).all():
-        return False
-    a = torch.stack([xs, torch.ones_like(xs)], 1)
-    coef = torch.linalg.lstsq(a, ys.unsqueeze(1)).solution
-    resid = (a @ coef).squeeze(1) - ys
-    spread = (ys - ys.mean()).pow(2).mean().sqrt()
-    return bool(spread == 0 or resid.pow(2).mean().sqrt() <= tol * spread)
-
-
-def _verdict(result: SearchResult, trainer, original: str, seeds: int,
-             seed: int) -> Verdict:
-    from grafs.grammar.parser import parse
-    same = parse(result.formula) is parse(original)
-    found = [trainer.val_loss(result.formula, seed + i) for i in range(seeds)]
-    orig = found if same else [trainer.val_loss(original, seed + i) for i in range(seeds)]
-    return Verdict(result.formula, original, found, orig)

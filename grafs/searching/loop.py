@@ -31,7 +31,8 @@ from grafs.searching.result import SearchResult, json_default
 from grafs.searching.rng import rng_state, seed_everything, set_rng_state
 from grafs.searching.searcher import Searcher, check_epochs, default_shrink_start
 from grafs.searching.sites import DEFAULT_TYPES
-from grafs.searching.step import AMP_DTYPES, Meter, Stepper, accuracy, check_finite, default_loss
+from grafs.searching.losses import default_loss
+from grafs.searching.step import AMP_DTYPES, Meter, Stepper, accuracy, check_finite
 
 __all__ = ["search"]
 

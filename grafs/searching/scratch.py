@@ -17,7 +17,7 @@ from torch import nn
 
 from grafs.searching.data import Batches
 from grafs.searching.sites import replace_activations
-from grafs.searching.step import default_loss
+from grafs.searching.losses import default_loss
 
 
 #: steps of the quick from-scratch check (:meth:`ScratchTrainer.problem`)

@@ -251,9 +251,7 @@ class Searcher(SearchSteps):
         self.shrink_start = start = shrink_start if shrink_start is not None else \
             default_shrink_start(epochs, warmstart_epochs)
         cell = space.relax(mode=cell_mode, seed=seed).to(dev)
-        # the C cell's first build (about a second) compiles while the rest is set up
-        if hasattr(cell, "prebuild"):
-            cell.prebuild(dev)
+        cell.prebuild(dev)      # the C cell's first build (about a second) while the rest is set up
         # read by every SearchSite: the cell, or the original activation (warm start)
         state = {"use_cell": True}
         n_sites = replace_activations(model, lambda orig: SearchSite(orig, cell, state),

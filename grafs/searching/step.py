@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from grafs.errors import SearchError
 from grafs.searching.searcher import AMP_DTYPES, SearchSteps, optimizer_step
@@ -12,19 +11,6 @@ def accuracy(out: torch.Tensor, y: torch.Tensor) -> float | None:
     if y.dtype in (torch.int64, torch.int32) and out.dim() >= 1 and out.shape[:-1] == y.shape:
         return float((out.argmax(-1) == y).float().mean())
     return None
-
-
-def default_loss(out, y):
-    """Cross-entropy for integer (class) targets; mean squared error for floating-point ones
-    (regression, as grafs.evaluate: cross-entropy over a one-unit output is 0 whatever the
-    output, so a regression search would learn nothing). Soft labels: pass your loss_fn."""
-    if y.is_floating_point():
-        if out.shape != y.shape and out.numel() == y.numel():   # (B, 1) against (B,)
-            y = y.reshape(out.shape)
-        return nn.functional.mse_loss(out, y)
-    if out.dim() == 3 and y.dim() == 2:  # sequence models: (B, T, V) vs (B, T)
-        return nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
-    return nn.functional.cross_entropy(out, y)
 
 
 class Stepper:

@@ -53,3 +53,14 @@ def _mean(v):
 
 def _sem(v):
     return statistics.stdev(v) / math.sqrt(len(v)) if len(v) > 1 and all(map(math.isfinite, v)) else 0.0
+
+
+def measure_verdict(result, trainer, original: str, seeds: int, seed: int) -> Verdict:
+    """The found formula of ``result`` against ``original`` over ``seeds`` from-scratch
+    trainings by ``trainer`` (seeds ``seed``, ``seed + 1``, ...; one set when they are the same
+    formula)."""
+    from grafs.grammar.parser import parse
+    same = parse(result.formula) is parse(original)
+    found = [trainer.val_loss(result.formula, seed + i) for i in range(seeds)]
+    orig = found if same else [trainer.val_loss(original, seed + i) for i in range(seeds)]
+    return Verdict(result.formula, original, found, orig)

@@ -17,11 +17,11 @@ from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from torch import nn
-import torch.nn.functional as F
 
 from grafs.errors import GrafsError
 from grafs.models.common import ActivationFactory, check_activation_factory
 from grafs.searching.config import SearchConfig, TrainConfig, check_pos_int
+from grafs.searching.losses import cross_entropy, mse
 
 __all__ = ["Task", "cross_entropy", "accuracy", "mse", "SPLITS", "apply_overrides", "check_option",
            "evaluation_overrides", "parse_overrides"]
@@ -30,22 +30,9 @@ SPLITS = ("train", "test", "search_train", "search_val")
 
 
 # -- losses and metrics -----------------------------------------------------------------------
-def cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy; (B, C) vs (B,) or sequence logits (B, T, V) vs (B, T)."""
-    if logits.dim() == target.dim() + 1 and logits.dim() > 2:
-        logits = logits.reshape(-1, logits.shape[-1])
-        target = target.reshape(-1)
-    return F.cross_entropy(logits.float(), target)
-
-
 def accuracy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Fraction of argmax predictions equal to the target (over all positions)."""
     return (logits.argmax(dim=-1) == target).float().mean()
-
-
-def mse(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean squared error over all outputs (computed in fp32)."""
-    return torch.mean((out.float().reshape(target.shape) - target.float()) ** 2)
 
 
 @dataclass

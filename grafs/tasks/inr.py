@@ -44,7 +44,8 @@ from grafs.errors import GrafsError
 from grafs.models.common import check_activation_factory, make_activation
 from grafs.ops import EXTRA_UNARY
 from grafs.tasks._skimage import BUNDLED, load_gray
-from grafs.tasks.base import Task, apply_overrides, check_option, mse
+from grafs.searching.losses import mse
+from grafs.tasks.base import Task, apply_overrides, check_option
 from grafs.searching.config import SearchConfig, TrainConfig
 
 __all__ = ["CoordMLP", "load_inr", "make_inr_task", "mse", "psnr", "psnr_of_mse",

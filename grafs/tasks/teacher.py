@@ -21,7 +21,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from grafs.errors import GrafsError
-from grafs.tasks.base import Task, apply_overrides, check_option, mse
+from grafs.searching.losses import mse
+from grafs.tasks.base import Task, apply_overrides, check_option
 from grafs.searching.config import SearchConfig, TrainConfig
 
 __all__ = ["make_teacher_task", "shape_error", "mse", "DATA_DEFAULTS", "TEACHERS"]
