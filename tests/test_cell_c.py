@@ -89,21 +89,51 @@ def test_c_matches_eager_custom_template_and_extra_ops():
     assert sweep_stages(_cells(space, seed=11), (19, 12, 8, 5, 3), _compare) == 10
 
 
-def test_weight_call_skips_reductions_with_the_same_x_gradient():
-    cell = SearchSpace.grafs().relax("c", seed=0)
-    _randomize(cell, 0)
-    x = _inputs(777, seed=2)
-    w = _weights(cell, seed=2)
-    xa = x.clone().requires_grad_()
-    cell(xa, weights=w.clone().requires_grad_()).sum().backward()     # arch call: WG on
-    assert cell.gamma.grad is not None and cell.gamma.grad.abs().sum() > 0
-    xb = x.clone().requires_grad_()
+def _weight_call(cell, x, w, gout):
+    """A weight step's call: α, γ and the weights frozen; the output and ∂x."""
+    dt = cell.gamma.dtype
+    x = x.detach().to(dt).clone().requires_grad_()
     cell.requires_grad_(False)
     try:
-        cell(xb, weights=w).sum().backward()                          # weight call: WG off
+        y = cell(x, weights=w.detach().to(dt))
+        y.backward(gout.to(dt))
     finally:
         cell.requires_grad_(True)
-    assert torch.equal(xa.grad, xb.grad)
+    return {"y": y.detach(), "x": x.grad}
+
+
+def test_weight_call_is_one_pass_with_the_forward_bits(monkeypatch):
+    """A weight call (α, γ frozen) runs one kernel, y and ∂y/∂x together, and its backward
+    multiplies: y is the forward's bit for bit, ∂x as close to the float64 reference as the
+    fp32 reference interpreter's, through the drops, inf/NaN inputs included."""
+    cells = _cells(SearchSpace.grafs(), seed=4)
+    calls = []
+    for name in ("forward", "forward_dx", "backward"):
+        real = getattr(c_cell.CCellKernels, name)
+        monkeypatch.setattr(c_cell.CCellKernels, name,
+                            lambda self, *a, _r=real, _n=name, **k: calls.append(_n) or _r(self, *a, **k))
+    for stage in (110, 54, 24, 6):
+        _drop_to(cells, stage)
+        x = _inputs(1001, seed=stage)
+        w = _weights(cells[1], seed=stage)
+        gout = torch.randn(x.shape, generator=torch.Generator().manual_seed(stage))
+        calls.clear()
+        got = _weight_call(cells[0], x, w, gout)
+        assert calls == ["forward_dx"], calls
+        _assert_agree(got, _weight_call(cells[1], x, w, gout), _weight_call(cells[2], x, w, gout),
+                      f"weight call, {stage} ops")
+        with torch.no_grad():
+            plain = cells[0](x, weights=w)
+        assert torch.equal(_bits(got["y"]), _bits(plain)), stage
+        arch, _ = _call(cells[0], x, w, gout)       # an arch call: forward, then backward with WG
+        assert torch.equal(_bits(arch["y"]), _bits(got["y"]))
+        torch.testing.assert_close(got["x"], arch["x"], rtol=1e-5, atol=1e-6)
+    x = torch.tensor([0.0, -0.0, float("inf"), -float("inf"), float("nan"), 88.8, -90.0, 3.0])
+    w = _weights(cells[1], seed=9)
+    got = _weight_call(cells[0], x, w, torch.ones(8))
+    with torch.no_grad():
+        plain = cells[0](x, weights=w)
+    assert torch.equal(_bits(got["y"]), _bits(plain))
 
 
 def test_c_call_saves_x_only_and_never_syncs():
@@ -259,8 +289,12 @@ def test_a_build_serves_subsets_of_its_active_set_bit_for_bit():
         mask = cell._active_index().mask_i8
         own = cell._new_c_cell(cell.active_ops())
         w = _weights(cell, seed=stage)
-        outs = [(k._k.forward(x, w, g, mask), *k._k.backward(x, w, g, mask, gy)) for k in (big, own)]
-        for name, a, b in zip(("y", "x", "w", "g"), *outs):
+        outs = [(k._k.forward(x, w, g, mask), *k._k.backward(x, w, g, mask, gy),
+                 *k._k.forward_dx(x, w, g, mask)) for k in (big, own)]
+        for name, a, b in zip(("y", "x", "w", "g", "weight call's y", "∂y/∂x"), *outs):
+            if name == "∂y/∂x":     # the same up to the payload bits of a NaN (gy = 1 folded)
+                assert torch.equal(a.isnan(), b.isnan()), f"{stage} ops: {name} differs"
+                a, b = a.nan_to_num(0.0), b.nan_to_num(0.0)
             assert torch.equal(_bits(a), _bits(b)), f"{stage} ops: {name} differs"
         assert torch.isnan(outs[0][0][4]) and torch.isfinite(outs[0][0][6:]).all()
 

@@ -299,6 +299,9 @@ class CCellKernels:
     set it was built for, each slot's contributions selected by the mask (so it serves every
     subset of that set, bit for bit as that subset's own build)."""
 
+    #: weight calls take :meth:`forward_dx` (CellFn)
+    fuses_dx = True
+
     def __init__(self, space, slot_of, gamma_of, clip: bool, active=None):
         # unmasked: compiled for exactly the active set (a build is about a second), so the
         # backward shares every value with its forward recompute
@@ -345,6 +348,8 @@ class CCellKernels:
             lib.grafs_cell_fwd.restype = None
             lib.grafs_cell_bwd.argtypes = [_PTR] * 7 + [_LONG, _INT]
             lib.grafs_cell_bwd.restype = None
+            lib.grafs_cell_fwd_dx.argtypes = [_PTR] * 6 + [_LONG]
+            lib.grafs_cell_fwd_dx.restype = None
             self._lib = lib
         return self._lib
 
@@ -387,6 +392,26 @@ class CCellKernels:
         else:
             _run(spans, lambda a, b: lib.grafs_cell_fwd(xp + 4 * a, *p, yp + 4 * a, b - a))
         return y if x.dtype == torch.float32 else y.to(x.dtype)
+
+    def forward_dx(self, x, w, g, mask, block=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """A weight call's forward (w and g frozen): y and dy/dx in one pass over x, so its
+        backward is ``gy * dy/dx`` (the same memory as saving x). y is bit for bit
+        :meth:`forward`'s; the gradient for x rounds once more (gy times the product, not
+        the product taken from gy)."""
+        self._check(x, w, g, mask)
+        lib = self.lib()
+        xc = self._f32(x)
+        y = torch.empty(xc.shape, dtype=torch.float32)
+        d = torch.empty(xc.shape, dtype=torch.float32)
+        keep, p = self._ptrs(w, g, mask)
+        xp, yp, dp, n = xc.data_ptr(), y.data_ptr(), d.data_ptr(), xc.numel()
+        spans = _spans(n, 2 * self.n_code)
+        if len(spans) == 1:
+            lib.grafs_cell_fwd_dx(xp, *p, yp, dp, n)
+        else:
+            _run(spans, lambda a, b: lib.grafs_cell_fwd_dx(xp + 4 * a, *p, yp + 4 * a, dp + 4 * a,
+                                                           b - a))
+        return (y if x.dtype == torch.float32 else y.to(x.dtype)), d
 
     def backward(self, x, w, g, mask, gy, block=None, need_wg: bool = True):
         lib = self.lib()

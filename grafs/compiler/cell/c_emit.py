@@ -224,15 +224,18 @@ def _indent(lines: list[str], n: int) -> str:
 
 
 def cell_c_source(plan: CellPlan, isa: str, text: str) -> str:
-    """The C file of one cell plan: ``grafs_cell_fwd(x, w, g, mask, y, n)`` and
+    """The C file of one cell plan: ``grafs_cell_fwd(x, w, g, mask, y, n)``,
     ``grafs_cell_bwd(x, w, g, mask, gy, gx, part, n, wg)`` (``part``: float64 partial sums,
-    one per w slot then per γ column, added to)."""
+    one per w slot then per γ column, added to) and ``grafs_cell_fwd_dx(x, w, g, mask, y, d,
+    n)`` (y and dy/dx for a weight call)."""
     if plan.d is not C:
         raise ValueError("cell_c_source needs a CellPlan built with the C dialect")
     fwd, y = plan.forward_statements(indent="")
     pro_fwd = plan.prologue_fwd or []
     bwd, ax = plan.backward_statements(indent="")
     pro_bwd = plan.prologue_bwd or []
+    fdx, fdx_y, fdx_d = plan.forward_dx_statements(indent="")
+    pro_fdx = plan.prologue_bwd or []
     NC = max(plan.K + len(plan.gcols), 1)
     safe = " ".join(text.split()).replace("*/", "* /")
     return f"""\
@@ -282,5 +285,26 @@ void grafs_cell_bwd(const float *restrict X, const float *restrict w_ptr,
         }}
     }}
     if (WG) flush(part, PART);
+}}
+
+/* a weight call (w and g frozen): the output and dy/dx in one pass, the backward's body with
+   gy = 1 (one pass over x instead of a forward and a backward that recomputes it) */
+void grafs_cell_fwd_dx(const float *restrict X, const float *restrict w_ptr,
+                       const float *restrict g_ptr, const signed char *restrict mask_ptr,
+                       float *restrict Y, float *restrict D, long n) {{
+    (void)g_ptr;
+    enum {{ WG = 0 }};
+    V part[NC];     /* written only under WG */
+    (void)part;
+{_indent(pro_fdx, 4)}
+    for (long i = 0; i < n; i += L) {{
+        V x = load(X + i, n - i);
+        V gy = K(1);
+        VI valid = IOTA < ((VI){{0}} + (int)(n - i < L ? n - i : L));
+        (void)valid;
+{_indent(fdx, 8)}
+        store(Y + i, {fdx_y}, n - i);
+        store(D + i, {fdx_d}, n - i);
+    }}
 }}
 """

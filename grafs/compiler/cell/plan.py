@@ -282,7 +282,20 @@ class CellPlan:
 
     def backward_statements(self, indent: str = "    ") -> tuple[list[str], str]:
         """The backward's statements (reading ``x`` and ``gy``, writing partial sums under
-        ``WG``) and the name of the block holding the gradient for ``x``."""
+        ``WG``) and the name of the block holding the gradient for ``x``; an unmasked plan's
+        loop-invariant statements are in ``self.prologue_bwd``."""
+        lines, ax, _ = self._backward(indent, with_output=False)
+        return lines, ax
+
+    def forward_dx_statements(self, indent: str = "    ") -> tuple[list[str], str, str]:
+        """A weight call's forward in one pass: the statements (reading ``x``, and ``gy``,
+        which the caller sets to 1; ``WG`` false), the block of the output (the forward's
+        value: the same hole sums in the same order) and the block of ∂y/∂x. Loop invariants
+        in ``self.prologue_bwd``."""
+        lines, ax, y = self._backward(indent, with_output=True)
+        return lines, y, ax
+
+    def _backward(self, indent: str, with_output: bool) -> tuple[list[str], str, str | None]:
         X, GY = E.var(), _leaf("gy")
         live_ids = [h.index for h in self.live]
         houts = [self.hout[j] for j in live_ids]
@@ -292,6 +305,8 @@ class CellPlan:
         # hole outputs the backward reads: inputs of live holes and the partials above
         used = self._holes_read(list(dT) + [e for j in live_ids for ds in dI[j] for e in ds]
                                 + [e for j in live_ids for e in self.inputs[j]])
+        if with_output:     # the output reads every live hole
+            used |= set(live_ids)
         em = Emitter(self.d, indent, hoist=not self.masked)
         self.prologue_bwd = em.prologue
         em.bind(X, "x")
@@ -304,6 +319,7 @@ class CellPlan:
                 refs[h.index] = r
             if any(h.index in used for h in members):
                 self.emit_group_forward(em, members, r, grad_form=not self.masked)
+        y = em.block(self.T) if with_output else None
         em.line(f"{self.d.comment} backward")
         for j, d in zip(live_ids, dT[1:]):
             em.assign(f"ah{j}", em.block(S('mul', GY, d)))
@@ -350,7 +366,7 @@ class CellPlan:
                         continue
                     target = "ax" if leaf is X else f"a{leaf.name}"
                     em.assign(target, f"{target} + {em.block(S('mul', AI, d))}")
-        return em.lines, "ax"
+        return em.lines, "ax", y
 
     def backward_body(self) -> str:
         lines, ax = self.backward_statements()

@@ -118,13 +118,24 @@ class CellFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, w, g, mask, kernels, block):
-        ctx.save_for_backward(x, w, g, mask)
         ctx.kernels, ctx.block = kernels, block
+        if kernels.fuses_dx and ctx.needs_input_grad[0] \
+                and not (ctx.needs_input_grad[1] or ctx.needs_input_grad[2]):
+            # a weight call: y and dy/dx in one pass; the backward is a multiplication
+            y, d = kernels.forward_dx(x, w, g, mask, block)
+            ctx.save_for_backward(d)
+            ctx.fused = True
+            return y
+        ctx.fused = False
+        ctx.save_for_backward(x, w, g, mask)
         return kernels.forward(x, w, g, mask, block)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, gy):
+        if ctx.fused:
+            d, = ctx.saved_tensors
+            return (gy * d).to(gy.dtype), None, None, None, None, None
         x, w, g, mask = ctx.saved_tensors
         nw, ng = ctx.needs_input_grad[1], ctx.needs_input_grad[2]
         gx, gw, gg = ctx.kernels.backward(x, w, g, mask, gy, ctx.block, nw or ng)

@@ -202,6 +202,8 @@ class CellKernels(Compiled):
     # GPU launch: 512 elements, 8 warps: the full 110-slot backward needs 128 registers per
     # thread on sm_90 without spills (228 with 4 warps).
     prefix = "grafs_triton_cell"
+    #: no one-pass weight call (the C cell has one: CellFn)
+    fuses_dx = False
 
     def __init__(self, space, slot_of, gamma_of, clip: bool, active=None):
         self.plan = plan = CellPlan(space, slot_of, gamma_of, clip, active)
