@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from grafs import files
-from grafs.compiler.cell.c_emit import C, ISAS, cell_c_source
+from grafs.compiler.cell.c_emit import C, ISAS, cell_c_one_pass_source, cell_c_source
 from grafs.compiler.cell.plan import CellPlan
 from grafs.errors import CompileError
 
@@ -299,9 +299,6 @@ class CCellKernels:
     set it was built for, each slot's contributions selected by the mask (so it serves every
     subset of that set, bit for bit as that subset's own build)."""
 
-    #: weight calls take :meth:`forward_dx` (CellFn)
-    fuses_dx = True
-
     def __init__(self, space, slot_of, gamma_of, clip: bool, active=None):
         # unmasked: compiled for exactly the active set (a build is about a second), so the
         # backward shares every value with its forward recompute
@@ -317,6 +314,9 @@ class CCellKernels:
         self._source_lock = threading.Lock()   # the emitters write into the shared plan
         self._lib: ctypes.CDLL | None = None
         self._future = None
+        self._one_pass_source: str | None = None
+        self._one_pass_lib: ctypes.CDLL | None = None
+        self._one_pass_future = None
 
     @property
     def source(self) -> str:
@@ -328,8 +328,39 @@ class CCellKernels:
                     self._source = cell_c_source(self.plan, self._isa, self._text)
         return self._source
 
+    @property
+    def one_pass_source(self) -> str:
+        """The C source of the weight call's one-pass kernel (:meth:`forward_dx`)."""
+        if self._one_pass_source is None:
+            with self._source_lock:
+                if self._one_pass_source is None:
+                    self._one_pass_source = cell_c_one_pass_source(self.plan, self._isa, self._text)
+        return self._one_pass_source
+
     def _generate_and_build(self) -> ctypes.CDLL:
         return _build(self.source)
+
+    def one_pass(self, wait: bool = False) -> ctypes.CDLL | None:
+        """The one-pass library once its background build (started when :meth:`lib` first
+        loads) has finished, else None (``wait``: wait for it). Weight calls take the forward
+        and backward kernels until then, which give the same bits."""
+        if self._one_pass_lib is None:
+            fut = self._one_pass_future
+            if fut is None:
+                if not wait:
+                    return None
+                self.lib()
+                fut = self._one_pass_future
+            if not (wait or fut.done()):
+                return None
+            lib = fut.result()      # a failed build's error is raised on the calling thread
+            lib.grafs_cell_fwd_dx.argtypes = [_PTR] * 6 + [_LONG]
+            lib.grafs_cell_fwd_dx.restype = None
+            self._one_pass_lib = lib
+        return self._one_pass_lib
+
+    def one_pass_ready(self) -> bool:
+        return self.one_pass() is not None
 
     def start_build(self) -> None:
         """Generate and compile in the background thread (the next :meth:`lib` waits)."""
@@ -348,9 +379,9 @@ class CCellKernels:
             lib.grafs_cell_fwd.restype = None
             lib.grafs_cell_bwd.argtypes = [_PTR] * 7 + [_LONG, _INT]
             lib.grafs_cell_bwd.restype = None
-            lib.grafs_cell_fwd_dx.argtypes = [_PTR] * 6 + [_LONG]
-            lib.grafs_cell_fwd_dx.restype = None
             self._lib = lib
+            # the weight calls' one-pass kernel next, off the calling thread: nothing waits
+            self._one_pass_future = _builder().submit(lambda: _build(self.one_pass_source))
         return self._lib
 
     def _check(self, x, w, g, mask):
@@ -395,11 +426,10 @@ class CCellKernels:
 
     def forward_dx(self, x, w, g, mask, block=None) -> tuple[torch.Tensor, torch.Tensor]:
         """A weight call's forward (w and g frozen): y and dy/dx in one pass over x, so its
-        backward is ``gy * dy/dx`` (the same memory as saving x). y is bit for bit
-        :meth:`forward`'s; the gradient for x rounds once more (gy times the product, not
-        the product taken from gy)."""
+        backward is ``gy * dy/dx`` (the same memory as saving x): y is :meth:`forward`'s and
+        ``gy * dy/dx`` :meth:`backward`'s ∂x, bit for bit."""
         self._check(x, w, g, mask)
-        lib = self.lib()
+        lib = self.one_pass(wait=True)
         xc = self._f32(x)
         y = torch.empty(xc.shape, dtype=torch.float32)
         d = torch.empty(xc.shape, dtype=torch.float32)

@@ -59,6 +59,11 @@ class CellPlan:
         # every subset of ``active``); unmasked: straight-line code for ``active``, each slot's
         # contributions ANDed with its mask (serving every subset too)
         self.masked = masked
+        # unmasked (C) plans take the adjoints from 1 and multiply by gy last (the gradient for
+        # x, each partial sum), so a weight call's one-pass ∂y/∂x times gy is the backward's
+        # ∂x to the bit: calls may take either path
+        self.gy_last = not masked
+        self._gy = _leaf("gy")
         self.ell = space.ell if clip else None
         self.holes = list(space.holes)
         self.hout = {h.index: _leaf(f"h{h.index}") for h in self.holes}
@@ -205,6 +210,10 @@ class CellPlan:
         for h in members:
             em.bind(self.hout[h.index], f"h{h.index}")
 
+    def _times_gy(self, e: E.Expr) -> E.Expr:
+        """A partial-sum term of the backward: gy · e where the adjoints start from 1."""
+        return S("mul", self._gy, e) if self.gy_last else e
+
     def _emit_slot_backward(self, em, o, use, refs, ai) -> None:
         h, k, js = use
         j = h.index
@@ -215,7 +224,7 @@ class CellPlan:
 
         def w_partial():
             em.open_if("WG", "partial sums for the w/γ gradients (not in weight steps)")
-            em.line(self.d.store_partial(k, self._on(em, [k], em.block(S("mul", _leaf(f"ah{j}"), term)))))
+            em.line(self.d.store_partial(k, self._on(em, [k], em.block(self._times_gy(S("mul", _leaf(f"ah{j}"), term))))))
             em.close()
         if self.masked:
             w_partial()
@@ -230,7 +239,7 @@ class CellPlan:
         for i, p in enumerate(parts[n_in:]):
             if not is_zero(p):
                 em.open_if("WG")
-                r = self._on(em, [k], em.block(S("mul", AW, p)))
+                r = self._on(em, [k], em.block(self._times_gy(S("mul", AW, p))))
                 em.line(self.d.store_partial(self.gcol_of[(k, i)], r) + f"  {self.d.comment} d/dg[{js[i]}]")
                 em.close()
         self._close_slot(em)
@@ -285,18 +294,20 @@ class CellPlan:
         ``WG``) and the name of the block holding the gradient for ``x``; an unmasked plan's
         loop-invariant statements are in ``self.prologue_bwd``."""
         lines, ax, _ = self._backward(indent, with_output=False)
-        return lines, ax
+        return lines, (f"gy * {ax}" if self.gy_last else ax)
 
     def forward_dx_statements(self, indent: str = "    ") -> tuple[list[str], str, str]:
-        """A weight call's forward in one pass: the statements (reading ``x``, and ``gy``,
-        which the caller sets to 1; ``WG`` false), the block of the output (the forward's
-        value: the same hole sums in the same order) and the block of ∂y/∂x. Loop invariants
-        in ``self.prologue_bwd``."""
+        """A weight call's forward in one pass (unmasked plans): the statements (reading
+        ``x``; ``WG`` false), the block of the output (the forward's value: the same hole sums
+        in the same order) and the block of ∂y/∂x, the backward's before its multiplication by
+        ``gy`` (so ``gy`` times it is the backward's ∂x to the bit). Loop invariants in
+        ``self.prologue_bwd``."""
+        assert self.gy_last, "a one-pass weight call needs an unmasked plan"
         lines, ax, y = self._backward(indent, with_output=True)
         return lines, y, ax
 
     def _backward(self, indent: str, with_output: bool) -> tuple[list[str], str, str | None]:
-        X, GY = E.var(), _leaf("gy")
+        X, GY = E.var(), self._gy
         live_ids = [h.index for h in self.live]
         houts = [self.hout[j] for j in live_ids]
         dT = reverse(rewrite_for_grad(self.T), [X] + houts)
@@ -321,9 +332,10 @@ class CellPlan:
                 self.emit_group_forward(em, members, r, grad_form=not self.masked)
         y = em.block(self.T) if with_output else None
         em.line(f"{self.d.comment} backward")
+        seed = E.const(1.0) if self.gy_last else GY
         for j, d in zip(live_ids, dT[1:]):
-            em.assign(f"ah{j}", em.block(S('mul', GY, d)))
-        em.assign("ax", em.block(S('mul', GY, dT[0])))
+            em.assign(f"ah{j}", em.block(S('mul', seed, d)))
+        em.assign("ax", em.block(S('mul', seed, dT[0])))
         # a group is processed where its first member falls in reverse order: every hole that
         # reads any member comes later in evaluation order, so all members' adjoints are final
         for members in reversed(groups):
@@ -348,7 +360,8 @@ class CellPlan:
                     self._open_slot(em, self.d.is_active(k), h.name)
                     em.assign(aws, f"{aws} + {self._on(em, [k], f'ah{h.index} * {self._w(k)}')}")
                     em.open_if("WG")
-                    em.line(self.d.store_partial(k, self._on(em, [k], f"ah{h.index} * {rt}")))
+                    r = f"ah{h.index} * {rt}"
+                    em.line(self.d.store_partial(k, self._on(em, [k], f"gy * ({r})" if self.gy_last else r)))
                     em.close()
                     self._close_slot(em)
                 AW = _leaf(aws)

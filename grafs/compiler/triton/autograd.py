@@ -119,9 +119,10 @@ class CellFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w, g, mask, kernels, block):
         ctx.kernels, ctx.block = kernels, block
-        if kernels.fuses_dx and ctx.needs_input_grad[0] \
-                and not (ctx.needs_input_grad[1] or ctx.needs_input_grad[2]):
-            # a weight call: y and dy/dx in one pass; the backward is a multiplication
+        if ctx.needs_input_grad[0] and not (ctx.needs_input_grad[1] or ctx.needs_input_grad[2]) \
+                and kernels.one_pass_ready():
+            # a weight call: y and dy/dx in one pass (the same bits as forward + backward,
+            # which serve until that kernel is built); the backward is a multiplication
             y, d = kernels.forward_dx(x, w, g, mask, block)
             ctx.save_for_backward(d)
             ctx.fused = True
