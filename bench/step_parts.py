@@ -5,13 +5,14 @@ setup: its model, batches, optimizers and ``Stepper``), measured side by side in
 one thread:
 
 * the plain training step and the search step (arch step + weight step), as bench.search_step;
-* the C kernels alone on one site's input (ctypes calls, no Python around them): forward,
-  backward with the partial sums of an arch call, backward without them (a weight call);
+* the C kernels alone on one site's input (ctypes calls, no Python around them): the
+  forward and the backward with the partial sums of an arch call, and a weight call's one
+  pass (y and dy/dx);
 * one cell call as a search makes it (mixture weights drawn beforehand), forward+backward,
   in an arch call (α, γ trainable) and in a weight call (α, γ frozen);
 
 then splits the search step into the kernels (every site: one forward and one backward of
-each kind), the rest of the cell calls (their Python, autograd and partial-sum bookkeeping)
+kind an arch call and a weight call make), the rest of the cell calls (their Python, autograd and partial-sum bookkeeping)
 and everything else (the network's two passes, both optimizers, the sample draws). Times are
 medians of interleaved rounds (every quantity once per round), so drift hits them alike.
 
@@ -68,13 +69,11 @@ def main() -> None:
     for stage in a.stages:
         cell.drop(cell.num_active() - stage)
         timer.block(search, 1)
-        pending = cell._c_pending
-        if pending is not None:
-            pending.build()                       # the exact build of this set: steady state
+        cell.finish_builds()                      # the exact build of this set: steady state
         timer.block(search, 3)
         timer.block(plain, 3)
         k = cell._generated_last["c"][1]._k
-        lib = k.lib()
+        lib, one_pass = k.lib(), k.one_pass(wait=True)
         idx = cell._active_index()
         per_site = []
         for shape in shapes:
@@ -83,20 +82,21 @@ def main() -> None:
             w = (idx.unit_weights.clone() if cell.is_discrete()
                  else cell.sample_weights().detach()).contiguous()
             g, m = cell.gamma.detach().contiguous(), idx.mask_i8
-            y, gx = torch.empty_like(x), torch.empty_like(x)
+            y, gx, d = torch.empty_like(x), torch.empty_like(x), torch.empty_like(x)
             part = torch.zeros(k.NC, dtype=torch.float64)
             p = (x.data_ptr(), w.data_ptr(), g.data_ptr(), m.data_ptr())
-            per_site.append((x, gy, y, gx, part, p, w))     # (w kept alive: p points into it)
+            per_site.append((x, gy, y, gx, d, part, p, w))     # (w kept alive: p points into it)
 
         def kernels(kind):
             def run():
-                for x, gy, y, gx, part, p, _ in per_site:
+                for x, gy, y, gx, d, part, p, _ in per_site:
                     n = x.numel()
                     if kind == "fwd":
                         lib.grafs_cell_fwd(*p, y.data_ptr(), n)
+                    elif kind == "one_pass":
+                        one_pass.grafs_cell_fwd_dx(*p, y.data_ptr(), d.data_ptr(), n)
                     else:
-                        lib.grafs_cell_bwd(*p, gy.data_ptr(), gx.data_ptr(), part.data_ptr(), n,
-                                           int(kind == "bwd_wg"))
+                        lib.grafs_cell_bwd(*p, gy.data_ptr(), gx.data_ptr(), part.data_ptr(), n, 1)
             return run
 
         def cell_calls(arch: bool):
@@ -121,7 +121,7 @@ def main() -> None:
             return run
 
         parts = {"plain": lambda: timer.block(plain), "search": lambda: timer.block(search),
-                 "fwd": kernels("fwd"), "bwd_wg": kernels("bwd_wg"), "bwd": kernels("bwd"),
+                 "fwd": kernels("fwd"), "bwd_wg": kernels("bwd_wg"), "one_pass": kernels("one_pass"),
                  "arch_call": cell_calls(True), "weight_call": cell_calls(False)}
         samples = {name: [] for name in parts}
         for _ in range(a.rounds):
@@ -131,20 +131,20 @@ def main() -> None:
                 else:
                     samples[name].append(_median_us(fn, a.calls))
         t = {name: statistics.median(v) for name, v in samples.items()}
-        kern = 2 * t["fwd"] + t["bwd_wg"] + t["bwd"]          # all sites, arch and weight pass
+        kern = t["fwd"] + t["bwd_wg"] + t["one_pass"]         # all sites, arch and weight pass
         calls = t["arch_call"] + t["weight_call"]
         rest = t["search"] - calls
         rows.append([str(stage), ms(t["plain"]), ms(t["search"]), f"{t['search'] / t['plain']:.1f}x",
-                     f"{ms(t['fwd'])} / {ms(t['bwd_wg'])} / {ms(t['bwd'])}", ms(kern),
+                     f"{ms(t['fwd'])} / {ms(t['bwd_wg'])} / {ms(t['one_pass'])}", ms(kern),
                      ms(calls - kern), ms(rest), f"{rest / t['plain']:.2f}x"])
         print(f"[{stage} ops] search {ms(t['search'])} ms, plain {ms(t['plain'])} ms", file=sys.stderr,
               flush=True)
     print(table(rows, ["active ops", "plain ms", "search ms", "search / plain",
-                       "kernels per pass, all sites: fwd / bwd+partials / bwd ms",
+                       "kernels per pass, all sites: fwd / bwd+partials / weight call's one pass ms",
                        "kernels per step ms", "cell calls beyond kernels ms",
                        "rest of the step ms", "rest / plain"]))
-    print("\nkernels per step = 2 forwards + an arch backward (with the partial sums) + a weight "
-          "backward, every site; cell calls beyond kernels = the measured arch and weight cell "
+    print("\nkernels per step = an arch call's forward and backward (with the partial sums) + "
+          "a weight call's one pass (y and dy/dx; its backward is a multiplication), every site; cell calls beyond kernels = the measured arch and weight cell "
           "calls (samples drawn once per pass, as a search) minus those kernels; rest = search "
           "step minus the cell calls (the network's two passes, both optimizers).")
 

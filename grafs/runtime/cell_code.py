@@ -87,6 +87,16 @@ class CompiledCellCode:
         self._c_pending.start_build()
         return True
 
+    def finish_builds(self) -> None:
+        """Wait for this cell's background C builds: the pending active set's, and the one-pass
+        weight-call kernel of every build made (a bench's steady state; results do not depend
+        on when they finish)."""
+        if self._c_pending is not None:
+            self._c_pending.build()
+        for (kind, _), cell in list(self._generated.items()):
+            if kind == "c" and cell.ready():
+                cell.finish()
+
     def _c_cell_for(self, key, current):
         """The C cell to call for active set ``key``. After a drop, the build for exactly
         ``key`` compiles in the background (one build at a time: a drop during a build waits

@@ -491,6 +491,11 @@ class CCell:
         self._k.lib()
         return self
 
+    def finish(self) -> "CCell":
+        """Built, with the weight calls' one-pass kernel too (its background build waited for)."""
+        self._k.one_pass(wait=True)
+        return self
+
     def start_build(self) -> None:
         self._k.start_build()
 
