@@ -4,7 +4,9 @@ For each stage (active ops) of the relaxed cell in the mnist1d CNN (the bench.se
 setup: its model, batches, optimizers and ``Stepper``), measured side by side in one run,
 one thread:
 
-* the plain training step and the search step (arch step + weight step), as bench.search_step;
+* the plain training step and the search step (arch step + weight step), as bench.search_step,
+  and the search step with its weight calls on the forward and backward kernels instead of
+  the one-pass kernel (what they take until that kernel is built; the same bits);
 * the C kernels alone on one site's input (ctypes calls, no Python around them): the
   forward and the backward with the partial sums of an arch call, and a weight call's one
   pass (y and dy/dx);
@@ -30,6 +32,7 @@ import torch
 
 from bench.search_step import PlainStep, SearchStep, TaskConfig, Timer, ms
 from bench.timing import table
+from grafs.compiler.cell.c_build import CCellKernels
 from grafs.runtime.space import SearchSpace
 
 
@@ -120,13 +123,24 @@ def main() -> None:
                         q.grad = None
             return run
 
+        def two_kernel_search():
+            # the same step with every weight call on the forward and backward kernels (the
+            # path before the one-pass kernel is built; the same bits)
+            ready = CCellKernels.one_pass_ready
+            CCellKernels.one_pass_ready = lambda self: False
+            try:
+                return timer.block(search)
+            finally:
+                CCellKernels.one_pass_ready = ready
+
         parts = {"plain": lambda: timer.block(plain), "search": lambda: timer.block(search),
+                 "search_two": two_kernel_search,
                  "fwd": kernels("fwd"), "bwd_wg": kernels("bwd_wg"), "one_pass": kernels("one_pass"),
                  "arch_call": cell_calls(True), "weight_call": cell_calls(False)}
         samples = {name: [] for name in parts}
         for _ in range(a.rounds):
             for name, fn in parts.items():
-                if name in ("plain", "search"):
+                if name in ("plain", "search", "search_two"):
                     samples[name].append(fn())
                 else:
                     samples[name].append(_median_us(fn, a.calls))
@@ -135,11 +149,13 @@ def main() -> None:
         calls = t["arch_call"] + t["weight_call"]
         rest = t["search"] - calls
         rows.append([str(stage), ms(t["plain"]), ms(t["search"]), f"{t['search'] / t['plain']:.1f}x",
+                     f"{t['search_two'] / t['plain']:.1f}x ({t['search'] / t['search_two']:.2f})",
                      f"{ms(t['fwd'])} / {ms(t['bwd_wg'])} / {ms(t['one_pass'])}", ms(kern),
                      ms(calls - kern), ms(rest), f"{rest / t['plain']:.2f}x"])
         print(f"[{stage} ops] search {ms(t['search'])} ms, plain {ms(t['plain'])} ms", file=sys.stderr,
               flush=True)
     print(table(rows, ["active ops", "plain ms", "search ms", "search / plain",
+                       "weight calls in two kernels: search / plain (one pass / two)",
                        "kernels per pass, all sites: fwd / bwd+partials / weight call's one pass ms",
                        "kernels per step ms", "cell calls beyond kernels ms",
                        "rest of the step ms", "rest / plain"]))
