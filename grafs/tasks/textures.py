@@ -25,7 +25,7 @@ Default budgets and what they gave (seed 0; CPU time of one torch thread, measur
 
 * evaluation (10 epochs of SGD over 1800 patches): 36–51 s. Test accuracy (1200 patches):
   ReLU 0.846, GELU 0.847, SiLU 0.785 (with width 8 and 6 epochs: 0.747, 0.772, 0.809).
-* search (10 epochs of 12 steps of 32): 157 s; the network reached 0.60 validation
+* search (10 epochs of 12 steps of 32; 7 since 2026-12-07, ``SEARCH_DEFAULTS``): 157 s; the network reached 0.60 validation
   accuracy and α was still about uniform at the first drop (see ``SEARCH_DEFAULTS``). Found
   ``0.46*relu(0.53*relu(x) + 0.47*sqrt(max(x, 0.001))) + 0.54*gelu(x)``: 0.856 when evaluated
   (74 s: a formula through grafs' eager backend costs more than a native module).
