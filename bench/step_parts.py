@@ -6,7 +6,7 @@ one thread:
 
 * the plain training step and the search step (arch step + weight step), as bench.search_step,
   and the search step with its weight calls on the forward and backward kernels instead of
-  the one-pass kernel (what they take until that kernel is built; the same bits);
+  the one-pass kernel (the same bits);
 * the C kernels alone on one site's input (ctypes calls, no Python around them): the
   forward and the backward with the partial sums of an arch call, and a weight call's one
   pass (y and dy/dx);
@@ -32,7 +32,7 @@ import torch
 
 from bench.search_step import PlainStep, SearchStep, TaskConfig, Timer, ms
 from bench.timing import table
-from grafs.compiler.cell.c_build import CCellKernels
+import grafs.compiler.triton.autograd as cell_autograd
 from grafs.runtime.space import SearchSpace
 
 
@@ -76,7 +76,7 @@ def main() -> None:
         timer.block(search, 3)
         timer.block(plain, 3)
         k = cell._generated_last["c"][1]._k
-        lib, one_pass = k.lib(), k.one_pass(wait=True)
+        lib, one_pass = k.lib(), k.one_pass()
         idx = cell._active_index()
         per_site = []
         for shape in shapes:
@@ -125,13 +125,13 @@ def main() -> None:
 
         def two_kernel_search():
             # the same step with every weight call on the forward and backward kernels (the
-            # path before the one-pass kernel is built; the same bits)
-            ready = CCellKernels.one_pass_ready
-            CCellKernels.one_pass_ready = lambda self: False
+            # same bits)
+            rule = cell_autograd.one_pass_call
+            cell_autograd.one_pass_call = lambda x, w, g: False
             try:
                 return timer.block(search)
             finally:
-                CCellKernels.one_pass_ready = ready
+                cell_autograd.one_pass_call = rule
 
         parts = {"plain": lambda: timer.block(plain), "search": lambda: timer.block(search),
                  "search_two": two_kernel_search,

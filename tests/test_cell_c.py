@@ -118,8 +118,7 @@ def test_weight_call_is_one_pass_with_the_forward_bits(monkeypatch):
         x = _inputs(1001, seed=stage)
         w = _weights(cells[1], seed=stage)
         gout = torch.randn(x.shape, generator=torch.Generator().manual_seed(stage))
-        _weight_call(cells[0], x, w, gout)          # builds this set (the one pass in the background)
-        cells[0].finish_builds()
+        _weight_call(cells[0], x, w, gout)          # builds this set
         calls.clear()
         got = _weight_call(cells[0], x, w, gout)
         assert calls == ["forward_dx"], calls
@@ -164,13 +163,14 @@ def test_libraries_are_cached_by_source(tmp_path, monkeypatch):
     space = SearchSpace("U(x)", unary=["gelu", "tanh"], binary=["add"])
     cell = space.relax("c", seed=0)
     cell(torch.randn(10))
-    libs = list((tmp_path / "c").glob("*.so"))
-    assert len(libs) == 1 and not list((tmp_path / "c").glob("*.c"))
-    stamp = libs[0].stat().st_mtime_ns
+    libs = sorted((tmp_path / "c").glob("*.so"))      # the cell's and its one-pass kernel's
+    assert len(libs) == 2 and not list((tmp_path / "c").glob("*.c"))
+    stamps = [p.stat().st_mtime_ns for p in libs]
     monkeypatch.setattr(c_cell, "_LIBS", {})
     again = space.relax("c", seed=1)
     again(torch.randn(10))
-    assert list((tmp_path / "c").glob("*.so")) == libs and libs[0].stat().st_mtime_ns == stamp
+    assert sorted((tmp_path / "c").glob("*.so")) == libs
+    assert [p.stat().st_mtime_ns for p in libs] == stamps
 
 
 def test_failing_compiler_is_a_clear_error(tmp_path, monkeypatch):
@@ -340,9 +340,8 @@ def test_background_builds_change_no_result(monkeypatch, tmp_path):
 
 @pytest.mark.filterwarnings("ignore::grafs.errors.GrafsWarning")    # a tiny search
 def test_weight_calls_one_pass_or_two_kernels_the_same_search(monkeypatch, tmp_path):
-    """Weight calls take the one-pass kernel once its background build is ready: a search
-    whose weight calls always wait for it and one whose weight calls never take it end
-    with the same formula, α and γ to the bit."""
+    """A search whose weight calls take the one-pass kernel and one whose weight calls take
+    the forward and backward kernels end with the same formula, losses, α and γ to the bit."""
     monkeypatch.setenv("GRAFS_CACHE_DIR", str(tmp_path))
     torch.manual_seed(0)
     x = torch.randn(96, 4)
@@ -353,9 +352,11 @@ def test_weight_calls_one_pass_or_two_kernels_the_same_search(monkeypatch, tmp_p
     forward_dx = c_cell.CCellKernels.forward_dx
     monkeypatch.setattr(c_cell.CCellKernels, "forward_dx",
                         lambda self, *a: passes.append(1) or forward_dx(self, *a))
+    import grafs.compiler.triton.autograd as cell_autograd
+    rule = cell_autograd.one_pass_call
     for one_pass in (True, False):
-        monkeypatch.setattr(c_cell.CCellKernels, "one_pass_ready",
-                            lambda self, _w=one_pass: _w and self.one_pass(wait=True) is not None)
+        monkeypatch.setattr(cell_autograd, "one_pass_call",
+                            lambda x, w, g, _on=one_pass: _on and rule(x, w, g))
         passes.clear()
         torch.manual_seed(1)
         net = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
@@ -367,6 +368,63 @@ def test_weight_calls_one_pass_or_two_kernels_the_same_search(monkeypatch, tmp_p
     assert out[True][0] == out[False][0] and out[True][2] == out[False][2]
     for k, a in out[True][1].items():
         assert torch.equal(a, out[False][1][k]), k
+
+
+def test_one_pass_only_for_fp32_weight_calls_under_grad_mode(monkeypatch):
+    """The one pass serves weight calls on fp32 inputs under grad mode only: not under
+    no_grad (nothing to save), not for other dtypes (fp32 dy/dx would double a bf16 input's
+    memory, and float64 gy would round otherwise), not when w or γ need gradients."""
+    cell = SearchSpace.grafs().relax("c", seed=0)
+    _randomize(cell, 0)
+    calls = []
+    for name in ("forward", "forward_dx"):
+        real = getattr(c_cell.CCellKernels, name)
+        monkeypatch.setattr(c_cell.CCellKernels, name,
+                            lambda self, *a, _r=real, _n=name, **k: calls.append(_n) or _r(self, *a, **k))
+    x = _inputs(999, seed=1)
+    w = _weights(cell, seed=1)
+    cell.requires_grad_(False)
+    try:
+        for dtype, grad_mode, want in [(torch.float32, True, "forward_dx"),
+                                       (torch.float32, False, "forward"),
+                                       (torch.bfloat16, True, "forward"),
+                                       (torch.float64, True, "forward")]:
+            calls.clear()
+            xi = x.detach().to(dtype).clone().requires_grad_()
+            with torch.set_grad_enabled(grad_mode):
+                y = cell(xi, weights=w)
+            assert calls == [want], (dtype, grad_mode, calls)
+            if grad_mode:
+                y.sum().backward()
+                assert xi.grad.dtype == dtype and torch.isfinite(xi.grad).all()
+    finally:
+        cell.requires_grad_(True)
+    calls.clear()
+    cell(x.clone().requires_grad_(), weights=w.clone().requires_grad_()).sum().backward()
+    assert calls == ["forward"]                       # an arch call: the two kernels
+
+
+def test_checkpointed_weight_calls_recompute_the_same_path():
+    """Non-reentrant activation checkpointing recomputes a weight call as it ran (the path
+    is decided from the call alone): the same gradients as without checkpointing."""
+    from torch.utils.checkpoint import checkpoint
+    cell = SearchSpace.grafs().relax("c", seed=0)
+    _randomize(cell, 0)
+    w = _weights(cell, seed=3)
+    lin = torch.nn.Linear(8, 8)
+    x = torch.randn(64, 8, generator=torch.Generator().manual_seed(0))
+    cell.requires_grad_(False)
+    try:
+        grads = []
+        for ckpt in (False, True):
+            lin.zero_grad()
+            f = (lambda t: cell(lin(t), weights=w))
+            out = checkpoint(f, x, use_reentrant=False) if ckpt else f(x)
+            out.square().sum().backward()
+            grads.append(lin.weight.grad.clone())
+    finally:
+        cell.requires_grad_(True)
+    assert torch.equal(grads[0], grads[1])
 
 
 @pytest.mark.parametrize("mode", ["c", "lean", "eager"])

@@ -84,18 +84,14 @@ class CompiledCellCode:
         if ("c", key) in self._generated or self._c_pending is not None:
             return False
         self._c_pending = self._new_c_cell(key)
-        self._c_pending.start_build()
+        self._c_pending.start_build(side_by_side=True)      # the build the search waits for
         return True
 
     def finish_builds(self) -> None:
-        """Wait for this cell's background C builds: the pending active set's, and the one-pass
-        weight-call kernel of every build made (a bench's steady state; results do not depend
-        on when they finish)."""
+        """Wait for this cell's background C build, if one is pending (a bench's steady state;
+        results do not depend on when it finishes)."""
         if self._c_pending is not None:
             self._c_pending.build()
-        for (kind, _), cell in list(self._generated.items()):
-            if kind == "c" and cell.ready():
-                cell.finish()
 
     def _c_cell_for(self, key, current):
         """The C cell to call for active set ``key``. After a drop, the build for exactly

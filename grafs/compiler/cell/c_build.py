@@ -4,8 +4,9 @@
 plan (grafs.compiler.cell.plan), written in C with SIMD vectors (grafs.compiler.cell.c_emit), built
 with the system C compiler into a shared library and called through ctypes. One call per
 forward and one per backward, whatever the number of ops; autograd saves only x, w, γ and the
-mask (the backward recomputes); the work is split over torch's intra-op threads (ctypes
-releases the GIL).
+mask (the backward recomputes), or, for a weight call on fp32 x (α and γ frozen), one call
+computing y and dy/dx, saved in x's place (a second library, compiled beside the first); the
+work is split over torch's intra-op threads (ctypes releases the GIL).
 
 Needs x86-64 Linux, a C compiler (``$CC``, else ``cc``) and glibc's libmvec (glibc ≥ 2.35 for
 every function the ops use). :func:`available` says whether this machine has them (and why
@@ -253,6 +254,11 @@ def _builder() -> ThreadPoolExecutor:
     return _executor("c-build", 1)
 
 
+def _one_pass_builder() -> ThreadPoolExecutor:
+    """The thread that compiles a build's one-pass library beside its main one."""
+    return _executor("c-build-one-pass", 1)
+
+
 def _pool() -> ThreadPoolExecutor:
     """The kernel threads, as many as torch's intra-op threads (grown when that grows)."""
     return _executor("c", torch.get_num_threads())
@@ -316,7 +322,6 @@ class CCellKernels:
         self._future = None
         self._one_pass_source: str | None = None
         self._one_pass_lib: ctypes.CDLL | None = None
-        self._one_pass_future = None
 
     @property
     def source(self) -> str:
@@ -337,35 +342,27 @@ class CCellKernels:
                     self._one_pass_source = cell_c_one_pass_source(self.plan, self._isa, self._text)
         return self._one_pass_source
 
-    def _generate_and_build(self) -> ctypes.CDLL:
-        return _build(self.source)
+    def _generate_and_build(self, side_by_side: bool) -> tuple[ctypes.CDLL, ctypes.CDLL]:
+        """Both libraries of this plan: built together, so which kernels a call takes never
+        depends on timing (a checkpointed forward and its recomputation take the same).
+        ``side_by_side``: in two compiler processes (a caller is waiting: the one-pass library
+        is the smaller, so the build takes about as long as the cell's alone on two cores);
+        else one after the other (a background build: one core, as the search runs beside)."""
+        if not side_by_side:
+            return _build(self.source), _build(self.one_pass_source)
+        other = _one_pass_builder().submit(lambda: _build(self.one_pass_source))
+        try:
+            main = _build(self.source)
+        finally:
+            one_pass = other.result()
+        return main, one_pass
 
-    def one_pass(self, wait: bool = False) -> ctypes.CDLL | None:
-        """The one-pass library once its background build (started when :meth:`lib` first
-        loads) has finished, else None (``wait``: wait for it). Weight calls take the forward
-        and backward kernels until then, which give the same bits."""
-        if self._one_pass_lib is None:
-            fut = self._one_pass_future
-            if fut is None:
-                if not wait:
-                    return None
-                self.lib()
-                fut = self._one_pass_future
-            if not (wait or fut.done()):
-                return None
-            lib = fut.result()      # a failed build's error is raised on the calling thread
-            lib.grafs_cell_fwd_dx.argtypes = [_PTR] * 6 + [_LONG]
-            lib.grafs_cell_fwd_dx.restype = None
-            self._one_pass_lib = lib
-        return self._one_pass_lib
-
-    def one_pass_ready(self) -> bool:
-        return self.one_pass() is not None
-
-    def start_build(self) -> None:
-        """Generate and compile in the background thread (the next :meth:`lib` waits)."""
+    def start_build(self, side_by_side: bool = False) -> None:
+        """Generate and compile in the background thread (the next :meth:`lib` waits);
+        ``side_by_side``: the two libraries in two compiler processes (a search will wait for
+        this build: its first)."""
         if self._lib is None and self._future is None:
-            self._future = _builder().submit(self._generate_and_build)
+            self._future = _builder().submit(self._generate_and_build, side_by_side)
 
     def ready(self) -> bool:
         """Loaded, or a background build has finished (successfully or not)."""
@@ -374,15 +371,22 @@ class CCellKernels:
     def lib(self) -> ctypes.CDLL:
         if self._lib is None:
             # a background build's error is raised here, on the thread that needs the library
-            lib = self._future.result() if self._future is not None else _build(self.source)
+            lib, one_pass = (self._future.result() if self._future is not None
+                             else self._generate_and_build(True))
             lib.grafs_cell_fwd.argtypes = [_PTR] * 5 + [_LONG]
             lib.grafs_cell_fwd.restype = None
             lib.grafs_cell_bwd.argtypes = [_PTR] * 7 + [_LONG, _INT]
             lib.grafs_cell_bwd.restype = None
+            one_pass.grafs_cell_fwd_dx.argtypes = [_PTR] * 6 + [_LONG]
+            one_pass.grafs_cell_fwd_dx.restype = None
+            self._one_pass_lib = one_pass
             self._lib = lib
-            # the weight calls' one-pass kernel next, off the calling thread: nothing waits
-            self._one_pass_future = _builder().submit(lambda: _build(self.one_pass_source))
         return self._lib
+
+    def one_pass(self) -> ctypes.CDLL:
+        """The weight call's one-pass library (built with :meth:`lib`'s)."""
+        self.lib()
+        return self._one_pass_lib
 
     def _check(self, x, w, g, mask):
         if x.device.type != "cpu":
@@ -429,7 +433,7 @@ class CCellKernels:
         backward is ``gy * dy/dx`` (the same memory as saving x): y is :meth:`forward`'s and
         ``gy * dy/dx`` :meth:`backward`'s ∂x, bit for bit."""
         self._check(x, w, g, mask)
-        lib = self.one_pass(wait=True)
+        lib = self.one_pass()
         xc = self._f32(x)
         y = torch.empty(xc.shape, dtype=torch.float32)
         d = torch.empty(xc.shape, dtype=torch.float32)
@@ -491,22 +495,18 @@ class CCell:
         self._k.lib()
         return self
 
-    def finish(self) -> "CCell":
-        """Built, with the weight calls' one-pass kernel too (its background build waited for)."""
-        self._k.one_pass(wait=True)
-        return self
 
-    def start_build(self) -> None:
-        self._k.start_build()
+    def start_build(self, side_by_side: bool = False) -> None:
+        self._k.start_build(side_by_side)
 
     def ready(self) -> bool:
         return self._k.ready()
 
     def __call__(self, x: torch.Tensor, w: torch.Tensor, g: torch.Tensor,
                  mask: torch.Tensor) -> torch.Tensor:
-        from grafs.compiler.triton.autograd import CellFn   # kernel-agnostic autograd Function
+        from grafs.compiler.triton.autograd import CellFn, one_pass_call   # kernel-agnostic
         # (autocast needs no switching off: the kernels compute in fp32 whatever x's dtype)
-        return CellFn.apply(x, w, g, mask, self._k, None)
+        return CellFn.apply(x, w, g, mask, self._k, None, one_pass_call(x, w, g))
 
     def __repr__(self) -> str:
         return f"CCell({self.space.template!r}, {self.num_slots} slots)"

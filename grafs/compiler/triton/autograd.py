@@ -13,7 +13,7 @@ from torch.autograd.function import once_differentiable
 
 from grafs.compiler.triton.launch import lookup
 
-__all__ = ["formula_fwd", "formula_bwd", "cell_fwd", "cell_bwd", "FormulaFn", "CellFn"]
+__all__ = ["formula_fwd", "formula_bwd", "cell_fwd", "cell_bwd", "FormulaFn", "CellFn", "one_pass_call"]
 
 
 # -- torch.library custom ops: torch.compile traces through them ---------------------------------
@@ -113,31 +113,37 @@ class FormulaFn(torch.autograd.Function):
         return gx, gp, None, None
 
 
+def one_pass_call(x: torch.Tensor, w: torch.Tensor, g: torch.Tensor) -> bool:
+    """Whether a cell call takes the kernels' one pass (y and dy/dx together): a weight call,
+    i.e. a gradient for x only (α and γ frozen) under grad mode, with x in fp32 (its saved
+    dy/dx then has x's dtype and memory, and gy·dy/dx is the two-kernel path's ∂x to the bit).
+    Decided from the call alone, so a checkpointed forward and its recomputation agree."""
+    return (torch.is_grad_enabled() and x.requires_grad and x.dtype == torch.float32
+            and not (w.requires_grad or g.requires_grad))
+
+
 class CellFn(torch.autograd.Function):
     """The generated cell kernels (Triton or C) under autograd: first derivatives only."""
 
     @staticmethod
-    def forward(ctx, x, w, g, mask, kernels, block):
-        ctx.kernels, ctx.block = kernels, block
-        if ctx.needs_input_grad[0] and not (ctx.needs_input_grad[1] or ctx.needs_input_grad[2]) \
-                and kernels.one_pass_ready():
-            # a weight call: y and dy/dx in one pass (the same bits as forward + backward,
-            # which serve until that kernel is built); the backward is a multiplication
+    def forward(ctx, x, w, g, mask, kernels, block, one_pass=False):
+        ctx.kernels, ctx.block, ctx.one_pass = kernels, block, one_pass
+        if one_pass:
+            # a weight call (see :func:`one_pass_call`): y and dy/dx in one pass, the backward
+            # a multiplication; dy/dx is saved in x's place (fp32, as x)
             y, d = kernels.forward_dx(x, w, g, mask, block)
-            ctx.save_for_backward(d)
-            ctx.fused = True
+            ctx.save_for_backward(d, w, g, mask)
             return y
-        ctx.fused = False
         ctx.save_for_backward(x, w, g, mask)
         return kernels.forward(x, w, g, mask, block)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, gy):
-        if ctx.fused:
-            d, = ctx.saved_tensors
-            return (gy * d).to(gy.dtype), None, None, None, None, None
+        if ctx.one_pass:
+            d = ctx.saved_tensors[0]
+            return gy.float() * d, None, None, None, None, None, None
         x, w, g, mask = ctx.saved_tensors
         nw, ng = ctx.needs_input_grad[1], ctx.needs_input_grad[2]
         gx, gw, gg = ctx.kernels.backward(x, w, g, mask, gy, ctx.block, nw or ng)
-        return gx, (gw if nw else None), (gg if ng else None), None, None, None
+        return gx, (gw if nw else None), (gg if ng else None), None, None, None, None

@@ -202,10 +202,6 @@ class CellKernels(Compiled):
     # GPU launch: 512 elements, 8 warps: the full 110-slot backward needs 128 registers per
     # thread on sm_90 without spills (228 with 4 warps).
     prefix = "grafs_triton_cell"
-    @staticmethod
-    def one_pass_ready() -> bool:
-        """No one-pass weight call here (the C cell has one: CellFn)."""
-        return False
 
     def __init__(self, space, slot_of, gamma_of, clip: bool, active=None):
         self.plan = plan = CellPlan(space, slot_of, gamma_of, clip, active)
