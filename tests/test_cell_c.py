@@ -1,5 +1,5 @@
-"""The C cell (grafs.compiler.cell.c_build, mode "c", ``auto`` on x86-64 Linux CPUs) against the
-reference interpreter, with the tolerances of tests/test_cell_lean.py (anchored on a float64
+"""The C cell (grafs.compiler.cell.c_kernels, built by c_build; mode "c", ``auto`` on x86-64
+Linux CPUs) against the reference interpreter, with the tolerances of tests/test_cell_lean.py (anchored on a float64
 reference):
 
 * outputs and gradients (x, w, γ) agree through every drop stage, for sizes with a vector tail,
@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import grafs.compiler.cell.c_build as c_cell
+import grafs.compiler.cell.c_kernels as c_kernels
 from grafs.searching.loop import search
 from grafs.errors import CompileError
 from grafs.runtime.space import SearchSpace
@@ -70,7 +71,7 @@ def test_c_split_over_threads_matches_one_thread(monkeypatch):
     old = torch.get_num_threads()
     try:
         torch.set_num_threads(4)
-        assert len(c_cell._spans(n, 54)) == 4
+        assert len(c_cell.spans(n, 54)) == 4
         split = _compare(cells, x, w, gout, "4 threads")
         torch.set_num_threads(1)
         one = _compare(cells, x, w, gout, "1 thread")
@@ -110,8 +111,8 @@ def test_weight_call_is_one_pass_with_the_forward_bits(monkeypatch):
     cells = _cells(SearchSpace.grafs(), seed=4)
     calls = []
     for name in ("forward", "forward_dx", "backward"):
-        real = getattr(c_cell.CCellKernels, name)
-        monkeypatch.setattr(c_cell.CCellKernels, name,
+        real = getattr(c_kernels.CCellKernels, name)
+        monkeypatch.setattr(c_kernels.CCellKernels, name,
                             lambda self, *a, _r=real, _n=name, **k: calls.append(_n) or _r(self, *a, **k))
     for stage in (110, 54, 24, 6):
         _drop_to(cells, stage)
@@ -178,7 +179,7 @@ def test_failing_compiler_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("CC", "false")
     monkeypatch.setattr(c_cell, "_LIBS", {})
     with pytest.raises(CompileError, match="building the C cell failed"):
-        c_cell._build("int grafs_unused_symbol_for_the_test(void) { return 1; }\n")
+        c_cell.build_library("int grafs_unused_symbol_for_the_test(void) { return 1; }\n")
     assert not list((tmp_path / "c").glob("*"))          # nothing half-written is left
 
 
@@ -202,10 +203,10 @@ def test_prelude_math_matches_float64(isa, monkeypatch):
     overflow edges, underflow to 0 and the sign of zero."""
     import ctypes
     from grafs.compiler.cell.c_emit import prelude
-    if isa == "avx2" and c_cell._isa() != "avx2":
+    if isa == "avx2" and c_cell.native_isa() != "avx2":
         pytest.skip("this CPU has no AVX2")
-    monkeypatch.setattr(c_cell, "_isa", lambda: isa)
-    lib = c_cell._build(prelude(isa) + """
+    monkeypatch.setattr(c_cell, "native_isa", lambda: isa)
+    lib = c_cell.build_library(prelude(isa) + """
 void t(const float *X, float *Y, long n, int w) {
     for (long i = 0; i < n; i += L) {
         V x = load(X + i, n - i);
@@ -322,8 +323,8 @@ def test_background_builds_change_no_result(monkeypatch, tmp_path):
     sp = SearchSpace("B(U(x), U(x))", unary=["gelu", "tanh", "sin", "abs", "exp", "identity", "mul_gamma"],
                      binary=["add", "mul", "max"])
     blocking = []
-    build = c_cell.CCell.build
-    monkeypatch.setattr(c_cell.CCell, "build", lambda self: blocking.append(1) or build(self))
+    build = c_kernels.CCell.build
+    monkeypatch.setattr(c_kernels.CCell, "build", lambda self: blocking.append(1) or build(self))
     out = {}
     for background in (True, False):
         monkeypatch.setattr(cell_mod.RelaxedCell, "c_build_in_background", background)
@@ -349,8 +350,8 @@ def test_weight_calls_one_pass_or_two_kernels_the_same_search(monkeypatch, tmp_p
     sp = SearchSpace("B(U(x), U(x))", unary=["gelu", "tanh", "sin", "abs", "exp", "identity", "mul_gamma"],
                      binary=["add", "mul", "max"])
     out, passes = {}, []
-    forward_dx = c_cell.CCellKernels.forward_dx
-    monkeypatch.setattr(c_cell.CCellKernels, "forward_dx",
+    forward_dx = c_kernels.CCellKernels.forward_dx
+    monkeypatch.setattr(c_kernels.CCellKernels, "forward_dx",
                         lambda self, *a: passes.append(1) or forward_dx(self, *a))
     import grafs.compiler.triton.autograd as cell_autograd
     rule = cell_autograd.one_pass_call
@@ -378,8 +379,8 @@ def test_one_pass_only_for_fp32_weight_calls_under_grad_mode(monkeypatch):
     _randomize(cell, 0)
     calls = []
     for name in ("forward", "forward_dx"):
-        real = getattr(c_cell.CCellKernels, name)
-        monkeypatch.setattr(c_cell.CCellKernels, name,
+        real = getattr(c_kernels.CCellKernels, name)
+        monkeypatch.setattr(c_kernels.CCellKernels, name,
                             lambda self, *a, _r=real, _n=name, **k: calls.append(_n) or _r(self, *a, **k))
     x = _inputs(999, seed=1)
     w = _weights(cell, seed=1)

@@ -12,7 +12,8 @@ bench/search_step.py measure the others side by side):
       x for backward on large activations (recompute). ``auto`` on CPUs without the C cell and
       for spaces with trainable-family ops.
   ``"c"``: grafs' generated C kernel pair for the active set (SIMD vectors, glibc's vector
-      math; grafs.compiler.cell.c_build): one call per forward and per backward, saves only x, builds
+      math; grafs.compiler.cell.c_kernels): one call per forward and per backward (a weight call:
+      one pass, y and dy/dx), saves only x (or dy/dx in its place), builds
       in about a second per active set. Like lean it computes in fp32 whatever x's dtype
       (float64 inputs included; ``eager`` is the float64 reference). ``auto`` on x86-64 Linux CPUs with a C compiler.
   ``"triton"``: grafs' generated Triton kernel pair for the active set (dropped ops have no code

@@ -62,7 +62,8 @@ class CompiledCellCode:
         return self._generated[(kind, key)]
 
     def _new_c_cell(self, key):
-        from grafs.compiler.cell.c_build import CCell, unavailable_reason
+        from grafs.compiler.cell.c_build import unavailable_reason
+        from grafs.compiler.cell.c_kernels import CCell
         if unavailable_reason():
             raise GrafsError(f"cell mode 'c' cannot run here: {unavailable_reason()}; "
                              f"use mode 'auto' (the lean path on this machine)")

@@ -96,6 +96,12 @@ class CellPlan:
                 cell_term(o, self.ell, dialect)
         dialect.check(self.T, *[i for h in self.live for i in inputs[h.index]])
 
+    @property
+    def n_partials(self) -> int:
+        """Columns of the backward's partial sums: one per w slot, then one per γ column (at
+        least one, so a buffer of them is never empty)."""
+        return max(self.K + len(self.gcols), 1)
+
     def _holes_read(self, roots) -> set[int]:
         """Indices of the holes whose outputs ``roots`` read, directly or through the inputs
         of the holes they read."""
