@@ -25,6 +25,7 @@ device they were built for (any size, 0 included), 0-d parameters. Where the API
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 
@@ -33,6 +34,9 @@ import torch
 _LOCK = threading.Lock()
 _TRACE_NUMEL = 16      # the example size of the symbolic trace (any size >= 2: 0/1 specialise)
 _SIZE_HINT = 1 << 20   # the size Inductor optimises the kernels for (parallel CPU loops, GPU blocks)
+# CPU kernels end in a scalar loop (see kernel_options); False: Inductor's masked vector tail
+# (bench.formulas --masked-tail times both)
+scalar_tail = True
 
 
 def _standalone():
@@ -92,7 +96,8 @@ class InductorFormula:
                 level = log.level
                 log.setLevel(logging.ERROR)
                 try:
-                    art = table[key] = standalone_compile(gm, example)
+                    with kernel_options():
+                        art = table[key] = standalone_compile(gm, example)
                 finally:
                     log.setLevel(level)
                 self.compiles += 1
@@ -116,6 +121,19 @@ class InductorFormula:
                 return torch.func.vjp(fn, x, *ps)[1](gy)
             art = self._compile(self._bwd, key, vjp, self._trace_inputs(x1, params, True))
         return art(x1, *params, gy1)
+
+
+def kernel_options():
+    """Inductor settings for a formula's kernels: on a CPU, the few elements past the last full
+    vector in a plain scalar loop instead of a masked vector body. With a symbolic size, Inductor
+    puts the masked body in the same loop as the full vectors (a branch per vector), and GCC then
+    compiled the whole loop 1.5-2x slower than the static kernel of the same formula (measured:
+    docs/search-cost.md, issue 30 item 1); the scalar tail leaves the main loop as the static
+    one. The setting is part of Inductor's cache key and touches nothing outside this compile."""
+    import torch._inductor.config as inductor_config
+    if not scalar_tail or not hasattr(inductor_config.cpp, "enable_loop_tail_vec"):
+        return contextlib.nullcontext()
+    return inductor_config.patch({"cpp.enable_loop_tail_vec": False})
 
 
 def _example(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
