@@ -18,6 +18,7 @@ import torch
 
 import grafs.compiler.cell.c_build as c_cell
 import grafs.compiler.cell.c_kernels as c_kernels
+from grafs.compiler.cell.c_emit import ISAS
 from grafs.searching.loop import search
 from grafs.errors import CompileError
 from grafs.runtime.space import SearchSpace
@@ -59,6 +60,40 @@ def test_c_matches_eager_across_drops(n, shape):
         gout = torch.randn(shape, generator=torch.Generator().manual_seed(stage))
         got = _compare(cells, x, w, gout, f"{stage} ops, n={n}")
         assert (got["w"][~cells[0].active] == 0).all()     # dropped slots: no gradient
+
+
+@pytest.mark.parametrize("isa", list(c_cell.CPU_FLAGS))
+def test_every_instruction_set_matches_eager_across_drops(isa, monkeypatch):
+    """The widest instruction set is the default (AVX-512 where the CPU has it): every one the
+    CPU runs, chosen with $GRAFS_C_ISA, builds its own library (16, 8 or 4 lanes) and agrees
+    with the references, with a vector tail (inf/NaN inputs: the native set's bit-for-bit tests
+    below)."""
+    if isa not in c_cell.supported_isas():
+        pytest.skip(f"this CPU does not run {isa}")
+    monkeypatch.setenv(c_cell.ISA_ENV, isa)
+    assert c_cell.native_isa() == isa
+    cells = _cells(SearchSpace.grafs(), seed=7)
+    for stage in (110, 24, 6):
+        _drop_to(cells, stage)
+        x = _inputs(1001, seed=stage)
+        w = _weights(cells[1], seed=stage)
+        gout = torch.randn(1001, generator=torch.Generator().manual_seed(stage))
+        _compare(cells, x, w, gout, f"{isa}, {stage} ops")
+    assert f"typedef float V __attribute__((vector_size({4 * ISAS[isa]['lanes']})))" \
+        in cells[0]._new_c_cell(cells[0].active_ops())._k.source
+
+
+def test_native_isa_names_a_bad_choice(monkeypatch):
+    monkeypatch.setenv(c_cell.ISA_ENV, "avx1024")
+    assert c_cell.native_isa() is None
+    c_cell.unavailable_reason.cache_clear()
+    try:
+        why = c_cell.unavailable_reason()
+        assert "GRAFS_C_ISA='avx1024'" in why and "accepted: avx512, avx2, sse4" in why, why
+    finally:
+        monkeypatch.delenv(c_cell.ISA_ENV)
+        c_cell.unavailable_reason.cache_clear()
+    assert c_cell.unavailable_reason() is None
 
 
 def test_c_split_over_threads_matches_one_thread(monkeypatch):
@@ -195,7 +230,7 @@ def test_auto_is_c_on_cpu_and_lean_where_c_cannot_run(monkeypatch):
     assert cell.mode_for(cpu, 10**7) == "lean"
 
 
-@pytest.mark.parametrize("isa", ["avx2", "sse4"])
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "sse4"])
 def test_prelude_math_matches_float64(isa, monkeypatch):
     """The prelude's own functions (inline exp, tanh and asinh; exp/expm1/cosh/sinh that keep
     lanes beyond ±80 off libmvec's slow scalar path) match float64 within libmvec's accuracy
@@ -203,8 +238,8 @@ def test_prelude_math_matches_float64(isa, monkeypatch):
     overflow edges, underflow to 0 and the sign of zero."""
     import ctypes
     from grafs.compiler.cell.c_emit import prelude
-    if isa == "avx2" and c_cell.native_isa() != "avx2":
-        pytest.skip("this CPU has no AVX2")
+    if isa not in c_cell.supported_isas():
+        pytest.skip(f"this CPU does not run {isa}")
     monkeypatch.setattr(c_cell, "native_isa", lambda: isa)
     lib = c_cell.build_library(prelude(isa) + """
 void t(const float *X, float *Y, long n, int w) {

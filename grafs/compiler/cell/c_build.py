@@ -28,7 +28,7 @@ from grafs import files
 from grafs.compiler.cell.c_emit import ISAS
 from grafs.errors import CompileError
 
-__all__ = ["available", "unavailable_reason", "cache_dir", "native_isa", "build_library",
+__all__ = ["available", "unavailable_reason", "cache_dir", "native_isa", "supported_isas", "build_library",
            "builder", "one_pass_builder", "spans", "run_spans"]
 
 _LOCK = threading.Lock()
@@ -49,15 +49,29 @@ def _compiler() -> str | None:
     return shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
 
 
-def native_isa() -> str | None:
+# what each instruction set of the C cell needs of the CPU (/proc/cpuinfo flags), widest first
+CPU_FLAGS = {"avx512": {"avx512f", "avx512dq", "fma"}, "avx2": {"avx2", "fma"}, "sse4": {"sse4_1"}}
+ISA_ENV = "GRAFS_C_ISA"     # pick a narrower one (benches compare them)
+
+
+@functools.lru_cache(maxsize=None)
+def supported_isas() -> tuple[str, ...]:
+    """The C cell's instruction sets this CPU runs, widest first."""
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        words = set(Path("/proc/cpuinfo").read_text().split())
     except OSError:
-        return None
-    words = set(flags.split())
-    if {"avx2", "fma"} <= words:
-        return "avx2"
-    return "sse4" if "sse4_1" in words else None
+        return ()
+    return tuple(isa for isa, need in CPU_FLAGS.items() if need <= words)
+
+
+def native_isa() -> str | None:
+    """The instruction set the C cell is built for: ``$GRAFS_C_ISA`` where it is set and this
+    CPU runs it, else the widest this CPU runs (None: none; ``$GRAFS_C_ISA`` not one of them)."""
+    isas = supported_isas()
+    want = os.environ.get(ISA_ENV)
+    if want:
+        return want if want in isas else None
+    return isas[0] if isas else None
 
 
 @functools.lru_cache(maxsize=None)
@@ -70,7 +84,11 @@ def unavailable_reason() -> str | None:
     if not ctypes.util.find_library("mvec"):
         return "glibc's libmvec (vector math) was not found"
     if native_isa() is None:
-        return "the CPU has neither AVX2+FMA nor SSE4.1"
+        if os.environ.get(ISA_ENV):
+            return (f"{ISA_ENV}={os.environ[ISA_ENV]!r} is not an instruction set this CPU runs "
+                    f"(it runs: {', '.join(supported_isas()) or 'none'}; accepted: "
+                    f"{', '.join(CPU_FLAGS)})")
+        return "the CPU has neither AVX-512, AVX2+FMA nor SSE4.1"
     try:    # the smallest kernel that uses libmvec, built and run once per process
         lib = build_library("#include <stddef.h>\n" + _probe_source(native_isa()))
         out = (ctypes.c_float * 1)()

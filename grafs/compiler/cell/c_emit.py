@@ -1,5 +1,6 @@
 """C source for the relaxed cell on CPUs: the cell plan of grafs.compiler.cell.plan in a C
-dialect where every value is a GCC vector of ``L`` fp32 lanes (8 with AVX2, 4 with SSE4.1).
+dialect where every value is a GCC vector of ``L`` fp32 lanes (16 with AVX-512, 8 with AVX2, 4
+with SSE4.1: the widest the CPU runs).
 
 The kernels loop over ``x`` ``L`` elements at a time and run the same straight-line statements
 as the Triton kernels: transcendental functions are glibc's libmvec vector variants (``expf``
@@ -20,14 +21,18 @@ from grafs.compiler.cell.c_spellings import SPELLINGS
 
 __all__ = ["C", "CDialect", "ISAS", "cell_c_source", "cell_c_one_pass_source"]
 
-# libmvec name prefixes and the sqrt builtin per instruction set (x86-64 vector ABI)
+# per instruction set (x86-64 vector ABI): lanes, libmvec's name prefix, the flags, and how
+# sqrt, "any lane set" and round-to-nearest are spelled
 ISAS = {
-    "avx2": {"lanes": 8, "prefix": "_ZGVdN8", "sqrt": "__builtin_ia32_sqrtps256",
-             "movemask": "__builtin_ia32_movmskps256", "round": "__builtin_ia32_roundps256",
-             "flags": ["-mavx2", "-mfma"]},
-    "sse4": {"lanes": 4, "prefix": "_ZGVbN4", "sqrt": "__builtin_ia32_sqrtps",
-             "movemask": "__builtin_ia32_movmskps", "round": "__builtin_ia32_roundps",
-             "flags": ["-msse4.1"]},
+    "avx512": {"lanes": 16, "prefix": "_ZGVeN16", "flags": ["-mavx512f", "-mavx512dq", "-mfma"],
+               "include": "#include <immintrin.h>", "sqrt": "_mm512_sqrt_ps",
+               "any": "_mm512_movepi32_mask((__m512i)m)", "round": "_mm512_roundscale_ps"},
+    "avx2": {"lanes": 8, "prefix": "_ZGVdN8", "flags": ["-mavx2", "-mfma"], "include": "",
+             "sqrt": "__builtin_ia32_sqrtps256", "any": "__builtin_ia32_movmskps256((V)m)",
+             "round": "__builtin_ia32_roundps256"},
+    "sse4": {"lanes": 4, "prefix": "_ZGVbN4", "flags": ["-msse4.1"], "include": "",
+             "sqrt": "__builtin_ia32_sqrtps", "any": "__builtin_ia32_movmskps((V)m)",
+             "round": "__builtin_ia32_roundps"},
 }
 _UNARY = ["exp", "log", "sin", "cos", "sinh", "cosh", "tanh", "asinh", "atan", "erf", "expm1",
           "log1p"]
@@ -124,6 +129,7 @@ def prelude(isa: str) -> str:
     iota = ", ".join(str(i) for i in range(L))
     return f"""\
 #include <string.h>
+{spec["include"]}
 #define L {L}
 typedef float V __attribute__((vector_size({4 * L})));
 typedef int VI __attribute__((vector_size({4 * L})));
@@ -139,7 +145,7 @@ static inline V vor(V a, V b) {{ return (V)((VI)a | (VI)b); }}
 static inline V vabs(V a) {{ return (V)((VI)a & ((VI){{0}} + 0x7fffffff)); }}
 static inline V vmax(V a, V b) {{ return sel((a > b) | (a != a), a, b); }}
 static inline V vmin(V a, V b) {{ return sel((a < b) | (a != a), a, b); }}
-static inline int any(VI m) {{ return {spec["movemask"]}((V)m); }}
+static inline int any(VI m) {{ return {spec["any"]}; }}
 /* e^x for x in [-87, 88], inline (no call, so live values stay in registers; exp is the
    commonest function of the cell): x = n ln2 + r with ln2 in two parts (Cody-Waite), e^r by
    Cephes' degree-6 polynomial, 2^n through the exponent bits. Within 1 ulp of float64. */
