@@ -348,7 +348,6 @@ def test_background_builds_change_no_result(monkeypatch, tmp_path):
     """A search whose cell compiles each new active set in the background (calling its older
     build meanwhile) ends with the same α, γ and formula as one that compiles in the call,
     and only its first build blocks."""
-    import grafs
     import grafs.runtime.cell as cell_mod
     monkeypatch.setenv("GRAFS_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(c_cell, "_LIBS", {})
