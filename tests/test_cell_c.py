@@ -96,6 +96,19 @@ def test_native_isa_names_a_bad_choice(monkeypatch):
     assert c_cell.unavailable_reason() is None
 
 
+def test_native_isa_is_the_widest_this_compiler_builds(monkeypatch):
+    """A compiler that cannot build the AVX-512 prelude (GCC < 12 has no
+    __builtin_shufflevector) gets AVX2, not a C cell that is off."""
+    isas = c_cell.supported_isas()
+    if len(isas) < 2:
+        pytest.skip("this CPU runs one instruction set")
+    monkeypatch.delenv(c_cell.ISA_ENV, raising=False)
+    assert c_cell.native_isa() == isas[0]
+    monkeypatch.setattr(c_cell, "_probe_error",
+                        lambda isa: "no __builtin_shufflevector" if isa == isas[0] else None)
+    assert c_cell.native_isa() == isas[1]
+
+
 def test_c_split_over_threads_matches_one_thread(monkeypatch):
     monkeypatch.setattr(c_cell, "PARALLEL_MIN", 256)
     monkeypatch.setattr(c_cell, "PARALLEL_WORK", 256)
@@ -231,7 +244,7 @@ def test_auto_is_c_on_cpu_and_lean_where_c_cannot_run(monkeypatch):
 
 
 @pytest.mark.parametrize("isa", ["avx512", "avx2", "sse4"])
-def test_prelude_math_matches_float64(isa, monkeypatch):
+def test_prelude_math_matches_float64(isa):
     """The prelude's own functions (inline exp, tanh and asinh; exp/expm1/cosh/sinh that keep
     lanes beyond ±80 off libmvec's slow scalar path) match float64 within libmvec's accuracy
     (4 ulp) from -300 to 300 and over 60 decades, including inf, NaN, the branch points, the
@@ -240,7 +253,6 @@ def test_prelude_math_matches_float64(isa, monkeypatch):
     from grafs.compiler.cell.c_emit import prelude
     if isa not in c_cell.supported_isas():
         pytest.skip(f"this CPU does not run {isa}")
-    monkeypatch.setattr(c_cell, "native_isa", lambda: isa)
     lib = c_cell.build_library(prelude(isa) + """
 void t(const float *X, float *Y, long n, int w) {
     for (long i = 0; i < n; i += L) {
@@ -249,7 +261,7 @@ void t(const float *X, float *Y, long n, int w) {
                      : w == 4 ? vtanh(x) : vasinh(x), n - i);
     }
 }
-""")
+""", isa)
     lib.t.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long, ctypes.c_int]
     edges = [float("nan"), float("inf"), -float("inf"), 0.0, -0.0, 1e-30, 80.0, 80.01, -80.01,
              88.72, 88.73, 89.41, 89.42, -87.3, -103.0, -104.0, 170.0, 171.0, -171.0]

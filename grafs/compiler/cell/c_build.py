@@ -66,12 +66,32 @@ def supported_isas() -> tuple[str, ...]:
 
 def native_isa() -> str | None:
     """The instruction set the C cell is built for: ``$GRAFS_C_ISA`` where it is set and this
-    CPU runs it, else the widest this CPU runs (None: none; ``$GRAFS_C_ISA`` not one of them)."""
+    CPU runs it, else the widest this CPU runs and this compiler builds (the AVX-512 prelude
+    needs ``__builtin_shufflevector``: GCC 12, clang), None: none (or ``$GRAFS_C_ISA`` is not
+    one of them)."""
     isas = supported_isas()
     want = os.environ.get(ISA_ENV)
     if want:
         return want if want in isas else None
-    return isas[0] if isas else None
+    for isa in isas[:-1]:   # the narrowest is taken untried: unavailable_reason says what fails
+        if _probe_error(isa) is None:
+            return isa
+    return isas[-1] if isas else None
+
+
+@functools.lru_cache(maxsize=None)
+def _probe_error(isa: str) -> str | None:
+    """Why the smallest kernel that uses libmvec does not build or run for ``isa``, or None
+    (built and run once per process, the build cached like any other)."""
+    try:
+        lib = build_library("#include <stddef.h>\n" + _probe_source(isa), isa)
+        out = (ctypes.c_float * 1)()
+        lib.grafs_probe(out)
+        if abs(out[0] - 2.7182817) > 1e-5:
+            return f"the C probe kernel computed exp(1) = {out[0]}"
+    except (CompileError, OSError) as err:   # OSError: cache dir not writable, dlopen failed
+        return str(err).splitlines()[0]
+    return None
 
 
 @functools.lru_cache(maxsize=None)
@@ -89,15 +109,7 @@ def unavailable_reason() -> str | None:
                     f"(it runs: {', '.join(supported_isas()) or 'none'}; accepted: "
                     f"{', '.join(CPU_FLAGS)})")
         return "the CPU has neither AVX-512, AVX2+FMA nor SSE4.1"
-    try:    # the smallest kernel that uses libmvec, built and run once per process
-        lib = build_library("#include <stddef.h>\n" + _probe_source(native_isa()))
-        out = (ctypes.c_float * 1)()
-        lib.grafs_probe(out)
-        if abs(out[0] - 2.7182817) > 1e-5:
-            return f"the C probe kernel computed exp(1) = {out[0]}"
-    except (CompileError, OSError) as err:   # OSError: cache dir not writable, dlopen failed
-        return str(err).splitlines()[0]
-    return None
+    return _probe_error(native_isa())
 
 
 def available() -> bool:
@@ -131,10 +143,11 @@ def _compiler_version(cc: str) -> str:
         return ""
 
 
-def build_library(source: str) -> ctypes.CDLL:
-    """Compile ``source`` (once per machine: cached by its hash) and load it. Thread-safe; the
-    compile holds only its own key's lock, so a build in the background never blocks calls."""
-    isa = native_isa() or "sse4"
+def build_library(source: str, isa: str | None = None) -> ctypes.CDLL:
+    """Compile ``source`` for ``isa`` (default: :func:`native_isa`; once per machine: cached by
+    its hash) and load it. Thread-safe; the compile holds only its own key's lock, so a build in
+    the background never blocks calls."""
+    isa = isa or native_isa() or "sse4"
     cc = _compiler()
     if cc is None:
         raise CompileError("the C cell needs a C compiler (set $CC or install gcc)")
