@@ -95,3 +95,46 @@ def test_search_task_returns_the_clipped_formula_when_only_that_trains(monkeypat
     assert "clamp" in r.formula and "clamp" not in r.history["unclipped_formula"]
     assert "clamp" in r.history["unscaled_formula"]        # (the same op without its constant)
     assert str(clip_expr(grafs.parse(r.history["unclipped_formula"]), space.ell)) == r.formula
+
+
+def test_the_check_tries_several_initialisations(monkeypatch, teacher):
+    """A formula that trains from the search's seed but not from the next one is caught: the
+    check trains from CHECK_SEEDS initialisations (all of them when the formula passes)."""
+    import grafs.protocol.evaluate
+    from grafs.runtime.space import SearchSpace
+    from grafs.protocol.task_search import search_task
+    from grafs.searching.check import CHECK_SEEDS
+    space = SearchSpace("U(x)", unary=["relu", "tanh"], binary=["add"])
+    task = get_task("teacher", teacher="tanh(x)", num_train=256, num_test=32, width=16,
+                    epochs=3, warmstart_epochs=1, shrink_start_epoch=2)
+    seen = []
+
+    def passes(task, formula, seed=0):
+        seen.append(seed)
+        return None
+    monkeypatch.setattr(grafs.protocol.evaluate, "from_scratch_problem", passes)
+    r = search_task(task, seed=5, space=space, progress=False)
+    assert seen == list(range(5, 5 + CHECK_SEEDS)) and "unusable_formula" not in r.history
+
+    def fails_from_seed_6(task, formula, seed=0):
+        return "diverges within 5 training steps from scratch (nan)" if seed == 6 else None
+    monkeypatch.setattr(grafs.protocol.evaluate, "from_scratch_problem", fails_from_seed_6)
+    with pytest.warns(GrafsWarning, match=r"diverges .* \(from initialisation seed 6\); returning"):
+        r = search_task(task, seed=5, space=space, progress=False)
+    assert r.formula == "relu(x)" and "unusable_formula" in r.history
+
+
+def test_the_mnist1d_formula_that_diverged_in_half_the_seeds():
+    """docs/search-cost.md (the AVX-512 studies): searched with seed 1 this formula passed a
+    one-seed check and then failed at step 2 with evaluation seeds 0 and 3; from seeds 1, 2, 3
+    the check sees it."""
+    import torch
+    from grafs.protocol.task_search import TaskScratch
+    from grafs.searching.check import _problem
+    task = get_task("mnist1d")
+    formula = "0.993*abs(max(0.9965*x, 0.5845*sinh(x)))"
+    scratch = TaskScratch(task, task.search_split(seed=1), torch.device("cpu"))
+    assert scratch.problem(formula, 1) is None             # the search's own seed: it passes
+    why = _problem(scratch, formula, 1)
+    assert why is not None and "non-finite" in why and "from initialisation seed" in why
+    assert _problem(scratch, "1.53*gelu(x)", 1) is None
