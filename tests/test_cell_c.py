@@ -83,6 +83,27 @@ def test_every_instruction_set_matches_eager_across_drops(isa, monkeypatch):
         in cells[0]._new_c_cell(cells[0].active_ops())._k.source
 
 
+def test_a_cell_builds_for_the_instruction_set_it_was_written_for(monkeypatch):
+    """The source and its build flags come from one reading of native_isa(): a change of
+    $GRAFS_C_ISA between a cell's construction and its (background) build does not compile
+    16-lane code with AVX2 flags (which compiled, and called libmvec with the wrong registers:
+    values off by 1e32); a source built with another set's flags fails to compile."""
+    from grafs.compiler.cell.c_emit import prelude
+    isas = c_cell.supported_isas()
+    if len(isas) < 2:
+        pytest.skip("this CPU runs one instruction set")
+    monkeypatch.delenv(c_cell.ISA_ENV, raising=False)
+    cells = _cells(SearchSpace.grafs(), seed=8)
+    _drop_to(cells, 54)
+    cells[0]._new_c_cell(cells[0].active_ops())      # written for isas[0]
+    monkeypatch.setenv(c_cell.ISA_ENV, isas[1])     # then the build reads another
+    x, w = _inputs(999, seed=2), _weights(cells[1], seed=2)
+    _compare(cells, x, w, torch.randn(999), f"written for {isas[0]}, {isas[1]} set before the build")
+    with pytest.raises(CompileError, match=f"this C cell source is for {isas[0]}"):
+        c_cell.build_library(prelude(isas[0]) + "int grafs_isa_guard_test(void) { return L; }\n",
+                             isas[1])
+
+
 def test_native_isa_names_a_bad_choice(monkeypatch):
     monkeypatch.setenv(c_cell.ISA_ENV, "avx1024")
     assert c_cell.native_isa() is None

@@ -129,7 +129,10 @@ def kernel_options():
     puts the masked body in the same loop as the full vectors (a branch per vector), and GCC then
     compiled the whole loop 1.5-2x slower than the static kernel of the same formula (measured:
     docs/search-cost.md, issue 30 item 1); the scalar tail leaves the main loop as the static
-    one. The setting is part of Inductor's cache key and touches nothing outside this compile."""
+    one. The tail's elements (n mod 16 of them) go through scalar libm, so they may differ from
+    the vector body's values by a few ulp. The setting is part of Inductor's cache key; in
+    torch 2.13 the patch is thread-local (older torch: process-wide while a formula compiles,
+    under this module's lock)."""
     import torch._inductor.config as inductor_config
     if not scalar_tail or not hasattr(inductor_config.cpp, "enable_loop_tail_vec"):
         return contextlib.nullcontext()

@@ -787,16 +787,17 @@ class CLibraryTarget(Target):
         from grafs.compiler.cell import c_build
         return c_build.unavailable_reason()
 
-    def _source(self, n: int) -> str:
+    def _source(self, n: int, isa: str) -> str:
         from grafs.compiler.cell import c_build
-        return ("#include <stddef.h>\n" + c_build._probe_source(c_build.native_isa())
+        return ("#include <stddef.h>\n" + c_build._probe_source(isa)
                 + f"int grafs_faults_{n}(void) {{ return {n}; }}\n")
 
     def _build(self, work: Path, n: int):
         from grafs.compiler.cell import c_build
         os.environ["GRAFS_CACHE_DIR"] = str(work / "cache")
         c_build._LIBS.clear()
-        lib = c_build.build_library(self._source(n))
+        isa = c_build.native_isa() or "sse4"       # one reading for the source and its flags
+        lib = c_build.build_library(self._source(n, isa), isa)
         out = (ctypes.c_float * 1)()
         lib.grafs_probe(out)
         assert abs(out[0] - 2.7182817) < 1e-5 and getattr(lib, f"grafs_faults_{n}")() == n
@@ -815,8 +816,9 @@ class CLibraryTarget(Target):
             self.other = next((other / "cache" / "c").glob("*.so")).read_bytes()
             # what grafs built before its libraries had a marker symbol: the same source
             old_lib = other / "old.so"
-            subprocess.run([c_build._compiler(), *c_build._flags(c_build.native_isa()), "-x", "c", "-",
-                            "-o", str(old_lib), "-lmvec", "-lm"], input=self._source(1),
+            isa = c_build.native_isa() or "sse4"
+            subprocess.run([c_build._compiler(), *c_build._flags(isa), "-x", "c", "-",
+                            "-o", str(old_lib), "-lmvec", "-lm"], input=self._source(1, isa),
                            text=True, check=True, capture_output=True)
             self.old = old_lib.read_bytes()
         finally:

@@ -26,12 +26,13 @@ __all__ = ["C", "CDialect", "ISAS", "cell_c_source", "cell_c_one_pass_source"]
 # halves (AVX2's builtins): <immintrin.h> would add 0.25-0.35 s of parsing to every build.
 ISAS = {
     "avx512": {"lanes": 16, "prefix": "_ZGVeN16", "flags": ["-mavx512f", "-mavx512dq", "-mfma"],
+               "macro": "__AVX512F__",
                "sqrt": "sqrt16", "any": "__builtin_ia32_movmskps256((V8)((VI8)lo8((V)m) | (VI8)hi8((V)m)))",
                "round": "round16"},
-    "avx2": {"lanes": 8, "prefix": "_ZGVdN8", "flags": ["-mavx2", "-mfma"],
+    "avx2": {"lanes": 8, "prefix": "_ZGVdN8", "flags": ["-mavx2", "-mfma"], "macro": "__AVX2__",
              "sqrt": "__builtin_ia32_sqrtps256", "any": "__builtin_ia32_movmskps256((V)m)",
              "round": "__builtin_ia32_roundps256"},
-    "sse4": {"lanes": 4, "prefix": "_ZGVbN4", "flags": ["-msse4.1"],
+    "sse4": {"lanes": 4, "prefix": "_ZGVbN4", "flags": ["-msse4.1"], "macro": "__SSE4_1__",
              "sqrt": "__builtin_ia32_sqrtps", "any": "__builtin_ia32_movmskps((V)m)",
              "round": "__builtin_ia32_roundps"},
 }
@@ -138,7 +139,12 @@ def prelude(isa: str) -> str:
     decls = "\n".join(f"V {pre}v_{f}f(V);\n#define {'mv_' if f in wrapped else 'v'}{f} {pre}v_{f}f"
                       for f in _UNARY)
     iota = ", ".join(str(i) for i in range(L))
+    # a source built with another set's flags must not compile (AVX-512 code with AVX2 flags
+    # compiles and passes 16-lane vectors to libmvec in the wrong registers)
     return f"""\
+#ifndef {spec["macro"]}
+#error "this C cell source is for {isa}: build it with {' '.join(spec['flags'])}"
+#endif
 #include <string.h>
 #define L {L}
 typedef float V __attribute__((vector_size({4 * L})));

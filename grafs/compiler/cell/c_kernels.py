@@ -74,11 +74,12 @@ class CCellKernels:
         is the smaller, so the build takes about as long as the cell's alone on two cores);
         else one after the other (a background build: one core, as the search runs beside)."""
         if not side_by_side:
-            return c_build.build_library(self.source), c_build.build_library(self.one_pass_source)
+            return (c_build.build_library(self.source, self._isa),
+                    c_build.build_library(self.one_pass_source, self._isa))
         other = c_build.one_pass_builder().submit(
-            lambda: c_build.build_library(self.one_pass_source))
+            lambda: c_build.build_library(self.one_pass_source, self._isa))
         try:
-            main = c_build.build_library(self.source)
+            main = c_build.build_library(self.source, self._isa)
         finally:
             one_pass = other.result()
         return main, one_pass
