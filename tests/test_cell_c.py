@@ -115,6 +115,10 @@ def test_native_isa_names_a_bad_choice(monkeypatch):
         monkeypatch.delenv(c_cell.ISA_ENV)
         c_cell.unavailable_reason.cache_clear()
     assert c_cell.unavailable_reason() is None
+    # set after the (cached) availability check: the cell says so, not a silent fall-back
+    monkeypatch.setenv(c_cell.ISA_ENV, "avx1024")
+    with pytest.raises(CompileError, match="GRAFS_C_ISA='avx1024' is not an instruction set"):
+        SearchSpace.grafs().relax("c", seed=0)(torch.randn(10))
 
 
 def test_native_isa_is_the_widest_this_compiler_builds(monkeypatch):

@@ -104,12 +104,17 @@ def unavailable_reason() -> str | None:
     if not ctypes.util.find_library("mvec"):
         return "glibc's libmvec (vector math) was not found"
     if native_isa() is None:
-        if os.environ.get(ISA_ENV):
-            return (f"{ISA_ENV}={os.environ[ISA_ENV]!r} is not an instruction set this CPU runs "
-                    f"(it runs: {', '.join(supported_isas()) or 'none'}; accepted: "
-                    f"{', '.join(CPU_FLAGS)})")
-        return "the CPU has neither AVX-512, AVX2+FMA nor SSE4.1"
+        return no_isa_reason()
     return _probe_error(native_isa())
+
+
+def no_isa_reason() -> str:
+    """Why :func:`native_isa` is None (read now: ``$GRAFS_C_ISA`` may have changed)."""
+    if os.environ.get(ISA_ENV):
+        return (f"{ISA_ENV}={os.environ[ISA_ENV]!r} is not an instruction set this CPU runs "
+                f"(it runs: {', '.join(supported_isas()) or 'none'}; accepted: "
+                f"{', '.join(CPU_FLAGS)})")
+    return "the CPU has neither AVX-512, AVX2+FMA nor SSE4.1"
 
 
 def available() -> bool:

@@ -40,7 +40,9 @@ class CCellKernels:
         self.gcols = torch.tensor(plan.gcols, dtype=torch.long)
         self.n_code = n_code = sum(len(v) for v in plan.slots.values())
         self._text = f"relaxed {space.template} with {plan.K} slots ({n_code} compiled), clip={clip}"
-        self._isa = c_build.native_isa() or "sse4"
+        self._isa = c_build.native_isa()
+        if self._isa is None:       # e.g. $GRAFS_C_ISA set to a bad name after the first check
+            raise CompileError(f"the C cell cannot be built: {c_build.no_isa_reason()}")
         self._source: str | None = None
         self._source_lock = threading.Lock()   # the emitters write into the shared plan
         self._lib: ctypes.CDLL | None = None
