@@ -28,7 +28,8 @@ from grafs import files
 from grafs.compiler.cell.c_emit import ISAS
 from grafs.errors import CompileError
 
-__all__ = ["available", "unavailable_reason", "cache_dir", "native_isa", "supported_isas", "build_library",
+__all__ = ["available", "unavailable_reason", "cache_dir", "native_isa", "supported_isas",
+           "no_isa_reason", "build_library",
            "builder", "one_pass_builder", "spans", "run_spans"]
 
 _LOCK = threading.Lock()

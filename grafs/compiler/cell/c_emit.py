@@ -21,21 +21,6 @@ from grafs.compiler.cell.c_spellings import SPELLINGS
 
 __all__ = ["C", "CDialect", "ISAS", "cell_c_source", "cell_c_one_pass_source"]
 
-# per instruction set (x86-64 vector ABI): lanes, libmvec's name prefix, the flags, and how
-# sqrt, "any lane set" and round-to-nearest are spelled. AVX-512 takes them on its two 256-bit
-# halves (AVX2's builtins): <immintrin.h> would add 0.25-0.35 s of parsing to every build.
-ISAS = {
-    "avx512": {"lanes": 16, "prefix": "_ZGVeN16", "flags": ["-mavx512f", "-mavx512dq", "-mfma"],
-               "macro": "__AVX512F__",
-               "sqrt": "sqrt16", "any": "__builtin_ia32_movmskps256((V8)((VI8)lo8((V)m) | (VI8)hi8((V)m)))",
-               "round": "round16"},
-    "avx2": {"lanes": 8, "prefix": "_ZGVdN8", "flags": ["-mavx2", "-mfma"], "macro": "__AVX2__",
-             "sqrt": "__builtin_ia32_sqrtps256", "any": "__builtin_ia32_movmskps256((V)m)",
-             "round": "__builtin_ia32_roundps256"},
-    "sse4": {"lanes": 4, "prefix": "_ZGVbN4", "flags": ["-msse4.1"], "macro": "__SSE4_1__",
-             "sqrt": "__builtin_ia32_sqrtps", "any": "__builtin_ia32_movmskps((V)m)",
-             "round": "__builtin_ia32_roundps"},
-}
 # the AVX-512 helpers: a 16-lane value as two 8-lane halves
 _HALVES = """\
 typedef float V8 __attribute__((vector_size(32)));
@@ -46,6 +31,22 @@ typedef int VI8 __attribute__((vector_size(32)));
 static inline V sqrt16(V a) { return join8(__builtin_ia32_sqrtps256(lo8(a)), __builtin_ia32_sqrtps256(hi8(a))); }
 #define round16(a, mode) join8(__builtin_ia32_roundps256(lo8(a), mode), __builtin_ia32_roundps256(hi8(a), mode))
 """
+# per instruction set (x86-64 vector ABI): lanes, libmvec's name prefix, the flags, and how
+# sqrt, "any lane set" and round-to-nearest are spelled, with the helpers they need. AVX-512
+# takes them on its two 256-bit halves (AVX2's builtins): <immintrin.h> would add 0.25-0.35 s
+# of parsing to every build.
+ISAS = {
+    "avx512": {"lanes": 16, "prefix": "_ZGVeN16", "flags": ["-mavx512f", "-mavx512dq", "-mfma"],
+               "macro": "__AVX512F__", "helpers": _HALVES,
+               "sqrt": "sqrt16", "any": "__builtin_ia32_movmskps256((V8)((VI8)lo8((V)m) | (VI8)hi8((V)m)))",
+               "round": "round16"},
+    "avx2": {"lanes": 8, "prefix": "_ZGVdN8", "flags": ["-mavx2", "-mfma"], "macro": "__AVX2__", "helpers": "",
+             "sqrt": "__builtin_ia32_sqrtps256", "any": "__builtin_ia32_movmskps256((V)m)",
+             "round": "__builtin_ia32_roundps256"},
+    "sse4": {"lanes": 4, "prefix": "_ZGVbN4", "flags": ["-msse4.1"], "macro": "__SSE4_1__", "helpers": "",
+             "sqrt": "__builtin_ia32_sqrtps", "any": "__builtin_ia32_movmskps((V)m)",
+             "round": "__builtin_ia32_roundps"},
+}
 _UNARY = ["exp", "log", "sin", "cos", "sinh", "cosh", "tanh", "asinh", "atan", "erf", "expm1",
           "log1p"]
 FLUSH = 64   # vectors between flushes of the float32 partial sums into float64
@@ -149,7 +150,7 @@ def prelude(isa: str) -> str:
 #define L {L}
 typedef float V __attribute__((vector_size({4 * L})));
 typedef int VI __attribute__((vector_size({4 * L})));
-{_HALVES if isa == "avx512" else ""}#define K(c) ((float)(c) - (V){{0}})
+{spec["helpers"]}#define K(c) ((float)(c) - (V){{0}})
 {decls}
 V {pre}vv_powf(V, V);
 #define vpow {pre}vv_powf
