@@ -4,6 +4,7 @@ never returns it: its clipped form where that trains, else the task's own activa
 import warnings
 
 import pytest
+import torch
 
 from grafs.errors import GrafsWarning
 from grafs.protocol.evaluate import from_scratch_problem
@@ -104,24 +105,45 @@ def test_the_check_tries_several_initialisations(monkeypatch, teacher):
     from grafs.runtime.space import SearchSpace
     from grafs.protocol.task_search import search_task
     from grafs.searching.check import CHECK_SEEDS
-    space = SearchSpace("U(x)", unary=["relu", "tanh"], binary=["add"])
+    # (no relu in the space: the found formula is never the original activation, relu)
+    space = SearchSpace("U(x)", unary=["tanh", "sigmoid"], binary=["add"])
     task = get_task("teacher", teacher="tanh(x)", num_train=256, num_test=32, width=16,
                     epochs=3, warmstart_epochs=1, shrink_start_epoch=2)
     seen = []
 
     def passes(task, formula, seed=0):
-        seen.append(seed)
+        seen.append((formula, seed))
         return None
     monkeypatch.setattr(grafs.protocol.evaluate, "from_scratch_problem", passes)
     r = search_task(task, seed=5, space=space, progress=False)
-    assert seen == list(range(5, 5 + CHECK_SEEDS)) and "unusable_formula" not in r.history
+    found = r.formula
+    assert found != "relu(x)" and "unusable_formula" not in r.history
+    assert seen == [(found, s) for s in range(5, 5 + CHECK_SEEDS)]
 
     def fails_from_seed_6(task, formula, seed=0):
         return "diverges within 5 training steps from scratch (nan)" if seed == 6 else None
     monkeypatch.setattr(grafs.protocol.evaluate, "from_scratch_problem", fails_from_seed_6)
     with pytest.warns(GrafsWarning, match=r"diverges .* \(from initialisation seed 6\); returning"):
         r = search_task(task, seed=5, space=space, progress=False)
-    assert r.formula == "relu(x)" and "unusable_formula" in r.history
+    assert r.formula == "relu(x)" and r.history["unusable_formula"] == found
+
+
+def test_the_original_activation_is_not_checked(monkeypatch, teacher):
+    """A search that returns the model's own activation returns it as it is: there is nothing
+    to fall back to (before, a failing check replaced relu(x) by relu(x), with a warning)."""
+    import warnings
+    from grafs.searching.check import check_trains
+    from grafs.searching.result import SearchResult
+    from grafs.runtime.space import SearchSpace
+
+    class Fails:
+        def problem(self, formula, seed):
+            raise AssertionError("the original activation was checked")
+    r = SearchResult(formula="relu(x)", history={})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_trains(r, Fails(), SearchSpace.grafs(), "relu(x)", seed=0)
+    assert r.formula == "relu(x)" and "unusable_formula" not in r.history
 
 
 def test_the_mnist1d_formula_that_diverged_in_half_the_seeds():
@@ -138,3 +160,25 @@ def test_the_mnist1d_formula_that_diverged_in_half_the_seeds():
     why = _problem(scratch, formula, 1)
     assert why is not None and "non-finite" in why and "from initialisation seed" in why
     assert _problem(scratch, "1.53*gelu(x)", 1) is None
+
+
+def test_the_task_check_is_seeded_and_leaves_the_global_rng(monkeypatch):
+    """With dropout the check's training draws from the global RNG: it runs in a forked RNG
+    seeded with the check's seed, so its result depends on that seed alone and the caller's
+    RNG state is left as it was (before, it moved the caller's RNG, three times per formula)."""
+    task = get_task("text", dropout=0.1, max_chars=20000)
+    losses = []
+    import grafs.protocol.evaluate as ev
+    fit = task.fit
+
+    def recording_fit(model, *args, **kwargs):
+        out = fit(model, *args, **kwargs)
+        losses.append(float(out["train_loss"][-1]))
+        return out
+    monkeypatch.setattr(task, "fit", recording_fit)
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        before = torch.get_rng_state()
+        assert ev.from_scratch_problem(task, "tanh(x)", seed=0) is None
+        assert torch.equal(torch.get_rng_state(), before)
+    assert losses[0] == losses[1]

@@ -94,7 +94,15 @@ def from_scratch_problem(task, formula: str, *, seed: int = 0, steps: int = 5) -
     non-finite loss. A search trains through clipped ops on warm-started weights, so a found
     formula can still overflow at initialisation (``sinh`` stacked over 19 ResNet sites:
     docs/results-textures.md) or blow up within a few steps (an x²-growing formula on digits:
-    docs/results-digits.md)."""
+    docs/results-digits.md). Seeded with ``seed`` in a forked CPU RNG (the check runs on the
+    CPU): what the model draws from it (dropout) depends on ``seed`` alone, and the caller's
+    RNG state is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)     # (the CPU's only: nothing else to restore)
+        return _from_scratch_problem(task, formula, seed, steps)
+
+
+def _from_scratch_problem(task, formula: str, seed: int, steps: int) -> str | None:
     from grafs.errors import GrafsError
     model = task.make_model(activation_factory(formula), seed=seed)
     model.train()

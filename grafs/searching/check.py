@@ -19,10 +19,13 @@ def check_trains(result: SearchResult, scratch, space, original: str, seed: int)
     and is not affine; if it does not train,
     its clipped form (the function the search evaluated, ``history["unclipped_formula"]``
     keeps the found one); else, or when it is affine, the original activation; with a
-    warning, the replaced formula in ``history["unusable_formula"]``."""
+    warning, the replaced formula in ``history["unusable_formula"]``. The original activation
+    itself is returned as it is."""
     from grafs.compiler.lower import clip_expr
     from grafs.grammar.parser import parse
     bad = result.formula
+    if bad == original:
+        return      # nothing to fall back to: the model's own activation stays
     if nearly_affine(parse(bad)):
         # a·x + b makes the layers around it one linear map: never what a user wants (on the
         # own-model study such a formula lost to ReLU every time, docs/results-own-models.md)
