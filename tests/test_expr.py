@@ -366,3 +366,32 @@ def test_const_value_is_the_op_in_float64():
     assert math.isnan(const_value("log", [-1.0]))
     assert const_value("xielu", [1.0]) is None                 # learnable state: no value
     assert const_value("no_such_op", [1.0]) is None
+
+
+def test_interning_holds_across_threads():
+    """Threads that build the same new nodes at once get one node each (a C cell's source is
+    generated in a build thread while the search builds expressions; before the lock, two
+    threads could each keep their own copy, and the generated source then differed or failed
+    with an unbound leaf)."""
+    import sys
+    import threading
+    from grafs.grammar import expr as E
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)         # switch threads as often as possible
+    try:
+        for r in range(30):
+            got = [None] * 4
+            start = threading.Barrier(len(got))
+
+            def build(i, r=r):
+                start.wait()
+                got[i] = [E.Expr("add", (E.var(), E.const(r * 1000 + k + 0.5))) for k in range(300)]
+            threads = [threading.Thread(target=build, args=(i,)) for i in range(len(got))]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            for k in range(300):
+                assert all(g[k] is got[0][k] for g in got), (r, k)
+    finally:
+        sys.setswitchinterval(old)

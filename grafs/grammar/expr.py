@@ -11,6 +11,7 @@ Traversals are iterative (explicit stacks) so deep expressions never hit Python'
 from __future__ import annotations
 
 import math
+import threading
 import weakref
 from typing import TYPE_CHECKING, Iterator, Sequence
 
@@ -23,6 +24,10 @@ if TYPE_CHECKING:  # pragma: no cover
 VAR, CONST, PARAM = "x", "const", "param"
 
 _INTERN: "weakref.WeakValueDictionary[tuple, Expr]" = weakref.WeakValueDictionary()
+# one node per key across threads too (a C cell's source is generated in a build thread while
+# the search builds expressions): two threads creating the same node at once would each keep
+# their own, and code generation, which binds nodes by identity, would then differ or fail
+_INTERN_LOCK = threading.Lock()
 
 
 class Expr:
@@ -53,13 +58,16 @@ class Expr:
         node = _INTERN.get(key)
         if node is not None:
             return node
-        node = object.__new__(cls)
-        object.__setattr__(node, "op", op)
-        object.__setattr__(node, "args", args)
-        object.__setattr__(node, "value", value)
-        object.__setattr__(node, "name", name)
-        object.__setattr__(node, "_depth", 1 + max((a._depth for a in args), default=0))
-        _INTERN[key] = node
+        new = object.__new__(cls)
+        object.__setattr__(new, "op", op)
+        object.__setattr__(new, "args", args)
+        object.__setattr__(new, "value", value)
+        object.__setattr__(new, "name", name)
+        object.__setattr__(new, "_depth", 1 + max((a._depth for a in args), default=0))
+        with _INTERN_LOCK:      # another thread may have made it meanwhile: theirs is the node
+            node = _INTERN.get(key)
+            if node is None:
+                node = _INTERN[key] = new
         return node
 
     def __setattr__(self, key, value):  # immutable: interning relies on it
