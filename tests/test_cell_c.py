@@ -256,6 +256,40 @@ def test_failing_compiler_is_a_clear_error(tmp_path, monkeypatch):
     assert not list((tmp_path / "c").glob("*"))          # nothing half-written is left
 
 
+def test_a_libmvec_without_a_function_the_cell_may_call_fails_the_probe(tmp_path, monkeypatch):
+    """glibc before 2.35 has only exp, log, sin, cos and pow in libmvec: such a libmvec fails
+    the probe (``auto`` then takes the lean path) instead of the first cell build that calls
+    erf or atan (a search aborted there before: the old probe called only exp, log and pow)."""
+    import subprocess
+    from grafs.compiler.cell.c_emit import LIBMVEC_UNARY
+    isa = c_cell.native_isa()
+    pre = ISAS[isa]["prefix"]
+    old = {"exp", "log", "sin", "cos"}
+    fake = "".join(f"void {pre}v_{f}f(void) {{}}\n" for f in sorted(old)) + f"void {pre}vv_powf(void) {{}}\n"
+    (tmp_path / "fake.c").write_text(fake)
+    subprocess.run([c_cell._compiler(), "-shared", "-fPIC", "-o", str(tmp_path / "libmvec.so"),
+                    str(tmp_path / "fake.c")], check=True)
+    # glibc's libm.so is a linker script that brings the real libmvec along: one without it
+    libm = subprocess.run([c_cell._compiler(), "-print-file-name=libm.so.6"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    (tmp_path / "libm.so").write_text(f"GROUP ( {libm} )\n")
+    cc = tmp_path / "cc"        # the compiler, linking against the fake libmvec first
+    cc.write_text(f'#!/bin/sh\nexec {c_cell._compiler()} -L{tmp_path} "$@"\n')
+    cc.chmod(0o755)
+    monkeypatch.setenv("CC", str(cc))
+    monkeypatch.setenv("GRAFS_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(c_cell, "_LIBS", {})
+    c_cell._probe_error.cache_clear()
+    try:
+        why = c_cell._probe_error(isa)
+    finally:
+        c_cell._probe_error.cache_clear()
+    missing = sorted(set(LIBMVEC_UNARY) - old)
+    assert why is not None and "building the C cell failed" in why
+    assert any(f"undefined reference to `{pre}v_{f}f'" in why for f in missing), why
+    assert "glibc 2.35 or newer" in why
+
+
 def test_auto_is_c_on_cpu_and_lean_where_c_cannot_run(monkeypatch):
     import grafs.runtime.cell as cell_mod
     cpu = torch.device("cpu")

@@ -123,8 +123,15 @@ def available() -> bool:
 
 
 def _probe_source(isa: str) -> str:
-    from grafs.compiler.cell.c_emit import prelude
-    return prelude(isa) + "void grafs_probe(float *o) { V v = vexp(vasinh(vpow(K(1), K(2))) * K(0) + K(1)); o[0] = v[0]; }\n"
+    """The probe kernel: e^1 through the prelude's helpers, plus 0 × every libmvec function
+    the cell may call (with --no-undefined, a libmvec that lacks one, as glibc before 2.35
+    lacks erf, atan and others, fails the probe, and ``auto`` takes the lean path, instead
+    of failing the first cell build that needs it)."""
+    from grafs.compiler.cell.c_emit import ISAS, LIBMVEC_UNARY, prelude
+    pre = ISAS[isa]["prefix"]
+    every = " + ".join([f"{pre}v_{f}f(K(1))" for f in LIBMVEC_UNARY] + [f"{pre}vv_powf(K(1), K(2))"])
+    return (prelude(isa) + "void grafs_probe(float *o) { V v = vexp(vasinh(vpow(K(1), K(2))) * K(0) + K(1)) "
+            f"+ ({every}) * K(0); o[0] = v[0]; }}\n")
 
 
 def _flags(isa: str) -> list[str]:
@@ -240,8 +247,14 @@ def _compile(source: str, cc: str, isa: str, path: Path, key: str) -> ctypes.CDL
         if r.returncode != 0:
             lines = r.stderr.strip().splitlines() or ["no output"]
             full = next((ln for ln in lines if "No space left" in ln or "Read-only" in ln), None)
-            raise CompileError(f"building the C cell failed ({cc}, for {path}): {full or lines[0]}; "
+            # the line that says what failed (a linker's first line only names the function)
+            first = next((ln for ln in lines if "undefined reference" in ln or "error:" in ln),
+                         lines[0])
+            old_mvec = "undefined reference to `_ZGV" in first
+            raise CompileError(f"building the C cell failed ({cc}, for {path}): {full or first}; "
                                + (f"{path.parent} must have room and be writable; " if full else "")
+                               + ("this libmvec lacks a vector function the cell calls (glibc 2.35 "
+                                  "or newer has them all); " if old_mvec else "")
                                + _RETRY)
         lib = _load(tmp, key)
         if lib is None:

@@ -19,7 +19,7 @@ from grafs.grammar import expr as E
 from grafs.ops import SQRT2
 from grafs.compiler.cell.c_spellings import SPELLINGS
 
-__all__ = ["C", "CDialect", "ISAS", "cell_c_source", "cell_c_one_pass_source"]
+__all__ = ["C", "CDialect", "ISAS", "LIBMVEC_UNARY", "cell_c_source", "cell_c_one_pass_source"]
 
 # the AVX-512 helpers: a 16-lane value as two 8-lane halves
 _HALVES = """\
@@ -47,8 +47,9 @@ ISAS = {
              "sqrt": "__builtin_ia32_sqrtps", "any": "__builtin_ia32_movmskps((V)m)",
              "round": "__builtin_ia32_roundps"},
 }
-_UNARY = ["exp", "log", "sin", "cos", "sinh", "cosh", "tanh", "asinh", "atan", "erf", "expm1",
-          "log1p"]
+#: the one-argument libmvec functions the prelude declares (and pow, with two)
+LIBMVEC_UNARY = ("exp", "log", "sin", "cos", "sinh", "cosh", "tanh", "asinh", "atan", "erf",
+                 "expm1", "log1p")
 FLUSH = 64   # vectors between flushes of the float32 partial sums into float64
 
 
@@ -138,7 +139,7 @@ def prelude(isa: str) -> str:
     # ±88 (overflow/underflow), ~10x slower: the wrappers below keep such lanes off it
     wrapped = ("exp", "sinh", "cosh", "expm1", "tanh", "asinh")
     decls = "\n".join(f"V {pre}v_{f}f(V);\n#define {'mv_' if f in wrapped else 'v'}{f} {pre}v_{f}f"
-                      for f in _UNARY)
+                      for f in LIBMVEC_UNARY)
     iota = ", ".join(str(i) for i in range(L))
     # a source built with another set's flags must not compile (AVX-512 code with AVX2 flags
     # compiles and passes 16-lane vectors to libmvec in the wrong registers)
