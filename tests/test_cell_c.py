@@ -572,3 +572,64 @@ def test_a_searcher_starts_the_first_build_when_it_builds_the_cell(monkeypatch, 
     # nothing to start where the calls will not run the C cell
     lean = sp.relax("lean", seed=0)
     assert not lean.prebuild(torch.device("cpu")) and lean._c_pending is None
+
+
+def _status_of_child(fn, timeout: int = 60) -> int:
+    """Run ``fn`` in a forked child (killed after ``timeout`` s); its exit status (0: ok)."""
+    import os
+    import signal
+    import traceback
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            signal.alarm(timeout)
+            fn()
+            code = 0
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    return os.waitpid(pid, 0)[1]
+
+
+def test_a_process_forked_during_a_build_builds_again(tmp_path, monkeypatch):
+    """A child forked while the first build compiles in the background (a data loader's or a
+    job's process) builds the cell itself: the parent's build thread does not exist there, and
+    the child waited for it forever."""
+    monkeypatch.setenv("GRAFS_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(c_cell, "_LIBS", {})
+    cell = SearchSpace.grafs().relax("c", seed=0)
+    x = torch.randn(1000)
+    assert cell.prebuild(torch.device("cpu"))
+
+    def call_and_save():
+        torch.save(cell(x), tmp_path / "child.pt")
+    assert _status_of_child(call_and_save) == 0
+    assert torch.equal(torch.load(tmp_path / "child.pt", weights_only=True), cell(x))
+
+
+def test_locks_held_when_the_process_forks_are_new_in_the_child(tmp_path, monkeypatch):
+    """Expr interning and the build cache's locks, held by another thread at the fork, would
+    never be released in the child: the child gets new ones."""
+    import threading
+    from grafs.grammar import expr as E
+    monkeypatch.setenv("GRAFS_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(c_cell, "_LIBS", {})
+    held, release = threading.Event(), threading.Event()
+
+    def hold():
+        with E._INTERN_LOCK, c_cell._LOCK:
+            held.set()
+            release.wait()
+    t = threading.Thread(target=hold)
+    t.start()
+    held.wait()
+    try:
+        def work():
+            E.Expr("add", (E.var(), E.const(12345.678)))
+            c_cell.build_library("int grafs_fork_test_symbol(void) { return 7; }\n")
+        assert _status_of_child(work) == 0
+    finally:
+        release.set()
+        t.join()

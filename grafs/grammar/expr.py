@@ -11,6 +11,7 @@ Traversals are iterative (explicit stacks) so deep expressions never hit Python'
 from __future__ import annotations
 
 import math
+import os
 import threading
 import weakref
 from typing import TYPE_CHECKING, Iterator, Sequence
@@ -28,6 +29,15 @@ _INTERN: "weakref.WeakValueDictionary[tuple, Expr]" = weakref.WeakValueDictionar
 # the search builds expressions): two threads creating the same node at once would each keep
 # their own, and code generation, which binds nodes by identity, would then differ or fail
 _INTERN_LOCK = threading.Lock()
+
+
+def _new_lock_in_child() -> None:
+    # a lock another thread held when the process forked would never be released in the child
+    global _INTERN_LOCK
+    _INTERN_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_lock_in_child)
 
 
 class Expr:

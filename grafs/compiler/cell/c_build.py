@@ -276,6 +276,18 @@ def _unlink(path: Path) -> None:
 
 
 _KEY_LOCKS: dict[str, threading.Lock] = {}
+
+
+def _new_locks_in_child() -> None:
+    # a build thread of the parent may have held them when the process forked: in the child
+    # that thread does not exist, and they would never be released
+    global _LOCK, _KEY_LOCKS
+    _LOCK = threading.Lock()
+    _KEY_LOCKS = {}
+
+
+os.register_at_fork(after_in_child=_new_locks_in_child)
+
 _EXECUTORS: dict[tuple[str, int], ThreadPoolExecutor] = {}
 
 

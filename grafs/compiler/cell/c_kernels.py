@@ -11,6 +11,7 @@ split over torch's intra-op threads (ctypes releases the GIL).
 from __future__ import annotations
 
 import ctypes
+import os
 import threading
 
 import torch
@@ -47,6 +48,7 @@ class CCellKernels:
         self._source_lock = threading.Lock()   # the emitters write into the shared plan
         self._lib: ctypes.CDLL | None = None
         self._future = None
+        self._future_pid = 0        # the process whose build thread runs ``_future``
         self._one_pass_source: str | None = None
         self._one_pass_lib: ctypes.CDLL | None = None
 
@@ -91,13 +93,26 @@ class CCellKernels:
         ``side_by_side``: the two libraries in two compiler processes (a search will wait for
         this build: its first)."""
         if self._lib is None and self._future is None:
+            self._future_pid = os.getpid()
             self._future = c_build.builder().submit(self._generate_and_build, side_by_side)
+
+    def _forked(self) -> bool:
+        """In a process forked while this build was under way (its thread is the parent's and
+        never finishes here), the build is started again, in this process, and True."""
+        if self._future is None or self._future_pid == os.getpid() or self._lib is not None:
+            return False
+        self._future = None
+        self._source_lock = threading.Lock()    # the parent's build thread may have held it
+        self.start_build()
+        return True
 
     def ready(self) -> bool:
         """Loaded, or a background build has finished (successfully or not)."""
+        self._forked()
         return self._lib is not None or (self._future is not None and self._future.done())
 
     def lib(self) -> ctypes.CDLL:
+        self._forked()
         if self._lib is None:
             # a background build's error is raised here, on the thread that needs the library
             lib, one_pass = (self._future.result() if self._future is not None
