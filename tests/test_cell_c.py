@@ -386,7 +386,10 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
 def test_a_build_serves_subsets_of_its_active_set_bit_for_bit():
     """The build for a large active set, called with a smaller mask, computes what the build
     for exactly the smaller set computes, to the bit (forward, ∂x, ∂w, ∂γ), inf and NaN
-    inputs included: a search may switch between them whenever a background build is ready."""
+    inputs included: a search may switch between them whenever a background build is ready.
+    NaN where the other has NaN, but which NaN (sign, payload) may differ: when NaN operands
+    meet, the one that propagates follows the compiler's operand order, which differs between
+    builds (a review found it in y, ∂w and ∂γ on random spaces)."""
     space = SearchSpace.grafs()
     cell = space.relax("c", seed=0)
     _randomize(cell, 0)
@@ -403,9 +406,8 @@ def test_a_build_serves_subsets_of_its_active_set_bit_for_bit():
         outs = [(k._k.forward(x, w, g, mask), *k._k.backward(x, w, g, mask, gy),
                  *k._k.forward_dx(x, w, g, mask)) for k in (big, own)]
         for name, a, b in zip(("y", "x", "w", "g", "weight call's y", "∂y/∂x"), *outs):
-            if name == "∂y/∂x":     # the same up to the payload bits of a NaN
-                assert torch.equal(a.isnan(), b.isnan()), f"{stage} ops: {name} differs"
-                a, b = a.nan_to_num(0.0), b.nan_to_num(0.0)
+            assert torch.equal(a.isnan(), b.isnan()), f"{stage} ops: {name} differs"
+            a, b = a.nan_to_num(0.0), b.nan_to_num(0.0)     # (which NaN may differ)
             assert torch.equal(_bits(a), _bits(b)), f"{stage} ops: {name} differs"
         for y, gx, _, _, y1, d in outs:        # the one pass gives the two kernels' bits
             assert torch.equal(_bits(y1), _bits(y))

@@ -29,7 +29,7 @@ _PTR, _LONG, _INT = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
 class CCellKernels:
     """The compiled forward/backward pair of one cell plan: straight-line code for the active
     set it was built for, each slot's contributions selected by the mask (so it serves every
-    subset of that set, bit for bit as that subset's own build)."""
+    subset of that set, bit for bit as that subset's own build, up to which NaN a NaN is)."""
 
     def __init__(self, space, slot_of, gamma_of, clip: bool, active=None):
         # unmasked: compiled for exactly the active set (a build is about a second), so the

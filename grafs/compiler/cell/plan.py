@@ -16,7 +16,9 @@ so the emitter's CSE shares values across ops and between the backward's recompu
 partials. Instead every contribution of a slot (to its hole's output, to the input gradients,
 to the partial sums) is ANDed with the slot's lane mask, so a build also serves every subset of
 its active set, bit for bit as the build for exactly that subset (a dropped op adds +0, and its
-inf or NaN never leaks): a search keeps using its build while the next one compiles.
+inf or NaN never leaks): a search keeps using its build while the next one compiles. (NaN
+apart: where NaN operands meet, which one propagates, its sign and payload, follows the
+compiler's operand order, which can differ between builds; NaN stays NaN, and stops a search.)
 """
 from __future__ import annotations
 
