@@ -119,6 +119,11 @@ def test_native_isa_names_a_bad_choice(monkeypatch):
     monkeypatch.setenv(c_cell.ISA_ENV, "avx1024")
     with pytest.raises(CompileError, match="GRAFS_C_ISA='avx1024' is not an instruction set"):
         SearchSpace.grafs().relax("c", seed=0)(torch.randn(10))
+    with pytest.raises(CompileError, match="GRAFS_C_ISA='avx1024'"):      # (was: an SSE4 build)
+        c_cell.build_library("int grafs_unused_isa_test_symbol(void) { return 1; }\n")
+    # the names in any case
+    monkeypatch.setenv(c_cell.ISA_ENV, " SSE4 ")
+    assert c_cell.native_isa() == "sse4"
 
 
 def test_native_isa_is_the_widest_this_compiler_builds(monkeypatch):

@@ -71,7 +71,7 @@ def native_isa() -> str | None:
     needs ``__builtin_shufflevector``: GCC 12, clang), None: none (or ``$GRAFS_C_ISA`` is not
     one of them)."""
     isas = supported_isas()
-    want = os.environ.get(ISA_ENV)
+    want = os.environ.get(ISA_ENV, "").strip().lower()
     if want:
         return want if want in isas else None
     for isa in isas[:-1]:   # the narrowest is taken untried: unavailable_reason says what fails
@@ -160,7 +160,9 @@ def build_library(source: str, isa: str | None = None) -> ctypes.CDLL:
     """Compile ``source`` for ``isa`` (default: :func:`native_isa`; once per machine: cached by
     its hash) and load it. Thread-safe; the compile holds only its own key's lock, so a build in
     the background never blocks calls."""
-    isa = isa or native_isa() or "sse4"
+    isa = isa or native_isa()
+    if isa is None:
+        raise CompileError(f"the C cell cannot be built: {no_isa_reason()}")
     cc = _compiler()
     if cc is None:
         raise CompileError("the C cell needs a C compiler (set $CC or install gcc)")
