@@ -52,6 +52,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10, help="steps per round (plain and search)")
     ap.add_argument("--calls", type=int, default=20, help="kernel and cell calls per round")
     a = ap.parse_args()
+    if a.stages != sorted(a.stages, reverse=True):
+        ap.error("--stages must be decreasing (each stage drops ops from the last)")
     torch.set_num_threads(1)
     dev = torch.device("cpu")
     conf = TaskConfig("mnist1d")
