@@ -154,6 +154,72 @@ def test_resume_of_another_models_checkpoint_is_a_clear_error(tmp_path):
     assert run(resume=tmp_path).formula == run().formula        # the checkpoint itself still resumes
 
 
+def test_resume_with_another_optimizer_or_scheduler_is_refused(tmp_path):
+    """The checkpoint's optimizer state would replace the new one's: another learning rate was
+    silently dropped (the resumed run was the plain resume) and another optimizer failed inside
+    torch; both are refused with what each search has, as is a scheduler added or removed."""
+    with pytest.raises(Interrupted):
+        run(checkpoint_dir=tmp_path, _stop_after_epoch=1)
+    for kw, what in ((dict(optimizer=lambda p: torch.optim.Adam(p, lr=0.5)), r"lr=0\.5"),
+                     (dict(optimizer=lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9)), "SGD"),
+                     (dict(scheduler=lambda o: torch.optim.lr_scheduler.StepLR(o, 2)), "StepLR")):
+        with pytest.raises(GrafsError, match=r"cannot resume from .*another weight optimizer or "
+                                             r"scheduler \(Adam\(.*lr=0\.001.*no scheduler; this "
+                                             rf"search has .*{what}"):
+            run(resume=tmp_path, **kw)
+    # the same optimizer spelt out (and another implementation of it) resumes
+    same = run(resume=tmp_path, optimizer=lambda p: torch.optim.Adam(p, lr=1e-3, foreach=False))
+    assert same.formula == run().formula
+
+
+def test_an_fp16_resume_keeps_the_loss_scale(tmp_path):
+    """fp16: the weight step's loss scaler is in the checkpoint (it restarted at 65536 on
+    resume, skipping steps, so the resumed run left the uninterrupted one)."""
+    big = lambda out, y: 3e4 * nn.functional.cross_entropy(out.float(), y)
+    full = run(amp="fp16", loss_fn=big, checkpoint_dir=tmp_path / "full")
+    with pytest.raises(Interrupted):
+        run(amp="fp16", loss_fn=big, checkpoint_dir=tmp_path / "cut", _stop_after_epoch=2)
+    ck = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)
+    assert ck["w_scaler"]["scale"] < 65536.0
+    resumed = run(amp="fp16", loss_fn=big, checkpoint_dir=tmp_path / "cut", resume=tmp_path / "cut")
+    for key in ("alpha", "gamma", "train_loss", "val_loss", "formula"):
+        assert resumed.history[key] == full.history[key], key
+
+
+def test_data_that_gives_no_batch_and_bad_sizes_are_clear_errors():
+    """An empty loader, or one with drop_last and fewer examples than a batch, stopped with a
+    bare StopIteration (validation) or trained nothing and returned a formula (training)."""
+    from torch.utils.data import DataLoader, TensorDataset
+    x, y = data()
+    few = DataLoader(TensorDataset(x[:5], y[:5]), batch_size=8, drop_last=True)
+    args = dict(space=SearchSpace(**SPACE), epochs=5, seed=1, batch_size=32, progress=False)
+    with pytest.raises(GrafsError, match="val_data gives no batch"):
+        search(model(), (x, y), few, **args)
+    with pytest.raises(GrafsError, match="train_data gives no batch"):
+        search(model(), few, (x, y), **args)
+    for kw, name in ((dict(batch_size=0), "batch_size"), (dict(batch_size=-1), "batch_size"),
+                     (dict(max_steps_per_epoch=0), "max_steps_per_epoch"),
+                     (dict(train_fraction=1.5), "train_fraction"),
+                     (dict(train_fraction=-0.5), "train_fraction")):
+        with pytest.raises(GrafsError, match=name):
+            run(**kw)
+
+
+def test_a_non_finite_validation_loss_is_named_as_such():
+    """The arch step runs first: a NaN validation loss was reported as a training loss, with a
+    formula arg-maxed from NaN α."""
+    calls = []
+
+    def nan_on_the_ninth_validation_loss(out, y):
+        calls.append(1)
+        loss = nn.functional.cross_entropy(out, y)
+        # calls alternate arch (odd) and weight (even) within an epoch's steps
+        return loss * float("nan") if len(calls) == 17 else loss
+    with pytest.raises(SearchError, match=r"non-finite validation loss \(nan\) at epoch 2, step 2; "
+                                          r"leading formula: none \(α or γ is not finite\)"):
+        run(loss_fn=nan_on_the_ninth_validation_loss)
+
+
 class Spy(torch.optim.SGD):
     """Records the gradients the weight optimizer sees at each step."""
     seen: list = []

@@ -73,6 +73,44 @@ def check_compatible(ck: dict, path: Path, settings: dict, world: int) -> None:
                          f"({ck['settings']})")
 
 
+# implementation choices that compute the same update: not part of an optimizer's identity
+_IMPLEMENTATION = ("foreach", "fused", "capturable", "differentiable")
+
+
+def optimizer_identity(opt, sched=None) -> str:
+    """The weight optimizer's class and constructor settings and the scheduler's class, as
+    JSON: a resume loads the optimizer's state, which would silently replace another learning
+    rate (or fail inside torch for another optimizer), so :func:`check_same_optimizer` refuses
+    a resume whose optimizer differs."""
+    defaults = {k: v for k, v in opt.defaults.items() if k not in _IMPLEMENTATION}
+    return json.dumps({"optimizer": type(opt).__name__, "settings": defaults,
+                       "groups": len(opt.param_groups),
+                       "scheduler": type(sched).__name__ if sched is not None else None},
+                      default=str, sort_keys=True)
+
+
+def check_same_optimizer(ck: dict, path: Path, opt, sched=None) -> None:
+    """Raise unless the checkpoint's weight optimizer and scheduler are ``opt``'s and
+    ``sched``'s (checkpoints written before grafs recorded them are not checked)."""
+    saved = ck.get("optimizer")
+    if not isinstance(saved, str):
+        return
+    now = optimizer_identity(opt, sched)
+    if saved != now:
+        raise GrafsError(f"cannot resume from {path}: it was written with another weight "
+                         f"optimizer or scheduler ({_describe(saved)}; this search has "
+                         f"{_describe(now)}); the checkpoint's optimizer state would replace "
+                         f"yours: resume with the same optimizer and scheduler, or start "
+                         f"without resume")
+
+
+def _describe(identity: str) -> str:
+    d = json.loads(identity)
+    args = ", ".join(f"{k}={v}" for k, v in d["settings"].items())
+    sched = f", scheduler {d['scheduler']}" if d["scheduler"] else ", no scheduler"
+    return f"{d['optimizer']}({args}){sched}"
+
+
 def write_checkpoint(ck: dict, path: Path) -> None:
     """Write ``ck`` to ``path`` atomically; a failure (disk full, a read-only directory) is a
     GrafsError that says the previous checkpoint is kept, and leaves no temporary file."""

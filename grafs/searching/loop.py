@@ -24,8 +24,9 @@ from torch import nn
 
 from grafs.callbacks.events import CallbackList, SearchStart, StepInfo, epoch_info
 from grafs.errors import GrafsError
-from grafs.searching.checkpoint import (Interrupted, check_compatible, checkpoint_file, read_checkpoint,
-                                     write_checkpoint)
+from grafs.searching.checkpoint import (Interrupted, check_compatible, check_same_optimizer,
+                                        checkpoint_file, optimizer_identity, read_checkpoint,
+                                        write_checkpoint)
 from grafs.searching.data import Batches, resolve_device, split_dataset
 from grafs.searching.result import SearchResult, json_default
 from grafs.searching.rng import rng_state, seed_everything, set_rng_state
@@ -88,6 +89,7 @@ def search(model: nn.Module, train_data, val_data=None, *, space=None, epochs: i
     from grafs.runtime.space import SearchSpace
     arch_batch_size = _check_arguments(epochs, warmstart_epochs, grad_accumulation, arch_steps,
                                        arch_batch_size, batch_size, single_level, amp)
+    _check_data_arguments(batch_size, max_steps_per_epoch, train_fraction, val_data)
     cbs = CallbackList(callbacks)
     space = space or SearchSpace.grafs()
     dev = resolve_device(device) if device is not None else next(
@@ -134,9 +136,10 @@ def search(model: nn.Module, train_data, val_data=None, *, space=None, epochs: i
     ckpt_path = Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir is not None else None
     if resume is not None:
         rp = checkpoint_file(resume)
-        first_epoch, elapsed = _resume(rp, s, w_opt, w_sched, settings, world, dev, dist)
+        first_epoch, elapsed = _resume(rp, s, stepper, w_sched, settings, world, dev, dist)
         ckpt_path = ckpt_path or rp
 
+    _check_batches(train, val)
     steps_per_epoch = len(train) if max_steps_per_epoch is None else min(len(train), max_steps_per_epoch)
     cbs.on_search_start(SearchStart(dict(settings), [h.name for h in space.holes], epochs,
                                     first_epoch, steps_per_epoch, s.n_sites))
@@ -155,7 +158,7 @@ def search(model: nn.Module, train_data, val_data=None, *, space=None, epochs: i
             if bar is not None:
                 _print_epoch(bar, s, epoch, vl, va, formula)
             if ckpt_path is not None:
-                _save(ckpt_path, s, epoch, w_opt, w_sched, settings, t_start, world, dist)
+                _save(ckpt_path, s, epoch, stepper, w_sched, settings, t_start, world, dist)
             cbs.on_epoch_end(epoch_info(s.history, s.cell, epochs, s.is_warm(epoch)))
             if _stop_after_epoch is not None and epoch >= _stop_after_epoch:
                 raise Interrupted(epoch)
@@ -207,6 +210,36 @@ def _check_arguments(epochs, warmstart_epochs, grad_accumulation, arch_steps, ar
         raise GrafsError(f"amp must be None, 'bf16' or 'fp16', got {amp!r}")
     # the default, spelt out, is the same run and settings
     return None if arch_batch_size == batch_size else arch_batch_size
+
+
+def _check_data_arguments(batch_size, max_steps_per_epoch, train_fraction, val_data) -> None:
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise GrafsError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    if max_steps_per_epoch is not None and (not isinstance(max_steps_per_epoch, int)
+                                            or isinstance(max_steps_per_epoch, bool)
+                                            or max_steps_per_epoch < 1):
+        raise GrafsError(f"max_steps_per_epoch must be an int >= 1 or None (every batch), got "
+                         f"{max_steps_per_epoch!r}")
+    if val_data is None and not (isinstance(train_fraction, (int, float))
+                                 and 0 < train_fraction < 1):
+        raise GrafsError(f"train_fraction (the share of train_data for weight steps; the rest "
+                         f"is the validation data of the arch steps) must be between 0 and 1, "
+                         f"got {train_fraction!r}")
+
+
+def _check_batches(train, val) -> None:
+    """A GrafsError when the training or validation data gives no batch (an empty loader, or
+    one with drop_last and fewer examples than a batch): a search would train nothing, or stop
+    inside its first step."""
+    for b, name in ((train, "train_data"), (val, "val_data")):
+        try:
+            n = len(b)
+        except TypeError:
+            continue        # (a loader without a length: checked when it runs out)
+        if n == 0:
+            raise GrafsError(f"{name} gives no batch (empty, or a DataLoader with drop_last "
+                             f"and fewer examples than its batch size); a search needs at least "
+                             f"one batch of each")
 
 
 def _batches(train_data, val_data, train_fraction, batch_size, arch_batch_size, seed, dev, dist):
@@ -277,17 +310,21 @@ class _EpochRun:
         return vbs[0], vbs[1:]
 
 
-def _resume(path: Path, s: Searcher, w_opt, w_sched, settings, world, dev, dist) -> tuple[int, float]:
+def _resume(path: Path, s: Searcher, stepper: Stepper, w_sched, settings, world, dev,
+            dist) -> tuple[int, float]:
     """Load a checkpoint into the searcher and the weight optimizer; returns (next epoch, seconds)."""
     ck = read_checkpoint(path, dev) if dist is None else \
         dist.from_rank0(lambda: read_checkpoint(path, "cpu"))
     check_compatible(ck, path, settings, world)
+    check_same_optimizer(ck, path, stepper.w_opt, w_sched)
     try:
         s.model.load_state_dict(ck["model"])
-        w_opt.load_state_dict(ck["w_opt"])
+        stepper.w_opt.load_state_dict(ck["w_opt"])
         s.load_state_dict(ck)
         if w_sched is not None and "w_sched" in ck:
             w_sched.load_state_dict(ck["w_sched"])
+        if "w_scaler" in ck:         # fp16: the loss scale reached (older checkpoints: none)
+            stepper.w_scaler.load_state_dict(ck["w_scaler"])
     except (RuntimeError, ValueError, KeyError) as err:
         # same settings, another network (layers, widths, activation sites): torch names the
         # mismatch, grafs names the file and what to do
@@ -300,18 +337,22 @@ def _resume(path: Path, s: Searcher, w_opt, w_sched, settings, world, dev, dist)
     return int(ck["epoch"]) + 1, float(ck["elapsed"])
 
 
-def _save(path: Path, s: Searcher, epoch, w_opt, w_sched, settings, t_start, world, dist) -> None:
+def _save(path: Path, s: Searcher, epoch, stepper: Stepper, w_sched, settings, t_start, world,
+          dist) -> None:
     """Write the checkpoint of a finished epoch. Distributed: rank 0 writes, with every rank's
     RNG state, and tells the others how it went: when the write fails (a full disk), every
     rank stops at once with rank 0's GrafsError instead of waiting for it."""
     rngs = dist.gather(rng_state()) if dist is not None else None
 
     def write() -> None:
-        ck = {"epoch": epoch, "model": s.model.state_dict(), "w_opt": w_opt.state_dict(),
+        ck = {"epoch": epoch, "model": s.model.state_dict(), "w_opt": stepper.w_opt.state_dict(),
               **s.state_dict(), "settings": json.dumps(settings, default=json_default),
-              "rng": rng_state(), "elapsed": time.perf_counter() - t_start}
+              "rng": rng_state(), "elapsed": time.perf_counter() - t_start,
+              "optimizer": optimizer_identity(stepper.w_opt, w_sched)}
         if w_sched is not None:
             ck["w_sched"] = w_sched.state_dict()
+        if stepper.w_scaler.is_enabled():
+            ck["w_scaler"] = stepper.w_scaler.state_dict()
         if dist is not None:
             ck.update(world_size=world, rng_ranks=rngs)
         write_checkpoint(ck, path)

@@ -119,9 +119,9 @@ class Meter:
         if y.dtype in (torch.int64, torch.int32) and out.dim() >= 1 and out.shape[:-1] == y.shape:
             self.acc += (out.argmax(-1) == y).double().mean() * n
             self.nacc += n
-        self.window.append((self.step, "training", loss))
-        if vloss is not None:
+        if vloss is not None:       # (the arch step on the validation batch ran first)
             self.window.append((self.step, "validation", vloss))
+        self.window.append((self.step, "training", loss))
         self.step += 1
 
     def check(self, epoch, cell, ckpt_path, dist=None) -> None:
@@ -142,6 +142,8 @@ class Meter:
 
 
 def _leading(cell) -> str:
+    if not all(bool(torch.isfinite(a).all()) for a in cell.arch_parameters()):
+        return "none (α or γ is not finite)"
     try:
         return str(cell.discretize())
     except Exception:  # pragma: no cover - only for error messages
