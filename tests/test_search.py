@@ -205,6 +205,35 @@ def test_data_that_gives_no_batch_and_bad_sizes_are_clear_errors():
             run(**kw)
 
 
+def test_batches_that_are_not_input_target_pairs_are_clear_errors():
+    """Dict items, (x, y, w) items and an IterableDataset failed deep inside the loop (KeyError 0,
+    too many values to unpack, no len()); now the error says what arrived and what to do."""
+    from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
+    x, y = data()
+
+    class Dicts(Dataset):
+        def __len__(self):
+            return len(x)
+
+        def __getitem__(self, i):
+            return {"input": x[i], "label": y[i]}
+
+    class Stream(IterableDataset):
+        def __iter__(self):
+            return iter(zip(x, y))
+    args = dict(space=SearchSpace(**SPACE), epochs=5, seed=1, batch_size=32, progress=False)
+    with pytest.raises(GrafsError, match=r"train_data: each item must be an \(inputs, targets\) "
+                                         r"pair, got a dict with keys \['input', 'label'\]"):
+        search(model(), Dicts(), (x, y), **args)
+    with pytest.raises(GrafsError, match=r"val_data: each batch must be an \(inputs, targets\) "
+                                         r"pair, got a list of 3"):
+        search(model(), (x, y), DataLoader(TensorDataset(x, y, y), batch_size=16), **args)
+    with pytest.raises(GrafsError, match="train_data is an IterableDataset"):
+        search(model(), Stream(), (x, y), **args)
+    with pytest.raises(GrafsError, match="train_data is a DataLoader without a length"):
+        search(model(), DataLoader(Stream(), batch_size=16), (x, y), **args)
+
+
 def test_a_non_finite_validation_loss_is_named_as_such():
     """The arch step runs first: a NaN validation loss was reported as a training loss, with a
     formula arg-maxed from NaN α."""

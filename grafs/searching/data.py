@@ -10,7 +10,11 @@ from grafs.errors import GrafsError
 
 
 def _as_dataset(data, name: str):
-    from torch.utils.data import Dataset, TensorDataset
+    from torch.utils.data import Dataset, IterableDataset, TensorDataset
+    if isinstance(data, IterableDataset):
+        raise GrafsError(f"{name} is an IterableDataset: a search needs its length (steps per "
+                         f"epoch) and seeded shuffles; pass a map-style Dataset, (inputs, targets) "
+                         f"tensors, or a DataLoader with a length")
     if isinstance(data, Dataset):
         return data
     if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
@@ -34,6 +38,7 @@ class Batches:
         self.data = None if self.loader is not None else _as_dataset(data, name)
         self.batch_size = batch_size
         self.seed, self.stream = seed, stream
+        self.name = name
         # distributed search: (rank, world size); this rank reads every world-th sample of the
         # shared permutation, so step i of all ranks together is step i of a single process
         # with batch_size × world size
@@ -52,14 +57,21 @@ class Batches:
 
     def __len__(self):
         if self.loader is not None:
-            return len(self.loader)
+            try:
+                return len(self.loader)
+            except TypeError:
+                raise GrafsError(f"{self.name} is a DataLoader without a length (over an "
+                                 f"IterableDataset): a search needs its steps per epoch; pass a "
+                                 f"map-style Dataset, (inputs, targets) tensors, or a DataLoader "
+                                 f"with a length") from None
         return math.ceil(math.ceil(len(self.data) / self.world) / self.batch_size)
 
     def epoch(self, e: int) -> Iterable:
         if self.loader is not None:
             if self.world > 1:
                 self.loader.sampler.set_epoch(e)
-            yield from self.loader
+            for batch in self.loader:
+                yield _pair(batch, self.name, "batch")
             return
         g = torch.Generator().manual_seed(self.seed * 100_003 + e * 7 + self.stream)
         perm = torch.randperm(len(self.data), generator=g)
@@ -73,8 +85,23 @@ class Batches:
             if tensors is not None:
                 yield tuple(t[idx] for t in tensors)
             else:
-                items = [self.data[int(j)] for j in idx]
-                yield tuple(torch.stack([torch.as_tensor(it[k]) for it in items]) for k in range(len(items[0])))
+                items = [_pair(self.data[int(j)], self.name, "item") for j in idx]
+                yield tuple(torch.stack([torch.as_tensor(it[k]) for it in items]) for k in range(2))
+
+
+def _pair(batch, name: str, what: str):
+    """``batch`` when it is an (inputs, targets) pair, else a GrafsError saying what it is."""
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        return batch
+    if isinstance(batch, dict):
+        got = f"a dict with keys {sorted(map(str, batch))[:6]}"
+    elif isinstance(batch, (tuple, list)):
+        got = f"a {type(batch).__name__} of {len(batch)}"
+    else:
+        got = type(batch).__name__
+    raise GrafsError(f"{name}: each {what} must be an (inputs, targets) pair, got {got}; wrap "
+                     f"the Dataset (a __getitem__ that returns (x, y)) or give the DataLoader a "
+                     f"collate_fn that returns (inputs, targets)")
 
 
 def cycle(loader: Iterable) -> Iterable:

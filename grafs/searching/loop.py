@@ -232,11 +232,7 @@ def _check_batches(train, val) -> None:
     one with drop_last and fewer examples than a batch): a search would train nothing, or stop
     inside its first step."""
     for b, name in ((train, "train_data"), (val, "val_data")):
-        try:
-            n = len(b)
-        except TypeError:
-            continue        # (a loader without a length: checked when it runs out)
-        if n == 0:
+        if len(b) == 0:
             raise GrafsError(f"{name} gives no batch (empty, or a DataLoader with drop_last "
                              f"and fewer examples than its batch size); a search needs at least "
                              f"one batch of each")
