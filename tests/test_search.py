@@ -234,6 +234,26 @@ def test_batches_that_are_not_input_target_pairs_are_clear_errors():
         search(model(), DataLoader(Stream(), batch_size=16), (x, y), **args)
 
 
+def test_a_last_batch_of_one_joins_the_batch_before():
+    """With 44 examples the 75/25 split leaves 33 for training: batches of 32 and 1, and a
+    BatchNorm model failed on the lone example ("Expected more than 1 value per channel")."""
+    torch.manual_seed(0)
+    bn = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 2))
+    x, y = data(44)
+    sizes = []
+
+    def loss_fn(out, t):
+        sizes.append(len(t))
+        return nn.functional.cross_entropy(out, t)
+    r = search(bn, (x, y), space=SearchSpace(**SPACE), epochs=3, seed=1, batch_size=32,
+               progress=False, loss_fn=loss_fn)
+    assert r.formula and 1 not in sizes and 33 in sizes
+    b = Batches((x[:33], y[:33]), 32, 0, 0, "train_data")
+    assert len(b) == 1 and [len(xb) for xb, _ in b.epoch(0)] == [33]
+    assert [len(xb) for xb, _ in Batches((x[:34], y[:34]), 32, 0, 0, "d").epoch(0)] == [32, 2]
+    assert [len(xb) for xb, _ in Batches((x[:1], y[:1]), 32, 0, 0, "d").epoch(0)] == [1]
+
+
 def test_a_non_finite_validation_loss_is_named_as_such():
     """The arch step runs first: a NaN validation loss was reported as a training loss, with a
     formula arg-maxed from NaN α."""

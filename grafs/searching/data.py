@@ -26,7 +26,9 @@ def _as_dataset(data, name: str):
 
 
 class Batches:
-    """Seeded, resumable batching: epoch e uses permutation seeded by (seed, e, stream)."""
+    """Seeded, resumable batching: epoch e uses permutation seeded by (seed, e, stream). A last
+    batch of one example joins the batch before it (a training-mode BatchNorm cannot take a
+    batch of one, and with tensors or a Dataset the user cannot choose the batching)."""
 
     # tensor data up to this size is moved to the accelerator once, not batch by batch
     max_device_bytes = 2 << 30
@@ -64,7 +66,15 @@ class Batches:
                                  f"IterableDataset): a search needs its steps per epoch; pass a "
                                  f"map-style Dataset, (inputs, targets) tensors, or a DataLoader "
                                  f"with a length") from None
-        return math.ceil(math.ceil(len(self.data) / self.world) / self.batch_size)
+        return len(self._stops(math.ceil(len(self.data) / self.world)))
+
+    def _stops(self, n: int) -> list[int]:
+        """Where the batches of ``n`` examples end (a lone last example joins the batch before)."""
+        bs = self.batch_size
+        stops = list(range(bs, n, bs)) + [n]
+        if n > bs > 1 and n % bs == 1:
+            stops = stops[:-2] + [n]
+        return stops
 
     def epoch(self, e: int) -> Iterable:
         if self.loader is not None:
@@ -80,8 +90,9 @@ class Batches:
         tensors = self.tensors
         if tensors is not None:
             perm = perm.to(tensors[0].device)
-        for i in range(0, len(perm), self.batch_size):
-            idx = perm[i:i + self.batch_size]
+        start = 0
+        for stop in self._stops(len(perm)):
+            idx, start = perm[start:stop], stop
             if tensors is not None:
                 yield tuple(t[idx] for t in tensors)
             else:
