@@ -254,6 +254,23 @@ def test_a_last_batch_of_one_joins_the_batch_before():
     assert [len(xb) for xb, _ in Batches((x[:1], y[:1]), 32, 0, 0, "d").epoch(0)] == [1]
 
 
+@pytest.mark.parametrize("damage", ["no a_opt", "rng empty", "epoch beyond", "epoch negative",
+                                    "history a list"])
+def test_a_damaged_checkpoint_is_refused_saying_so(tmp_path, damage):
+    """Damaged checkpoints failed with KeyError 'torch' or AttributeError, were blamed on
+    another model, or (an epoch past the end) resumed to a mid-run formula."""
+    with pytest.raises(Interrupted):
+        run(checkpoint_dir=tmp_path, _stop_after_epoch=1)
+    p = tmp_path / "checkpoint.pt"
+    ck = torch.load(p, weights_only=True)
+    {"no a_opt": lambda: ck.pop("a_opt"), "rng empty": lambda: ck.update(rng={}),
+     "epoch beyond": lambda: ck.update(epoch=99), "epoch negative": lambda: ck.update(epoch=-5),
+     "history a list": lambda: ck.update(history="[1, 2]")}[damage]()
+    torch.save(ck, p)
+    with pytest.raises(GrafsError, match=r"checkpoint.pt.*it is damaged"):
+        run(resume=tmp_path)
+
+
 def test_a_non_finite_validation_loss_is_named_as_such():
     """The arch step runs first: a NaN validation loss was reported as a training loss, with a
     formula arg-maxed from NaN α."""

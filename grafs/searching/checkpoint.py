@@ -55,10 +55,25 @@ def read_checkpoint(path: Path, map_location) -> dict:
                                                  + [f"{k} of the wrong type" for k in wrong]) + ")",
                          _ANEW)
     try:
-        json.loads(ck["settings"]), json.loads(ck["history"])
+        settings, history = json.loads(ck["settings"]), json.loads(ck["history"])
     except ValueError:
         raise read_error(path, "the search checkpoint", "its settings or history are not JSON "
                          "(corrupt)", _ANEW) from None
+    problems = []
+    if not isinstance(settings, dict) or not isinstance(history, dict):
+        problems.append("its settings or history are not JSON objects")
+    if not {"torch", "numpy", "python"} <= set(ck["rng"]):
+        problems.append("its RNG state lacks " + ", ".join(
+            sorted({"torch", "numpy", "python"} - set(ck["rng"]))))
+    lacking = [k for k in ("a_opt", "cell") if k not in ck]
+    if lacking:
+        problems.append("it lacks the search's own state (" + ", ".join(lacking) + ")")
+    epochs = settings.get("epochs") if isinstance(settings, dict) else None
+    if isinstance(epochs, int) and not 0 <= ck["epoch"] < epochs:
+        problems.append(f"its epoch ({ck['epoch']}) is not one of the search's {epochs}")
+    if problems:
+        raise read_error(path, "the search checkpoint", "it is damaged: " + "; ".join(problems),
+                         _ANEW)
     return ck
 
 
