@@ -274,7 +274,8 @@ def test_a_head_read_past_pick_epoch_counts_its_time_up_to_pick_epoch(tmp_path):
         h = {**hist, "val_loss": [v + i for v in hist["val_loss"]]}     # restart 0 wins
         # (the keys a checkpoint reader checks; a real one also holds the model and optimizers)
         torch.save({"epoch": 3, "settings": "{}", "history": json.dumps(h), "elapsed": 10.0,
-                    "model": {}, "w_opt": {}, "a_opt": {}, "rng": {}},
+                    "model": {}, "w_opt": {}, "a_opt": {}, "cell": {},
+                    "rng": {"torch": torch.get_rng_state(), "numpy": "[]", "python": "[]"}},
                    tmp_path / f"restart-{i}" / "checkpoint.pt")
 
     def one(s, ck, res, stop):
