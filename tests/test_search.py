@@ -200,7 +200,8 @@ def test_data_that_gives_no_batch_and_bad_sizes_are_clear_errors():
     for kw, name in ((dict(batch_size=0), "batch_size"), (dict(batch_size=-1), "batch_size"),
                      (dict(max_steps_per_epoch=0), "max_steps_per_epoch"),
                      (dict(train_fraction=1.5), "train_fraction"),
-                     (dict(train_fraction=-0.5), "train_fraction")):
+                     (dict(train_fraction=-0.5), "train_fraction"),
+                     (dict(epochs=2.0), "epochs must be an int"), (dict(epochs=True), "epochs must be an int")):
         with pytest.raises(GrafsError, match=name):
             run(**kw)
 

@@ -76,8 +76,10 @@ def optimizer_step(scaler, opt, params, dist=None, also=()) -> None:
 
 
 def check_epochs(epochs: int, warmstart_epochs: int) -> None:
-    if not isinstance(epochs, int) or epochs < 1:
-        raise GrafsError(f"epochs must be >= 1, got {epochs}")
+    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
+        raise GrafsError(f"epochs must be an int >= 1, got {epochs!r}")
+    if not isinstance(warmstart_epochs, int) or isinstance(warmstart_epochs, bool):
+        raise GrafsError(f"warmstart_epochs must be an int, got {warmstart_epochs!r}")
     if not 0 <= warmstart_epochs < epochs:
         raise GrafsError(f"warmstart_epochs must be in [0, epochs), got {warmstart_epochs} with epochs={epochs}")
 
