@@ -42,13 +42,21 @@ __all__ = [
 ]
 
 
+#: subpackages reachable as attributes after a plain ``import grafs`` (``grafs.tasks.get_task``,
+#: as the docs write them), imported on first use like the names above
+_SUBPACKAGES = ("activations", "callbacks", "cli", "compiler", "grammar", "integrations", "models",
+                "ops", "protocol", "runtime", "searching", "tasks", "testing")
+
+
 def __getattr__(name: str):
     if name in _LAZY:
         value = getattr(import_module(_LAZY[name]), name)
         globals()[name] = value
         return value
+    if name in _SUBPACKAGES:
+        return import_module(f"grafs.{name}")      # (the import sets the attribute)
     raise AttributeError(f"module 'grafs' has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | set(_SUBPACKAGES))

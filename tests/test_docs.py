@@ -60,3 +60,20 @@ def test_every_result_file_is_named_by_a_page():
     assert files
     unnamed = [str(p.relative_to(docs)) for p in files if str(p.relative_to(docs)) not in pages]
     assert unnamed == [], f"name these in a docs page (a link, or the path docs/...): {unnamed}"
+
+
+def test_dotted_paths_the_docs_write_work_after_import_grafs():
+    """The README writes `grafs.tasks.get_task("teacher").search_config` after `import grafs`;
+    the subpackages were attributes only once something had imported them (a fresh process:
+    AttributeError)."""
+    import subprocess
+    import sys
+    code = ("import grafs\n"
+            "assert grafs.tasks.get_task('teacher').search_config is not None\n"
+            "import grafs.protocol.task_search\n"
+            "assert callable(grafs.protocol.task_search.search_task)\n"
+            "assert 'tasks' in dir(grafs) and 'searching' in dir(grafs)\n"
+            "try:\n    grafs.nonexistent\nexcept AttributeError:\n    pass\n"
+            "else:\n    raise SystemExit('no AttributeError')\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
