@@ -237,3 +237,48 @@ def test_searcher_in_a_loop_over_dataloaders_under_bf16_autocast():
             assert loss.dtype == torch.float32
         s.epoch_end()
     assert all(torch.isfinite(p).all() for p in s.arch_parameters())
+
+
+def test_epoch_start_is_idempotent_and_catches_up_skipped_epochs():
+    """epoch_start(e) twice (a mid-epoch state reloaded, then the epoch started again) dropped
+    the epoch's ops twice, and skipped epochs' drops never happened (a Trainer with fewer
+    steps than phases ended far from discrete); now each call drops down to the count the
+    schedule reaches by that epoch."""
+    s = searcher(model(), epochs=6)
+    counts = {}
+    for e in range(6):
+        s.epoch_start(e)
+        counts[e] = s.cell.num_active()
+    again = searcher(model(), epochs=6)
+    for e in range(6):
+        again.epoch_start(e)
+        again.epoch_start(e)
+        assert again.cell.num_active() == counts[e], e
+    skipping = searcher(model(), epochs=6)
+    for e in (0, 2, 5):
+        skipping.epoch_start(e)
+        assert skipping.cell.num_active() == counts[e], e
+    assert skipping.cell.is_discrete()
+    with pytest.warns(grafs.errors.GrafsWarning, match=r"epoch_start\(1\) after epoch_start\(5\)"):
+        skipping.epoch_start(1)
+    assert skipping.cell.is_discrete()
+
+
+def test_an_arch_step_without_a_graph_and_nested_weight_steps_are_errors():
+    """A loss computed under no_grad made arch_step return with α unchanged, silently; a weight
+    step nested in another unfroze α inside the outer one."""
+    net = model()
+    s = searcher(net)
+    s.epoch_start(0)
+    x, y = data()
+    with pytest.raises(GrafsError, match="no autograd graph"):
+        with torch.no_grad():
+            s.arch_step(lambda: nn.functional.cross_entropy(net(x), y))
+    before = [a.detach().clone() for a in s.cell.alpha]
+    s.arch_step(lambda: nn.functional.cross_entropy(net(x), y))       # with a graph: α moves
+    assert any(not torch.equal(a, b) for a, b in zip(s.cell.alpha, before))
+    with s.weight_step():
+        with pytest.raises(GrafsError, match="weight_step\\(\\) inside another weight step"):
+            with s.weight_step():
+                pass
+        assert not any(p.requires_grad for p in s.arch_parameters())

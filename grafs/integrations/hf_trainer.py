@@ -33,7 +33,7 @@ from typing import Any, Callable
 
 import torch
 
-from grafs.errors import GrafsError
+from grafs.errors import GrafsError, warn
 from grafs.integrations.registry import register
 from grafs.searching.data import cycle
 from grafs.searching.result import SearchResult
@@ -191,6 +191,16 @@ class GrafsTrainerCallback(TrainerCallback):
                     "max_steps": self._max_steps,
                     "gradient_accumulation_steps": args.gradient_accumulation_steps}
         self.result = self.searcher.result(settings)
+        s = self.searcher
+        if not s.cell.is_discrete():
+            # (fewer steps than search phases, or a fit stopped early)
+            msg = (f"the training ended before the cell was discrete (phase {s.epoch + 1} of the "
+                   f"search's {s.epochs}, {s.cell.num_active()} ops left): "
+                   f"{self.result.formula} is the leading formula of an unfinished search "
+                   f"(give the Trainer at least as many steps as search_epochs, and let it run "
+                   f"to the end)")
+            self.result.history.setdefault("warnings", []).append(msg)
+            warn(msg)
         register(self.name, self.result.formula, backend=self.backend)
 
 

@@ -163,6 +163,10 @@ class SearchSteps:
                                  + (f" of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else ""))
             # a discrete cell without γ ops has nothing left to learn (its samples are constant)
             learns = loss.requires_grad
+            if not learns and not self.cell.is_discrete():
+                raise GrafsError("the arch_step closure's loss has no autograd graph (computed "
+                                 "under torch.no_grad() or inference_mode, or detached): α and "
+                                 "γ would not learn; compute the loss with gradients enabled")
             if learns:
                 self.arch_scaler.scale(loss.reshape(())).backward()
         finally:
@@ -180,6 +184,10 @@ class SearchSteps:
         skips them: their grad is None); the sites use the cell with fresh samples, or the
         original activation while warm-starting (``use_cell`` overrides). ``train_arch``: the
         single-level variant, α/γ get gradients from the same pass."""
+        if self._frozen is not None:
+            raise GrafsError("weight_step() inside another weight step: the inner one's end "
+                             "would unfreeze α and γ inside the outer one; use one per "
+                             "training batch")
         self.weight_step_begin(use_cell=use_cell, train_arch=train_arch)
         try:
             yield self
@@ -290,14 +298,21 @@ class Searcher(SearchSteps):
         if not 0 <= epoch < self.epochs:
             raise GrafsError(f"epoch {epoch} is outside the search's {self.epochs} epochs "
                              f"(0 to {self.epochs - 1}); pass epochs= to Searcher as your loop runs them")
+        if epoch < self.epoch:
+            warn(f"epoch_start({epoch}) after epoch_start({self.epoch}): the dropped ops stay "
+                 f"dropped (a search's epochs go forward)")
         self.epoch, self.next_epoch = epoch, epoch + 1
         self.warm = self.is_warm(epoch)
         self._t_epoch = time.perf_counter()
+        # drop down to the active count the schedule reaches by this epoch: calling it twice
+        # (a reloaded mid-epoch state) drops nothing more, and skipped epochs catch up
+        target = self.space.num_ops - sum(k for e, k in self.schedule.items() if e <= epoch)
+        k = self.cell.num_active() - target
         dropped = []
-        if epoch in self.schedule:
-            if epoch == min(self.schedule):
+        if k > 0:
+            if not self.history["dropped"]:
                 warn_if_unlearned(self.cell, epoch, self.history)
-            for hole, op in self.cell.drop(self.schedule[epoch]):
+            for hole, op in self.cell.drop(k):
                 self.history["dropped"].append([epoch, hole, op])
                 dropped.append((hole, op))
         return dropped
