@@ -136,7 +136,7 @@ def test_arch_batch_size_sets_the_validation_batches_of_the_arch_steps(tmp_path)
 def test_resume_with_other_settings_is_refused(tmp_path):
     with pytest.raises(Interrupted):
         run(checkpoint_dir=tmp_path, _stop_after_epoch=1)
-    with pytest.raises(GrafsError, match="other settings"):
+    with pytest.raises(GrafsError, match=r"other settings \(epochs: 5 there, 6 here\); resume with"):
         run(resume=tmp_path, epochs=6)
 
 

@@ -83,9 +83,13 @@ def check_compatible(ck: dict, path: Path, settings: dict, world: int) -> None:
         raise GrafsError(f"cannot resume from {path}: it was written by a search on "
                          f"{ck.get('world_size', 1)} process(es), this one runs on {world}; "
                          f"resume with the same number of processes")
-    if json.loads(ck["settings"]) != json.loads(json.dumps(settings, default=json_default)):
+    saved, now = json.loads(ck["settings"]), json.loads(json.dumps(settings, default=json_default))
+    if saved != now:
+        diff = [f"{k}: {saved.get(k, '(not set)')!r} there, {now.get(k, '(not set)')!r} here"
+                for k in sorted(set(saved) | set(now), key=str) if saved.get(k) != now.get(k)]
         raise GrafsError(f"cannot resume from {path}: it was written by a search with other settings "
-                         f"({ck['settings']})")
+                         f"({'; '.join(diff)}); resume with the same settings, or start without "
+                         f"resume")
 
 
 # implementation choices that compute the same update: not part of an optimizer's identity
