@@ -18,6 +18,31 @@ def _plt():
     return plt
 
 
+def check_plot_path(path) -> None:
+    """A GrafsError unless ``path`` names a file matplotlib can write (a known image suffix)
+    in an existing folder: checked before the work whose plot it is."""
+    from pathlib import Path
+    p = Path(path)
+    formats = _plt().figure().canvas.get_supported_filetypes()
+    _plt().close("all")
+    if p.suffix.lstrip(".").lower() not in formats:
+        raise GrafsError(f"cannot plot to {path}: its suffix is not an image format matplotlib "
+                         f"writes (use .png, .pdf or .svg; all: {', '.join(sorted(formats))})")
+    if not p.parent.is_dir():
+        raise GrafsError(f"cannot plot to {path}: the folder {p.parent} does not exist")
+
+
+def _save(fig, path, dpi: int) -> None:
+    plt = _plt()
+    try:
+        check_plot_path(path)
+        fig.savefig(path, dpi=dpi)
+    except OSError as err:
+        raise GrafsError(f"cannot write the plot {path}: {err.strerror or err}") from None
+    finally:
+        plt.close(fig)
+
+
 def function_and_derivative(expr, lo: float = -5.0, hi: float = 5.0, n: int = 1001):
     """(x, f(x), f'(x)) as float64 tensors, f' from autograd through the eager backend."""
     from grafs.grammar.parser import parse
@@ -33,10 +58,8 @@ def plot_activations(exprs: Sequence, path: str, labels: Sequence[str] | None = 
                      baselines: Sequence[str] = (), lo: float = -5.0, hi: float = 5.0,
                      title: str | None = None) -> str:
     """Plot each formula (and optional baseline formulas, dashed) with its derivative."""
-    plt = _plt()
-    fig = activations_figure(exprs, labels, baselines, lo, hi, title)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    check_plot_path(path)
+    _save(activations_figure(exprs, labels, baselines, lo, hi, title), path, 120)
     return path
 
 
@@ -100,6 +123,5 @@ def plot_alpha_history(result, path: str, space=None) -> str:
                 ent.set_ylabel("entropy / log(#ops) (dashed)")
     axes[0][0].set_ylabel("α")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path, 110)
     return path

@@ -51,6 +51,37 @@ def test_plot_writes_png(tmp_path, capsys):
     assert code == 0 and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5000
 
 
+def test_plot_paths_that_cannot_be_written_are_clear_errors(tmp_path, capsys):
+    """A missing folder or a suffix matplotlib cannot write was a raw traceback (exit 1), for
+    `grafs evaluate --plot` only after the whole evaluation had run."""
+    pytest.importorskip("matplotlib")
+    code, _, err = run(capsys, "plot", "gelu(x)", "-o", str(tmp_path / "no" / "g.png"))
+    assert code == 2 and "the folder" in err and "does not exist" in err
+    code, _, err = run(capsys, "plot", "gelu(x)", "-o", str(tmp_path / "g.txt"))
+    assert code == 2 and "not an image format" in err
+    code, _, err = run(capsys, "evaluate", "--task", "digits", "--activations", "relu(x)",
+                       "--seeds", "1", "--epochs", "1", "--quiet", "--plot", str(tmp_path / "no" / "p.png"))
+    assert code == 2 and "does not exist" in err
+
+
+def test_search_without_resume_keeps_an_unfinished_search(tmp_path, capsys):
+    """--out holding an interrupted search's checkpoint: a run without --resume overwrote it
+    after its first epoch; now it says to pass --resume (a finished search is run again)."""
+    import torch
+    from grafs.searching.checkpoint import Interrupted
+    from grafs.searching.loop import search
+    out = tmp_path / "run"
+    x = torch.randn(64, 4)
+    with pytest.raises(Interrupted):
+        search(torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)),
+               (x, (x[:, 0] > 0).long()), epochs=3, checkpoint_dir=out, progress=False,
+               _stop_after_epoch=0)
+    before = (out / "checkpoint.pt").read_bytes()
+    code, _, err = run(capsys, "search", "--task", "teacher", "--epochs", "3", "--out", str(out), "--quiet")
+    assert code == 2 and "holds an unfinished search (1 of its 3 epochs done): pass --resume" in err
+    assert (out / "checkpoint.pt").read_bytes() == before
+
+
 def test_search_and_evaluate_commands(tmp_path, capsys):
     out = tmp_path / "run"
     code, msg, _ = run(capsys, "search", "--task", "digits", "--epochs", "2", "--out", str(out), "--quiet")

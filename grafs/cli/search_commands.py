@@ -48,6 +48,26 @@ def _cmd_search(args) -> int:
     return _under_torchrun(dev, lambda: _search(args, dev, gdist.rank() == 0, gdist.world_size()))
 
 
+def _keep_unfinished(out: Path) -> None:
+    """A GrafsError when ``out`` holds the checkpoint of an unfinished search: a run without
+    --resume would overwrite its progress after its first epoch (a finished one is run again)."""
+    import json
+    from grafs.errors import GrafsError
+    from grafs.searching.checkpoint import CHECKPOINT_NAME, read_checkpoint
+    path = out / CHECKPOINT_NAME
+    if not path.is_file():
+        return
+    try:
+        ck = read_checkpoint(path, "cpu")
+        epochs = json.loads(ck["settings"]).get("epochs")
+    except GrafsError:
+        return          # unreadable: nothing to continue from
+    if isinstance(epochs, int) and ck["epoch"] + 1 < epochs:
+        raise GrafsError(f"{out} holds an unfinished search ({ck['epoch'] + 1} of its {epochs} "
+                         f"epochs done): pass --resume to continue it, or another --out (a run "
+                         f"without --resume would overwrite it)")
+
+
 def _under_torchrun(dev, run) -> int:
     """``run()``; under torchrun (WORLD_SIZE > 1) every process runs it, in the process group
     this call initialises from torchrun's environment and destroys afterwards."""
@@ -69,6 +89,8 @@ def _search(args, dev, main: bool, world: int) -> int:
     from grafs.tasks import get_task
     task = get_task(args.task, seed=args.seed, **_task_options(args))
     out = Path(args.out) if args.out else Path("grafs_runs") / f"{args.task}-seed{args.seed}"
+    if not args.resume:
+        _keep_unfinished(out)
     if main:
         print(f"GRAFS search on task {task.name!r} ({task.description}); seed {args.seed}; "
               f"device {dev}" + (f" × {world} processes" if world > 1 else "")
@@ -168,6 +190,9 @@ def _cmd_evaluate(args) -> int:
 def _evaluate(args, dev, rank0: bool) -> int:
     from grafs.protocol.evaluate import evaluate
     from grafs.tasks import get_task
+    if args.plot and rank0:
+        from grafs.plot import check_plot_path
+        check_plot_path(args.plot)          # before the runs, not after them
     task = get_task(args.task, **_task_options(args))
     acts = list(args.activations or [])
     times = []
