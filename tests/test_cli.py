@@ -25,6 +25,13 @@ def test_show(capsys):
     assert "derivative" in out
 
 
+def test_show_a_trainable_family_formula(capsys):
+    """`grafs show "xielu(x)"` exited 2 (no symbolic derivative); the README says show lists
+    what grafs makes of any formula: the other rows, and why there is no derivative row."""
+    code, out, _ = run(capsys, "show", "xielu(x)")
+    assert code == 0 and "canonical   xielu(x)" in out and "derivative  none symbolic" in out
+
+
 def test_show_bad_input_exits_2_with_caret(capsys):
     code, _, err = run(capsys, "show", "0.5*gelo(x)")
     assert code == 2

@@ -11,9 +11,13 @@ from grafs.errors import GrafsError
 def _cmd_show(args) -> int:
     from grafs.grammar.parser import parse
     e = parse(args.expr)
-    d = e.derivative()
-    rows = [("canonical", str(e)), ("simplified", str(e.simplify())), ("latex", e.latex()),
-            ("derivative", str(d)), ("derivative (simplified)", str(d.simplify()) if d.depth < 30 else str(d))]
+    rows = [("canonical", str(e)), ("simplified", str(e.simplify())), ("latex", e.latex())]
+    try:
+        d = e.derivative()
+        rows += [("derivative", str(d)),
+                 ("derivative (simplified)", str(d.simplify()) if d.depth < 30 else str(d))]
+    except GrafsError as err:     # a trainable family (xielu, pwlu, ...): autograd only
+        rows.append(("derivative", f"none symbolic ({err}); autograd differentiates it"))
     if e.params():
         rows.append(("parameters", ", ".join(f"{k}={v!r}" for k, v in e.params().items())))
     w = max(len(k) for k, _ in rows)
