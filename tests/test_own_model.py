@@ -172,3 +172,18 @@ def test_evaluate_runs_the_protocol_on_a_user_model(tmp_path):
     assert reg.metric == "mse" and not reg.higher_is_better
     with pytest.raises(GrafsError, match="pair of tensors"):
         grafs.evaluate(model, x, ["tanh(x)"], progress=False)
+
+
+def test_evaluate_setup_errors_are_one_clear_error_not_a_table_of_failed_runs():
+    """A model instead of a builder, int32 targets or a model with no activation gave a table
+    whose every run had failed (no exception, no warning)."""
+    x, y = data(64)
+    args = dict(seeds=1, baselines=["relu"], epochs=1, batch_size=32, progress=False)
+    with pytest.raises(GrafsError, match="make_model must build a fresh model"):
+        grafs.evaluate(model(), (x, y), ["tanh(x)"], **args)
+    with pytest.raises(GrafsError, match=r"a first forward and loss on two training examples "
+                                         r"\(inputs \(2, 6\) torch.float32, targets \(2,\) "
+                                         r"torch.int32\) failed with RuntimeError"):
+        grafs.evaluate(model, (x, y.int()), ["tanh(x)"], **args)
+    with pytest.raises(GrafsError, match="no activation"):
+        grafs.evaluate(lambda: nn.Sequential(nn.Linear(6, 2)), (x, y), ["tanh(x)"], **args)

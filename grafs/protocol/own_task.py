@@ -81,6 +81,25 @@ def own_task(make_model: Callable[[], nn.Module], train_data, test_data=None, *,
                 metric_name=metric_name, higher_is_better=higher_is_better, seed=seed)
 
 
+def _first_pass(task: Task) -> None:
+    """One forward and loss of the model on two training examples, before any run: a setup
+    error (targets of the wrong dtype or shape, inputs the model does not take, no activation
+    to replace) is one GrafsError now, not the same failure in every run of the table."""
+    model = task.make_model(seed=task.seed)       # (GrafsError: no activation site)
+    x, y = task.train_x[:2], task.train_y[:2]
+    try:
+        loss = task.loss_fn(model(x), y)
+    except Exception as err:      # anything the user's model or loss raises
+        raise GrafsError(f"your model and data do not train: a first forward and loss on two "
+                         f"training examples (inputs {tuple(x.shape)} {x.dtype}, targets "
+                         f"{tuple(y.shape)} {y.dtype}) failed with {type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''}") from err
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+        raise GrafsError(f"the loss must be one number (a one-element tensor), got "
+                         f"{type(loss).__name__}" + (f" of shape {tuple(loss.shape)}"
+                                                     if isinstance(loss, torch.Tensor) else ""))
+
+
 def evaluate(make_model: Callable[[], nn.Module], train_data, activations=(), *, test_data=None,
              seeds: int | Sequence[int] = 5, baselines: Sequence[str] = tuple(BASELINES),
              scaled_baselines: bool = False, epochs: int = 10, batch_size: int = 128,
@@ -96,8 +115,12 @@ def evaluate(make_model: Callable[[], nn.Module], train_data, activations=(), *,
     needs a built-in task: a user's model builder need not be picklable)."""
     from grafs.protocol.evaluate import evaluate as run_protocol
     from grafs.protocol.evaluate import scaled_baselines as scaled
+    if isinstance(make_model, nn.Module):
+        raise GrafsError("make_model must build a fresh model each call (e.g. lambda: MyNet()), "
+                         "not be a model: every run trains one from scratch")
     task = own_task(make_model, train_data, test_data, epochs=epochs, batch_size=batch_size,
                     optimizer=optimizer, lr=lr, loss_fn=loss_fn, metric=metric, **task_options)
+    _first_pass(task)
     named = dict(activations) if isinstance(activations, dict) else \
         {f"F{i + 1}": f for i, f in enumerate([activations] if isinstance(activations, str) else activations)}
     if scaled_baselines:
