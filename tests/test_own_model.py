@@ -187,3 +187,25 @@ def test_evaluate_setup_errors_are_one_clear_error_not_a_table_of_failed_runs():
         grafs.evaluate(model, (x, y.int()), ["tanh(x)"], **args)
     with pytest.raises(GrafsError, match="no activation"):
         grafs.evaluate(lambda: nn.Sequential(nn.Linear(6, 2)), (x, y), ["tanh(x)"], **args)
+
+
+def test_search_input_errors_say_what_arrived(tmp_path):
+    """Inputs or targets the model or loss cannot take were torch's message from inside the
+    first step (mat1 and mat2 must have the same dtype, expected target dtype Long); numpy
+    arrays were 'a pair of tensors ... got tuple'; resume=True was a TypeError."""
+    import numpy as np
+    x, y = data()
+    args = dict(space=space(), epochs=2, budget="as_given", progress=False, check=False,
+                verdict_seeds=0)
+    with pytest.raises(GrafsError, match=r"a forward and loss on 8 training examples \(inputs "
+                                         r"\(8, 6\) torch.float64.*failed with RuntimeError"):
+        grafs.search(model(), (x.double(), y), **args)
+    with pytest.raises(GrafsError, match=r"targets \(8,\) torch.int32\) failed"):
+        grafs.search(model(), (x, y.int()), **args)
+    with pytest.raises(GrafsError, match=r"numpy arrays: convert them with torch.from_numpy"):
+        grafs.search(model(), (x.numpy(), np.asarray(y)), **args)
+    with pytest.raises(GrafsError, match="resume=True resumes from checkpoint_dir"):
+        grafs.search(model(), (x, y), resume=True, **args)
+    first = grafs.search(model(), (x, y), checkpoint_dir=tmp_path, **args)
+    again = grafs.search(model(), (x, y), checkpoint_dir=tmp_path, resume=True, **args)
+    assert again.formula == first.formula

@@ -21,6 +21,9 @@ def _as_dataset(data, name: str):
         if len(data[0]) != len(data[1]):
             raise GrafsError(f"{name}: inputs and targets differ in length ({len(data[0])} vs {len(data[1])})")
         return TensorDataset(*data)
+    if isinstance(data, (tuple, list)) and any(type(t).__module__ == "numpy" for t in data):
+        raise GrafsError(f"{name} holds numpy arrays: convert them with torch.from_numpy(...) "
+                         f"(an (inputs, targets) pair of tensors, a Dataset or a DataLoader)")
     raise GrafsError(f"{name} must be a (inputs, targets) pair of tensors, a Dataset or a DataLoader, "
                      f"got {type(data).__name__}")
 

@@ -102,7 +102,13 @@ def search(model, train_data, val_data=None, *, config: SearchConfig | None = No
         kwargs["optimizer"] = cfg.make_optimizer
     if kwargs.get("scheduler") is None:
         kwargs["scheduler"] = lambda opt: cfg.make_scheduler(opt, opt_steps)
+    if kwargs.get("resume") is True:      # resume=True: from checkpoint_dir
+        if kwargs.get("checkpoint_dir") is None:
+            raise GrafsError("resume=True resumes from checkpoint_dir, and none was given: pass "
+                             "checkpoint_dir=..., or resume=<the checkpoint's path or folder>")
+        kwargs["resume"] = kwargs["checkpoint_dir"]
     dev = _device(model, device)
+    _first_pass(model, split[0], cfg.batch_size, kwargs.get("loss_fn"), dev, seed)
     measure = cfg.check or cfg.verdict_seeds or (cfg.restarts > 1 and cfg.restart_select == "scratch")
     if scratch is None and measure:
         scratch = ScratchTrainer(model, *split, epochs=epochs, batch_size=cfg.batch_size,
@@ -225,6 +231,29 @@ def _search(model, split, unsplit, cfg: SearchConfig, seed: int, scratch, common
                              train_fraction=cfg.train_fraction, score=score, **common)
     result.settings["restart_select"] = cfg.restart_select
     return result
+
+
+def _first_pass(model, train_data, batch_size: int, loss_fn, dev, seed: int) -> None:
+    """A forward and loss of (a copy of) the model on a few training examples before the
+    search: inputs or targets the model or loss cannot take (a dtype, a shape) are one
+    GrafsError naming them, not torch's message from inside the search's first step."""
+    from grafs.searching.data import Batches
+    from grafs.searching.losses import default_loss
+    xb, yb = next(iter(Batches(train_data, min(batch_size, 8), seed, 0, "train_data").epoch(0)))
+    net = copy.deepcopy(model) if isinstance(model, nn.Module) else model(seed)
+    try:
+        with torch.no_grad():
+            net.to(dev).eval()
+            loss = (loss_fn or default_loss)(net(xb.to(dev)), yb.to(dev))
+    except Exception as err:      # anything the user's model or loss raises
+        raise GrafsError(f"your model and data do not train: a forward and loss on {len(xb)} "
+                         f"training examples (inputs {tuple(xb.shape)} {xb.dtype}, targets "
+                         f"{tuple(yb.shape)} {yb.dtype}) failed with {type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''}") from err
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+        raise GrafsError(f"the loss must be one number (a one-element tensor), got "
+                         f"{type(loss).__name__}" + (f" of shape {tuple(loss.shape)}"
+                                                     if isinstance(loss, torch.Tensor) else ""))
 
 
 def _steps_per_epoch(train_data, batch_size: int, max_steps: int | None) -> int:

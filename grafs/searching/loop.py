@@ -134,6 +134,11 @@ def search(model: nn.Module, train_data, val_data=None, *, space=None, epochs: i
 
     first_epoch, elapsed = 0, 0.0
     ckpt_path = Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir is not None else None
+    if resume is True and checkpoint_dir is not None:
+        resume = checkpoint_dir          # resume=True: from checkpoint_dir
+    if resume is not None and not isinstance(resume, (str, os.PathLike)):
+        raise GrafsError(f"resume must be the checkpoint's path or folder (or True with "
+                         f"checkpoint_dir), got {resume!r}")
     if resume is not None:
         rp = checkpoint_file(resume)
         first_epoch, elapsed = _resume(rp, s, stepper, w_sched, settings, world, dev, dist)
