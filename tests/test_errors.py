@@ -101,6 +101,10 @@ def test_unknown_function_suggests_closest():
     assert err2.column == 9
     err3 = parse_error("qqqqqq(x)", grafs.UnknownFunctionError)
     assert "did you mean" not in str(err3)
+    # a misspelt name without its argument (grafs.Act("gelo")): the close functions too
+    err4 = parse_error("gelo", grafs.ParseError)
+    assert "unknown variable 'gelo'" in str(err4) and "did you mean 'gelu'?" in str(err4)
+    assert "did you mean" not in str(parse_error("y", grafs.ParseError))
 
 
 @pytest.mark.parametrize("text,expected", [

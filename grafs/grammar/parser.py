@@ -157,7 +157,8 @@ def _build(node, kids, text, params, auto) -> E.Expr:
             return E.var()
         if tok.value.lower() in CONSTANTS:
             return E.const(CONSTANTS[tok.value.lower()])
-        hint = " (it is a function: call it like " + tok.value + "(x))" if lookup(tok.value) else ""
+        hint = (" (it is a function: call it like " + tok.value + "(x))" if lookup(tok.value)
+                else suggest(tok.value))      # a misspelt function name: the close ones
         raise ParseError(f"unknown variable {tok.value!r}: the only variable is x{hint}",
                          text, tok.line, tok.column)
     if kind == "param":

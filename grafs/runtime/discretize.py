@@ -184,11 +184,9 @@ def found_formula(cell) -> E.Expr:
     if varies_with_x(e):
         if is_affine(e):
             warn(
-                f"the found formula {display_expr(e)} is affine in x: a network with it is linear "
-                f"between its normalisation and pooling layers (on the textures task such a "
-                f"ResNet20 scored 0.19 against ReLU's 0.82); the search ranked a linear op "
-                f"highest, usually a sign that α had too few arch steps to learn (see the "
-                f"search's entropy diagnostics)")
+                f"the found formula {display_expr(e)} is affine in x: the layers around it make "
+                f"one linear map; the search ranked a linear op highest, usually a sign that α "
+                f"had too few arch steps to learn (see the search's entropy diagnostics)")
         return e
     alt = cell.discretize(keep_x=True)
     if not varies_with_x(alt):
