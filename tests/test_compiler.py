@@ -224,12 +224,16 @@ def test_python_export_matches_eager(i, name, tmp_path):
 def test_python_export_with_params_and_clip(tmp_path):
     mod = load_module(tmp_path, "exported_p", grafs.to_python(PARAM_FORMULA, class_name="Act"))
     m = mod.Act()
-    assert sorted(n for n, _ in m.named_parameters()) == sorted(f"p_{k}" for k in
+    assert sorted(n for n, _ in m.named_parameters()) == sorted(f"params.p_{k}" for k in
                                                                  ["a", "b", "s", "al", "lo", "hi", "g"])
     x = inputs(512, scale=2.0)
-    torch.testing.assert_close(m(x), grafs.compile(PARAM_FORMULA, backend="eager")(x), rtol=1e-6, atol=1e-6)
+    compiled = grafs.compile(PARAM_FORMULA, backend="eager")
+    torch.testing.assert_close(m(x), compiled(x), rtol=1e-6, atol=1e-6)
+    # the same state_dict keys as grafs.compile's module (API review: p_a against params.p_a)
     with torch.no_grad():
-        m.p_a.fill_(3.0)
+        compiled.params.p_a.fill_(3.0)
+    m.load_state_dict(compiled.state_dict())
+    assert float(m.params.p_a) == 3.0 and compiled.load_state_dict(m.state_dict())
     vals = {"a": 3.0, "b": 0.3, "s": 0.2, "al": 0.7, "lo": -0.5, "hi": 1.5, "g": 0.1}
     torch.testing.assert_close(m(x), param_ref(x, **{k: torch.tensor(v) for k, v in vals.items()}),
                                rtol=1e-5, atol=1e-5)

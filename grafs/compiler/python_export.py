@@ -28,10 +28,12 @@ def to_python(expr, class_name: str = "Activation", clip: bool = False,
         "",
     ]
     if prog.params:
-        lines += ["    def __init__(self):", "        super().__init__()"]
+        # under `params`, as grafs.compile's modules hold them: their state_dicts load either way
+        lines += ["    def __init__(self):", "        super().__init__()",
+                  "        self.params = torch.nn.Module()"]
         for n, v in prog.params:
-            lines.append(f"        self.p_{n} = torch.nn.Parameter(torch.tensor({v!r}))")
+            lines.append(f"        self.params.p_{n} = torch.nn.Parameter(torch.tensor({v!r}))")
         lines.append("")
     lines.append("    def forward(self, x: torch.Tensor) -> torch.Tensor:")
-    lines += emit_body(prog, param_prefix="self.", indent="        ")
+    lines += emit_body(prog, param_prefix="self.params.", indent="        ")
     return "\n".join(lines) + "\n"
