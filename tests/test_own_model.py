@@ -81,6 +81,9 @@ def test_the_verdict_compares_means_against_the_noise():
     assert str(kept).startswith("kept your relu(x)") and kept.no_worse and not kept.better
     diverged = Verdict("f", "relu(x)", [0.1, math.inf], [0.2, 0.2])
     assert not diverged.better and not diverged.no_worse
+    # one seed: no estimate of the noise, so never "better" (it was, on any lower loss)
+    one = Verdict("f", "relu(x)", [0.10], [0.20])
+    assert not one.better and one.no_worse and "one seed: no estimate of the noise" in str(one)
 
 
 def test_a_formula_that_does_not_train_from_scratch_is_never_returned(monkeypatch):

@@ -63,7 +63,8 @@ class EvalTable:
         lines = [f"| activation | {self.metric} (mean ± SEM, n={n}) | formula |",
                  "|---|---|---|"]
         for r in self.rows:
-            cell = f"{r.mean:.{digits}f} ± {r.sem:.{digits}f}" if r.scores else "failed"
+            cell = ("failed" if not r.scores else f"{r.mean:.{digits}f}" if len(r.scores) == 1
+                    else f"{r.mean:.{digits}f} ± {r.sem:.{digits}f}")   # (one seed: no SEM)
             if r is best:
                 cell = f"**{cell}**"
             if 0 < len(r.scores) < n:

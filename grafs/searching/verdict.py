@@ -22,7 +22,8 @@ class Verdict:
         f, o = self.found_losses, self.original_losses
         ok = all(map(math.isfinite, f))
         gap = _mean(o) - _mean(f)
-        self.better = ok and gap > math.hypot(_sem(f), _sem(o))
+        # one seed per side gives no estimate of the noise: never "better" on it
+        self.better = ok and min(len(f), len(o)) > 1 and gap > math.hypot(_sem(f), _sem(o))
         self.no_worse = ok and _mean(f) <= _mean(o) + _sem(o)
 
     def __str__(self) -> str:
@@ -32,6 +33,8 @@ class Verdict:
                     f"over {len(self.found_losses)} seeds from scratch)")
         word = ("better" if self.better else "no worse (within the noise)" if self.no_worse
                 else f"not better: keep {self.original}")
+        if min(len(self.found_losses), len(self.original_losses)) < 2:
+            word += " (one seed: no estimate of the noise; verdict_seeds >= 2 gives one)"
         return (f"found {self.formula}: val loss {_mean(self.found_losses):.4g} ± "
                 f"{_sem(self.found_losses):.2g} against your {self.original} "
                 f"{_mean(self.original_losses):.4g} ± {_sem(self.original_losses):.2g} over "
