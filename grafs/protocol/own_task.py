@@ -15,7 +15,7 @@ from torch import nn
 from grafs.errors import GrafsError
 from grafs.protocol.baselines import BASELINES
 from grafs.searching.sites import DEFAULT_TYPES, replace_activations
-from grafs.searching.losses import default_loss, mse
+from grafs.searching.losses import check_first_pass, default_loss, mse
 from grafs.tasks.base import Task, accuracy
 from grafs.searching.config import SearchConfig, TrainConfig
 
@@ -82,22 +82,11 @@ def own_task(make_model: Callable[[], nn.Module], train_data, test_data=None, *,
 
 
 def _first_pass(task: Task) -> None:
-    """One forward and loss of the model on two training examples, before any run: a setup
-    error (targets of the wrong dtype or shape, inputs the model does not take, no activation
-    to replace) is one GrafsError now, not the same failure in every run of the table."""
+    """One forward and loss of the model on two training examples, before any run
+    (:func:`~grafs.searching.losses.check_first_pass`): a setup error is one GrafsError now,
+    not the same failure in every run of the table."""
     model = task.make_model(seed=task.seed)       # (GrafsError: no activation site)
-    x, y = task.train_x[:2], task.train_y[:2]
-    try:
-        loss = task.loss_fn(model(x), y)
-    except Exception as err:      # anything the user's model or loss raises
-        raise GrafsError(f"your model and data do not train: a first forward and loss on two "
-                         f"training examples (inputs {tuple(x.shape)} {x.dtype}, targets "
-                         f"{tuple(y.shape)} {y.dtype}) failed with {type(err).__name__}: "
-                         f"{str(err).splitlines()[0] if str(err) else ''}") from err
-    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-        raise GrafsError(f"the loss must be one number (a one-element tensor), got "
-                         f"{type(loss).__name__}" + (f" of shape {tuple(loss.shape)}"
-                                                     if isinstance(loss, torch.Tensor) else ""))
+    check_first_pass(model, task.train_x[:2], task.train_y[:2], task.loss_fn)
 
 
 def evaluate(make_model: Callable[[], nn.Module], train_data, activations=(), *, test_data=None,

@@ -235,25 +235,12 @@ def _search(model, split, unsplit, cfg: SearchConfig, seed: int, scratch, common
 
 def _first_pass(model, train_data, batch_size: int, loss_fn, dev, seed: int) -> None:
     """A forward and loss of (a copy of) the model on a few training examples before the
-    search: inputs or targets the model or loss cannot take (a dtype, a shape) are one
-    GrafsError naming them, not torch's message from inside the search's first step."""
+    search (:func:`~grafs.searching.losses.check_first_pass`)."""
     from grafs.searching.data import Batches
-    from grafs.searching.losses import default_loss
+    from grafs.searching.losses import check_first_pass
     xb, yb = next(iter(Batches(train_data, min(batch_size, 8), seed, 0, "train_data").epoch(0)))
     net = copy.deepcopy(model) if isinstance(model, nn.Module) else model(seed)
-    try:
-        with torch.no_grad():
-            net.to(dev).eval()
-            loss = (loss_fn or default_loss)(net(xb.to(dev)), yb.to(dev))
-    except Exception as err:      # anything the user's model or loss raises
-        raise GrafsError(f"your model and data do not train: a forward and loss on {len(xb)} "
-                         f"training examples (inputs {tuple(xb.shape)} {xb.dtype}, targets "
-                         f"{tuple(yb.shape)} {yb.dtype}) failed with {type(err).__name__}: "
-                         f"{str(err).splitlines()[0] if str(err) else ''}") from err
-    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-        raise GrafsError(f"the loss must be one number (a one-element tensor), got "
-                         f"{type(loss).__name__}" + (f" of shape {tuple(loss.shape)}"
-                                                     if isinstance(loss, torch.Tensor) else ""))
+    check_first_pass(net, xb, yb, loss_fn, dev)
 
 
 def _steps_per_epoch(train_data, batch_size: int, max_steps: int | None) -> int:
