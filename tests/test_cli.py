@@ -71,6 +71,18 @@ def test_plot_paths_that_cannot_be_written_are_clear_errors(tmp_path, capsys):
     assert code == 2 and "does not exist" in err
 
 
+def test_evaluate_json_is_strict_json(tmp_path, capsys):
+    """One seed has no SEM: the table's JSON wrote NaN, which is not JSON (JSON.parse fails)."""
+    js = tmp_path / "t.json"
+    code, _, _ = run(capsys, "evaluate", "--task", "digits", "--activations", "relu(x)",
+                     "--baselines", "ReLU", "--seeds", "1", "--epochs", "1", "--quiet", "--json", str(js))
+
+    def refuse(name):
+        raise ValueError(f"{name} in the JSON")
+    rows = json.loads(js.read_text(), parse_constant=refuse)["rows"]
+    assert code == 0 and rows[0]["sem"] is None and rows[0]["mean"] is not None
+
+
 def test_search_without_resume_keeps_an_unfinished_search(tmp_path, capsys):
     """--out holding an interrupted search's checkpoint: a run without --resume overwrote it
     after its first epoch; now it says to pass --resume (a finished search is run again)."""

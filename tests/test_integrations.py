@@ -87,6 +87,29 @@ def test_register_then_import_timm_finds_the_name(fake_timm):
     assert timm.layers.create_act.__loader__.__class__.__name__ != "_Loader"  # the real loader
 
 
+def test_a_registration_while_the_library_imports_never_breaks_the_import(fake_timm, monkeypatch):
+    """The post-import hook iterated the registry while another thread could register
+    (RuntimeError: dictionary changed size during iteration, raised into the importer); now
+    it iterates a copy under the registry's lock, and a failing hook only warns."""
+    import grafs.integrations.registry as reg
+    grafs.register("grafs_a", SWISH, backend="eager")
+    grafs.register("grafs_b", SWISH, backend="eager")
+    added = []
+    for target in reg.TARGETS:
+        if target.MODULE.startswith("timm"):
+            orig = target.add
+
+            def add(mod, key, cls, orig=orig):
+                added.append(key)
+                if len(added) == 1:          # the registry changes in the middle of the hook
+                    reg._REGISTERED["grafs_c"] = reg._REGISTERED["grafs_a"]
+                return orig(mod, key, cls)
+            monkeypatch.setattr(target, "add", add)
+    timm = fake_timm()
+    assert timm.get_act_layer("grafs_a") is not None and {"grafs_a", "grafs_b"} <= set(added)
+    reg._REGISTERED.pop("grafs_c", None)
+
+
 def test_import_timm_then_register_finds_the_name_and_unregister_removes_it(fake_timm):
     timm = fake_timm()
     cls = grafs.register("grafs_mix", "0.4756*relu(x) + 0.5244*gelu(x)", backend="eager")

@@ -212,3 +212,24 @@ def test_search_input_errors_say_what_arrived(tmp_path):
     first = grafs.search(model(), (x, y), checkpoint_dir=tmp_path, **args)
     again = grafs.search(model(), (x, y), checkpoint_dir=tmp_path, resume=True, **args)
     assert again.formula == first.formula
+
+
+def test_evaluate_cache_is_keyed_by_the_model_data_and_loss(tmp_path):
+    """out_dir returned the cached scores of another model, other labels or another loss (the
+    key held only the task's sizes and settings); a non-finite test score was cached as a
+    result and then broke the table (statistics on NaN)."""
+    x, y = data(160)
+    small = lambda: nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 2))    # noqa: E731
+    big = lambda: nn.Sequential(nn.Linear(6, 64), nn.ReLU(), nn.Linear(64, 2))     # noqa: E731
+    kw = dict(seeds=1, epochs=1, baselines=["relu"], batch_size=32, progress=False)
+    first = grafs.evaluate(small, (x, y), [], out_dir=tmp_path, **kw).rows[0].scores
+    assert grafs.evaluate(small, (x, y), [], out_dir=tmp_path, **kw).rows[0].scores == first
+    for make, (xs, ys) in ((big, (x, y)), (small, (x, 1 - y))):
+        cached = grafs.evaluate(make, (xs, ys), [], out_dir=tmp_path, **kw).rows[0].scores
+        assert cached == grafs.evaluate(make, (xs, ys), [], **kw).rows[0].scores
+    def nan_metric(out, t):      # (as an activation that overflows on the test inputs gives)
+        return torch.tensor(float("nan"))
+    nan = grafs.evaluate(small, (x, y), ["tanh(x)"], seeds=2, baselines=[], epochs=1,
+                         batch_size=32, progress=False, out_dir=tmp_path, metric=nan_metric)
+    assert nan.rows[0].scores == [] and len(nan.failures) == 2
+    assert "not finite" in nan.failures[0]["error"] and "failed" in nan.markdown()

@@ -48,6 +48,18 @@ def _cmd_search(args) -> int:
     return _under_torchrun(dev, lambda: _search(args, dev, gdist.rank() == 0, gdist.world_size()))
 
 
+def _no_nan(v):
+    """``v`` with every non-finite float replaced by None (recursively)."""
+    import math
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {k: _no_nan(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_no_nan(x) for x in v]
+    return v
+
+
 def _keep_unfinished(out: Path) -> None:
     """A GrafsError when ``out`` holds the checkpoint of an unfinished search: a run without
     --resume would overwrite its progress after its first epoch (a finished one is run again)."""
@@ -216,7 +228,8 @@ def _evaluate(args, dev, rank0: bool) -> int:
     print(table.markdown())
     if args.json:
         from grafs.files import atomic_write_json
-        atomic_write_json(args.json, table.to_dict(), "the evaluation table", indent=1)
+        # strict JSON: null where a row has no mean or SEM (Python's json writes NaN)
+        atomic_write_json(args.json, _no_nan(table.to_dict()), "the evaluation table", indent=1)
     if args.plot and acts:
         from grafs.plot import plot_activations
         plot_activations(acts, args.plot, baselines=["relu(x)", "gelu(x)", "silu(x)", "elu(x)", "leaky_relu(x)"])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.abc
 import importlib.machinery
 import sys
+import warnings
 import threading
 from types import ModuleType
 from typing import Callable
@@ -63,4 +64,8 @@ class _Loader(importlib.abc.Loader):
             module.__spec__.loader = self._loader
         self._loader.exec_module(module)
         for cb in list(self._callbacks):
-            cb(module)
+            try:
+                cb(module)
+            except Exception as err:      # a hook must never break the library's import
+                warnings.warn(f"grafs: a hook on importing {module.__name__} failed: "
+                              f"{type(err).__name__}: {err}", stacklevel=2)

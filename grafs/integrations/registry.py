@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import sys
+import threading
 import warnings
 from types import ModuleType
 from typing import ClassVar
@@ -32,6 +33,9 @@ TARGETS = (_transformers, _timm)
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
 _REGISTERED: dict[str, type["RegisteredActivation"]] = {}
+# register/unregister and the post-import hook (which runs in the thread that imports the
+# library) change and read _REGISTERED and the libraries' tables together
+_LOCK = threading.RLock()
 _HOOKED: set[str] = set()
 
 
@@ -91,34 +95,37 @@ def register(name: str, formula, *, backend: str = "inductor", clip: bool = Fals
     expr = formula if isinstance(formula, E.Expr) else parse(formula)
     cls = _make_class(name, (expr, backend, bool(clip), float(ell)))
     cls()  # compile errors now, not inside a library's model constructor
-    loaded = [(t, sys.modules[t.MODULE]) for t in TARGETS if t.MODULE in sys.modules]
-    for target, mod in loaded:  # check every library before changing any
-        _check_free(target, mod, name)
-    _REGISTERED[name] = cls
-    for target, mod in loaded:
-        target.add(mod, target.key(name), cls)
-    for target in TARGETS:
-        if target.MODULE not in _HOOKED:
-            _HOOKED.add(target.MODULE)
-            post_import.when_imported(target.MODULE, lambda mod, t=target: _install_all(t, mod))
+    with _LOCK:
+        loaded = [(t, sys.modules[t.MODULE]) for t in TARGETS if t.MODULE in sys.modules]
+        for target, mod in loaded:  # check every library before changing any
+            _check_free(target, mod, name)
+        _REGISTERED[name] = cls
+        for target, mod in loaded:
+            target.add(mod, target.key(name), cls)
+        for target in TARGETS:
+            if target.MODULE not in _HOOKED:
+                _HOOKED.add(target.MODULE)
+                post_import.when_imported(target.MODULE, lambda mod, t=target: _install_all(t, mod))
     return cls
 
 
 def unregister(name: str) -> None:
     """Remove a name :func:`register` added (modules already built keep working)."""
-    cls = _REGISTERED.pop(name, None)
-    if cls is None:
-        known = ", ".join(map(repr, _REGISTERED)) or "none"
-        raise GrafsError(f"no activation {name!r} was registered with grafs (registered: {known})")
-    for target in TARGETS:
-        mod = sys.modules.get(target.MODULE)
-        if mod is not None:
-            target.remove(mod, target.key(name), cls)
+    with _LOCK:
+        cls = _REGISTERED.pop(name, None)
+        if cls is None:
+            known = ", ".join(map(repr, _REGISTERED)) or "none"
+            raise GrafsError(f"no activation {name!r} was registered with grafs (registered: {known})")
+        for target in TARGETS:
+            mod = sys.modules.get(target.MODULE)
+            if mod is not None:
+                target.remove(mod, target.key(name), cls)
 
 
 def registered() -> dict[str, str]:
     """The registered names and their formulas."""
-    return {n: str(c.grafs_spec[0]) for n, c in _REGISTERED.items()}
+    with _LOCK:
+        return {n: str(c.grafs_spec[0]) for n, c in _REGISTERED.items()}
 
 
 def _check_free(target: ModuleType, mod: ModuleType, name: str) -> None:
@@ -131,13 +138,14 @@ def _check_free(target: ModuleType, mod: ModuleType, name: str) -> None:
 
 def _install_all(target: ModuleType, mod: ModuleType) -> None:
     """Post-import hook: the library's registry module has just run; add every name."""
-    for name, cls in _REGISTERED.items():
-        try:
-            _check_free(target, mod, name)
-        except GrafsError as e:  # never break the library's import
-            warnings.warn(f"grafs activation {name!r} not added: {e}", stacklevel=2)
-            continue
-        target.add(mod, target.key(name), cls)
+    with _LOCK:
+        for name, cls in list(_REGISTERED.items()):
+            try:
+                _check_free(target, mod, name)
+            except GrafsError as e:  # never break the library's import
+                warnings.warn(f"grafs activation {name!r} not added: {e}", stacklevel=2)
+                continue
+            target.add(mod, target.key(name), cls)
 
 
 def is_registered_class(value) -> bool:

@@ -29,7 +29,9 @@ class EvalRow:
     @property
     def sem(self) -> float:
         n = len(self.scores)
-        return statistics.stdev(self.scores) / math.sqrt(n) if n > 1 else float("nan")
+        if n < 2 or not all(map(math.isfinite, self.scores)):
+            return float("nan")
+        return statistics.stdev(self.scores) / math.sqrt(n)
 
 
 @dataclass
@@ -59,7 +61,7 @@ class EvalTable:
 
     def markdown(self, digits: int = 4) -> str:
         best = self.best()
-        n = max(len(r.scores) for r in self.rows)
+        n = max((len(r.scores) for r in self.rows), default=0)
         lines = [f"| activation | {self.metric} (mean ± SEM, n={n}) | formula |",
                  "|---|---|---|"]
         for r in self.rows:

@@ -78,7 +78,31 @@ def own_task(make_model: Callable[[], nn.Module], train_data, test_data=None, *,
                 test_x=tx, test_y=ty, model_builder=_OwnModel(make_model, activation_types),
                 default_activation=nn.ReLU, activation_types=tuple(activation_types),
                 search_config=search, eval_config=cfg, loss_fn=loss_fn, metric=metric,
-                metric_name=metric_name, higher_is_better=higher_is_better, seed=seed)
+                metric_name=metric_name, higher_is_better=higher_is_better, seed=seed,
+                info={"fingerprint": _fingerprint(make_model, (x, y, tx, ty), loss_fn, metric)})
+
+
+def _fingerprint(make_model, tensors, loss_fn, metric) -> str:
+    """What an evaluation run's cache key must hold of a user's task beyond its sizes and
+    settings: the data's values, the model ``make_model`` builds (its layers and parameter
+    shapes) and the loss and metric functions (their code: every lambda is ``<lambda>``), so
+    that ``out_dir`` never returns the results of another model, data or loss."""
+    import hashlib
+    h = hashlib.sha256()
+    for t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    model = make_model()
+    if isinstance(model, nn.Module):
+        h.update(str(model).encode())
+        h.update(str([(n, tuple(p.shape)) for n, p in model.named_parameters()]).encode())
+    for f in (loss_fn, metric):
+        h.update(f"{getattr(f, '__module__', '')}.{getattr(f, '__qualname__', repr(f))}".encode())
+        code = getattr(f, "__code__", None)
+        if code is not None:
+            h.update(code.co_code + repr(code.co_consts).encode())
+    return h.hexdigest()[:24]
 
 
 def _first_pass(task: Task) -> None:

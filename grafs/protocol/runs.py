@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import hashlib
+import math
 import json
 import os
 import time
@@ -79,8 +80,10 @@ def run_one(task, spec: RunSpec, cfg, backend: str, device: torch.device,
     try:
         metrics, fit, seconds = train_and_evaluate(task, activation_factory(spec.formula, backend, baseline=spec.baseline), spec.seed,
                                                    device, cfg=cfg, max_steps=max_steps)
-        return RunResult(spec, float(metrics[task.metric_name]), seconds,
-                         [float(v) for v in fit["train_loss"]])
+        score = float(metrics[task.metric_name])
+        if not math.isfinite(score):      # (an activation that overflows on the test inputs)
+            return RunResult(spec, error=f"the test {task.metric_name} is not finite ({score})")
+        return RunResult(spec, score, seconds, [float(v) for v in fit["train_loss"]])
     except Exception as err:  # noqa: BLE001 - reported with the table, the other runs go on
         return RunResult(spec, error=f"{type(err).__name__}: {err}")
 
@@ -91,9 +94,12 @@ def run_key(task, spec: RunSpec, cfg, backend: str, device: torch.device,
     """What a run's result depends on, hashed (the activation's display name is not part of it,
     nor are the task's search settings: a training run from scratch does not read them)."""
     summary = {k: v for k, v in task.summary().items() if k not in ("search_config", "search_space")}
+    import grafs
     what = {"task": summary, "train": cfg.to_dict(), "formula": spec.formula,
             "baseline": spec.baseline, "seed": spec.seed, "max_steps": max_steps,
-            "backend": None if spec.baseline else backend, "device": device.type}
+            "backend": None if spec.baseline else backend, "device": device.type,
+            # another grafs or torch may build, initialise or train the model otherwise
+            "versions": [grafs.__version__, torch.__version__]}
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
@@ -104,6 +110,8 @@ def _cache_read(path: Path, spec: RunSpec) -> RunResult | None:
         d = json.loads(path.read_bytes().decode("utf-8"))
         if (d["formula"], d["seed"], d["baseline"]) != (spec.formula, spec.seed, spec.baseline):
             return None     # another run's entry under this name
+        if not math.isfinite(float(d["score"])):
+            return None     # (written by an older grafs, which kept such runs)
         return RunResult(spec, float(d["score"]), float(d["seconds"]),
                          [float(v) for v in d["train_loss"]], cached=True)
     except (OSError, ValueError, KeyError, TypeError):
