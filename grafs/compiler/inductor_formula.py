@@ -160,16 +160,27 @@ def _flat(x: torch.Tensor) -> torch.Tensor:
 class _FormulaFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, formula: InductorFormula, x: torch.Tensor, *params: torch.Tensor):
-        x1 = _flat(x)
-        ctx.formula, ctx.shape = formula, x.shape
-        ctx.save_for_backward(x1, *params)
-        return formula.forward(x1, params).view(x.shape)
+        ctx.formula = formula
+        ctx.save_for_backward(x, *params)       # (x itself: a double backward reaches it)
+        return formula.forward(_flat(x), params).view(x.shape)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, gy: torch.Tensor):
-        x1, *params = ctx.saved_tensors
-        grads = ctx.formula.backward(x1, params, gy.reshape(-1).contiguous())
-        gx = grads[0].view(ctx.shape)
-        return (None, gx, *(g if need else None
-                            for g, need in zip(grads[1:], ctx.needs_input_grad[2:])))
+        x, *params = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            # create_graph=True (a gradient penalty, a second derivative): the compiled backward
+            # has no graph, so the gradient is the generated function's, differentiated by
+            # autograd (the same values; slower, and only in this case)
+            need = [x.requires_grad] + [p.requires_grad for p in params]
+            ins = [t for t, n in zip([x, *params], need) if n]
+            got = iter(torch.autograd.grad(ctx.formula.fn(x, *params), ins, gy,
+                                           create_graph=True, allow_unused=True))
+            grads = [next(got) if n else None for n in need]
+            grads = [g if g is not None or not n else torch.zeros_like(t)
+                     for g, n, t in zip(grads, need, [x, *params])]
+        else:
+            x1 = _flat(x)
+            grads = list(ctx.formula.backward(x1, params, gy.reshape(-1).contiguous()))
+            grads[0] = grads[0].view(x.shape)
+        return (None, grads[0], *(g if need else None
+                                  for g, need in zip(grads[1:], ctx.needs_input_grad[2:])))

@@ -108,6 +108,11 @@ class FormulaFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, gy):
+        if torch.is_grad_enabled():
+            from grafs.errors import CompileError
+            raise CompileError("a second derivative (create_graph=True) of a formula compiled "
+                               "with backend='triton': its kernels compute first derivatives "
+                               "only; use backend='inductor' (the default) or 'eager'")
         x, p = ctx.saved_tensors
         gx, gp = ctx.kernels.backward(x, p, gy, ctx.block)
         return gx, gp, None, None
