@@ -478,3 +478,37 @@ def test_module_terms_with_constant_inputs(text):
     x = inputs(64, scale=2.0)
     y = act(x)
     assert y.shape == x.shape and torch.isfinite(y).all()
+
+
+def test_edge_gradients_the_compiler_review_found():
+    """elu with a learnable alpha: NaN gradients for x above ~88 (expm1 overflowed on the branch
+    not taken); a learnable exponent: NaN ∂/∂p at a zero input in the symbolic partial (the
+    triton backend's, 0·log 0); hardswish: derivative() gave 0 at x = 3 where torch gives 1."""
+    x = torch.tensor([1.0, 50.0, 100.0, 1000.0, 1e4], requires_grad=True)
+    for backend in ("eager", "inductor"):
+        m = grafs.compile("elu(x, {al=0.5})", backend=backend)
+        gx, ga = torch.autograd.grad(m(x).sum(), [x, m.params.p_al])
+        assert torch.equal(gx, torch.ones(5)) and float(ga) == 0.0, backend
+    from grafs.grammar.parser import parse
+    from grafs.compiler.eager import run_expr
+    from grafs.ops import OPS
+    from grafs.grammar import expr as E
+    dp = OPS["pow"].grad(E.var(), E.const(2.0))[1]       # ∂/∂b of a^b at b = 2
+    got = run_expr(E.as_expr(dp), torch.tensor([0.0, -0.0, 2.0]), {})
+    assert got[0] == 0 and got[1] == 0 and torch.isclose(got[2], torch.tensor(4 * math.log(2.0)))
+    hs = parse("hardswish(x)").derivative()
+    xs = torch.tensor([-3.0, -2.9999, 2.9999, 3.0, 3.0001], dtype=torch.float64, requires_grad=True)
+    want, = torch.autograd.grad(torch.nn.functional.hardswish(xs).sum(), xs)
+    torch.testing.assert_close(run_expr(hs, xs.detach(), {}).double().expand_as(xs), want)
+
+
+def test_integer_inputs_and_parameter_names():
+    """Integer inputs were truncated back to integers (eager: 0.5*x on arange gave 0s) or
+    wrong (inductor); an unnamed {0.5} before an explicit {p0=...} took the name p0 (one shared
+    parameter, or 'given two initial values')."""
+    for backend in ("eager", "inductor"):
+        with pytest.raises(grafs.CompileError, match="floating-point tensors, got torch.int64"):
+            grafs.compile("0.5*x", backend=backend)(torch.arange(-2, 3))
+    e = grafs.parse("{0.5}*x+{p0=0.5}")
+    assert sorted(e.params()) == ["p0", "p1"]
+    assert sorted(grafs.parse("{0.3}*x+{p0=0.5}").params().items()) == [("p0", 0.5), ("p1", 0.3)]

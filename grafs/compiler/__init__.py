@@ -113,6 +113,10 @@ class Activation(nn.Module):
                 *[self.terms[i.key] for i in self.program.instrs if i.key is not None]]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (x.is_floating_point() or x.is_complex()):
+            # integer inputs were truncated back to integers (eager) or silently wrong (inductor)
+            raise CompileError(f"an activation takes floating-point tensors, got {x.dtype}; "
+                               f"convert the input with x.float()")
         if self.backend == "eager":
             return self._run(x)
         if self.backend == "triton" and len(self.terms):

@@ -119,7 +119,10 @@ def _pos(node, text) -> tuple[int, int]:
 def convert(tree, text: str, hook=None) -> E.Expr:
     """Post-order walk with an explicit stack (deep chains like ----x must not recurse)."""
     params: dict[str, float] = {}
-    auto = [0]
+    # names given explicitly anywhere ({p0=0.5} after an unnamed {0.5}): never auto-names
+    explicit = {n.children[0].value for n in tree.iter_subtrees()
+                if n.data == "param" and n.children and n.children[0] is not None}
+    auto = [0, explicit]
     done: dict[int, E.Expr] = {}
     stack: list[tuple[object, bool]] = [(tree, False)]
     while stack:
@@ -165,7 +168,7 @@ def _build(node, kids, text, params, auto) -> E.Expr:
         name_tok, signed = node.children
         value = _number(signed.children[0], text) * (-1.0 if signed.data == "neg_number" else 1.0)
         if name_tok is None:
-            while f"p{auto[0]}" in params:
+            while f"p{auto[0]}" in params or f"p{auto[0]}" in auto[1]:
                 auto[0] += 1
             name = f"p{auto[0]}"
             auto[0] += 1

@@ -48,7 +48,9 @@ def _leaky(a, s):
 
 
 def _elu(a, alpha):
-    return F.elu(a, alpha) if _is_num(alpha) else torch.where(a > 0, a, alpha * torch.expm1(a))
+    # expm1 of min(a, 0): the branch not taken never overflows (0·inf in its gradient)
+    return F.elu(a, alpha) if _is_num(alpha) else \
+        torch.where(a > 0, a, alpha * torch.expm1(torch.clamp(a, max=0)))
 
 
 def _clamp(a, lo, hi):
@@ -138,7 +140,9 @@ _OP_LIST: list[Op] = [
        doc="a / b"),
     Op("neg", 1, lambda a: -a, lambda a: -a, lambda a: (-1.0,), "(-{0})", doc="-x"),
     Op("pow", 2, _pow, lambda a, b: a ** b,
-       lambda a, b: (b * _c("pow", a, b - 1.0), _c("pow", a, b) * _c("log", a)),
+       # ∂/∂b at a = 0 is 0 (as torch's), not 0·log(0) = NaN: log(a + [a = 0])
+       lambda a, b: (b * _c("pow", a, b - 1.0),
+                     _c("pow", a, b) * _c("log", a + (1.0 - _c("step", _c("abs", a))))),
        "torch.pow({0}, {1})", infix="^", clip=_clip_pow, doc="a^b (also a**b)"),
     # elementary functions ---------------------------------------------------------------
     Op("exp", 1, torch.exp, sp.exp, lambda a: (_c("exp", a),), "torch.exp({0})",
@@ -203,7 +207,7 @@ _OP_LIST: list[Op] = [
        # exp(min(a, 0)): never 0·inf for large a
        lambda a, al: (_c("step", a) + (1.0 - _c("step", a)) * al * _c("exp", _c("min", a, 0.0)),),
        "F.elu({0}, {1})", scalars=(Scalar("alpha", 1.0),), display="ELU",
-       py_tensor_scalars="torch.where({0} > 0, {0}, {1} * torch.expm1({0}))",
+       py_tensor_scalars="torch.where({0} > 0, {0}, {1} * torch.expm1(torch.clamp({0}, max=0)))",
        doc="x for x > 0 else alpha·(e^x − 1)"),
     Op("gelu", 1, F.gelu, lambda a: a / 2 * (1 + sp.erf(a / sp.sqrt(2))),
        lambda a: (0.5 * (1.0 + _c("erf", a * (1.0 / SQRT2)))
@@ -229,7 +233,7 @@ _OP_LIST: list[Op] = [
     Op("hardswish", 1, F.hardswish,
        lambda a: a * sp.Min(sp.Max(a / 6 + sp.Rational(1, 2), 0), 1),
        lambda a: (_c("step", a + 3.0) * _c("step", 3.0 - a) * (a * (1.0 / 3.0) + 0.5)
-                  + _c("step", a - 3.0),),
+                  + (1.0 - _c("step", 3.0 - a)),),      # (1 at x = 3, as torch)
        "F.hardswish({0})", display="hardswish", doc="x·hardsigmoid(x)"),
     Op("hardtanh", 1, F.hardtanh, lambda a: sp.Min(sp.Max(a, -1), 1),
        lambda a: (_c("step", a + 1.0) * _c("step", 1.0 - a),), "F.hardtanh({0})",
