@@ -85,6 +85,14 @@ def test_without_eval_data_the_error_says_what_to_pass(tmp_path):
         trainer.train()
 
 
+def test_a_name_transformers_has_is_refused_before_training():
+    """GrafsTrainerCallback("gelu") trained to the end and then failed to register the name."""
+    with pytest.raises(GrafsError, match="transformers already has an activation 'gelu'"):
+        GrafsTrainerCallback("gelu", search_epochs=2)
+    with pytest.raises(GrafsError, match="is not accepted"):
+        GrafsTrainerCallback("not a name", search_epochs=2)
+
+
 def test_hf_trainer_example_runs():
     r = load("hf_trainer_search").main(["--tiny"])
     grafs.parse(r.formula)

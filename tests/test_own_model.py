@@ -184,6 +184,8 @@ def test_evaluate_setup_errors_are_one_clear_error_not_a_table_of_failed_runs():
     args = dict(seeds=1, baselines=["relu"], epochs=1, batch_size=32, progress=False)
     with pytest.raises(GrafsError, match="make_model must build a fresh model"):
         grafs.evaluate(model(), (x, y), ["tanh(x)"], **args)
+    with pytest.raises(GrafsError, match="jobs=2: worker processes need a built-in task"):
+        grafs.evaluate(model, (x, y), ["tanh(x)"], jobs=2, **args)
     with pytest.raises(GrafsError, match=r"a forward and loss on 2 training examples "
                                          r"\(inputs \(2, 6\) torch.float32, targets \(2,\) "
                                          r"torch.int32\) failed with RuntimeError"):

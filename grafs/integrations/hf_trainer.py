@@ -34,7 +34,7 @@ from typing import Any, Callable
 import torch
 
 from grafs.errors import GrafsError, warn
-from grafs.integrations.registry import register
+from grafs.integrations.registry import check_name, register
 from grafs.searching.data import cycle
 from grafs.searching.result import SearchResult
 from grafs.searching.searcher import Searcher
@@ -69,6 +69,8 @@ class GrafsTrainerCallback(TrainerCallback):
                  backend: str = "inductor", **searcher_options):
         if not isinstance(arch_every, int) or arch_every < 1:
             raise GrafsError(f"arch_every must be an int >= 1, got {arch_every!r}")
+        import transformers.activations  # noqa: F401  (so its names are checked too)
+        check_name(name)        # now, not when train() ends (the name is registered then)
         self.name, self.search_epochs, self.arch_every = name, search_epochs, arch_every
         self.arch_data, self.arch_loss, self.backend = arch_data, arch_loss, backend
         self.options = searcher_options

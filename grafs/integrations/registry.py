@@ -87,9 +87,7 @@ def register(name: str, formula, *, backend: str = "inductor", clip: bool = Fals
     """
     from grafs.grammar.parser import parse
 
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise GrafsError(f"activation name {name!r} is not accepted: use letters, digits, '_', "
-                         f"'.' or '-', starting with a letter or '_' (e.g. 'grafs_act')")
+    check_name(name)
     if backend not in BACKENDS:
         raise CompileError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     expr = formula if isinstance(formula, E.Expr) else parse(formula)
@@ -107,6 +105,19 @@ def register(name: str, formula, *, backend: str = "inductor", clip: bool = Fals
                 _HOOKED.add(target.MODULE)
                 post_import.when_imported(target.MODULE, lambda mod, t=target: _install_all(t, mod))
     return cls
+
+
+def check_name(name: str) -> None:
+    """A GrafsError unless :func:`register` can take ``name``: its spelling, and no loaded
+    library defining it already (callers that register at the end of a long run check first)."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise GrafsError(f"activation name {name!r} is not accepted: use letters, digits, '_', "
+                         f"'.' or '-', starting with a letter or '_' (e.g. 'grafs_act')")
+    with _LOCK:
+        for target in TARGETS:
+            mod = sys.modules.get(target.MODULE)
+            if mod is not None:
+                _check_free(target, mod, name)
 
 
 def unregister(name: str) -> None:

@@ -118,7 +118,7 @@ def evaluate(make_model: Callable[[], nn.Module], train_data, activations=(), *,
              scaled_baselines: bool = False, epochs: int = 10, batch_size: int = 128,
              optimizer: str = "adam", lr: float = 1e-3, loss_fn: Callable | None = None,
              metric: Callable | None = None, device=None, progress: bool = True,
-             out_dir: str | os.PathLike | None = None, **task_options):
+             out_dir: str | os.PathLike | None = None, jobs: int = 1, **task_options):
     """The evaluation protocol on your model: ``make_model()`` trained from scratch with each
     formula of ``activations`` (and each baseline) for each seed, scored on ``test_data`` (or
     20 % of ``train_data`` held out); returns the :class:`~grafs.protocol.evaluate.EvalTable`
@@ -128,6 +128,9 @@ def evaluate(make_model: Callable[[], nn.Module], train_data, activations=(), *,
     needs a built-in task: a user's model builder need not be picklable)."""
     from grafs.protocol.evaluate import evaluate as run_protocol
     from grafs.protocol.evaluate import scaled_baselines as scaled
+    if jobs != 1:
+        raise GrafsError(f"jobs={jobs!r}: worker processes need a built-in task (your model "
+                         f"builder need not be picklable); evaluate your model with jobs=1")
     if isinstance(make_model, nn.Module):
         raise GrafsError("make_model must build a fresh model each call (e.g. lambda: MyNet()), "
                          "not be a model: every run trains one from scratch")
