@@ -102,6 +102,13 @@ def test_formula_export_has_named_dynamic_io(tmp_path):
     assert len(shape) == 2 and all(d.dim_param for d in shape)
 
 
+def test_an_output_folder_that_does_not_exist_is_named(tmp_path):
+    """The export's FileNotFoundError was reported as a problem with the model's formulas."""
+    from grafs.errors import GrafsError
+    with pytest.raises(GrafsError, match="the folder .*missing does not exist"):
+        export_onnx("gelu(x)", tmp_path / "missing" / "f.onnx", dynamo=False)
+
+
 def test_an_op_without_onnx_equivalent_is_named(tmp_path, monkeypatch):
     # a registry op (as a user could add one) that torch has no ONNX translation for
     lgamma = ops.Op("lgamma", 1, torch.lgamma, sp.loggamma, None, "torch.lgamma({0})")

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from grafs.compiler import Activation
-from grafs.errors import CompileError
+from grafs.errors import CompileError, GrafsError
 from grafs.grammar import expr as E
 from grafs.ops import OPS
 
@@ -85,6 +85,8 @@ def export_onnx(obj, path: str | os.PathLike, example: torch.Tensor | tuple | No
         opts["opset_version"] = opset
     opts.update(kwargs)
     path = Path(path)
+    if not path.parent.is_dir():      # (torch's error would read as the formulas' fault)
+        raise GrafsError(f"cannot write the ONNX file {path}: the folder {path.parent} does not exist")
     with _exportable(obj), warnings.catch_warnings():
         # the TorchScript tracer warns about grafs' shape checks, constant for elementwise ops
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
