@@ -94,13 +94,20 @@ def run_key(task, spec: RunSpec, cfg, backend: str, device: torch.device,
     """What a run's result depends on, hashed (the activation's display name is not part of it,
     nor are the task's search settings: a training run from scratch does not read them)."""
     summary = {k: v for k, v in task.summary().items() if k not in ("search_config", "search_space")}
-    import grafs
     what = {"task": summary, "train": cfg.to_dict(), "formula": spec.formula,
             "baseline": spec.baseline, "seed": spec.seed, "max_steps": max_steps,
             "backend": None if spec.baseline else backend, "device": device.type,
             # another grafs or torch may build, initialise or train the model otherwise
-            "versions": [grafs.__version__, torch.__version__]}
+            "versions": [_grafs_version(), torch.__version__]}
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def _grafs_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("grafs")
+    except PackageNotFoundError:      # (a source tree on the path, not installed)
+        return "unknown"
 
 
 def _cache_read(path: Path, spec: RunSpec) -> RunResult | None:
