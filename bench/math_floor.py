@@ -36,10 +36,9 @@ import sys
 
 import torch
 
-from bench.search_step import PlainStep, SearchStep, TaskConfig, Timer
+from bench.search_step import PlainStep, SearchStep, Timer, cpu_stage_bench
 from bench.timing import table
 import grafs.compiler.cell.c_emit as c_emit
-from grafs.runtime.space import SearchSpace
 
 KINDS = ("real", "no libmvec", "no math")
 _stub = {"kind": "real"}
@@ -135,16 +134,7 @@ def main() -> None:
     ap.add_argument("--stages", type=int, nargs="+", default=[110, 54, 24, 6])
     ap.add_argument("--rounds", type=int, default=25, help="interleaved rounds per stage")
     ap.add_argument("--steps", type=int, default=2, help="steps per round and kind")
-    a = ap.parse_args()
-    if a.stages != sorted(a.stages, reverse=True):
-        ap.error("--stages must be decreasing (each stage drops ops from the last)")
-    torch.set_num_threads(1)
-    dev = torch.device("cpu")
-    conf = TaskConfig("mnist1d")
-    space = SearchSpace.grafs()
-    train, val = conf.batches(dev)
-    timer = Timer(train, val, dev, a.steps)
-    plain = PlainStep(conf, dev)
+    a, dev, conf, space, timer, plain = cpu_stage_bench(ap)
     steps = {}
     for kind in KINDS:
         torch.manual_seed(0)

@@ -298,6 +298,20 @@ def count_sampling_ops(cell, n_sites: int) -> str:
     return c.text()
 
 
+def cpu_stage_bench(ap):
+    """The set-up bench.step_parts and bench.math_floor share: ``ap``'s arguments (with
+    ``--stages``, decreasing, and ``--steps``), one thread, and the mnist1d CNN's task config,
+    space, timer and plain step: (args, device, config, space, timer, plain)."""
+    a = ap.parse_args()
+    if a.stages != sorted(a.stages, reverse=True):
+        ap.error("--stages must be decreasing (each stage drops ops from the last)")
+    torch.set_num_threads(1)
+    dev = torch.device("cpu")
+    conf = TaskConfig("mnist1d")
+    train, val = conf.batches(dev)
+    return a, dev, conf, SearchSpace.grafs(), Timer(train, val, dev, a.steps), PlainStep(conf, dev)
+
+
 def ms(t: float) -> str:
     return f"{t * 1e3:.2f}" if t < 0.1 else f"{t * 1e3:.1f}"
 

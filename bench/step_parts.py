@@ -30,10 +30,9 @@ import time
 
 import torch
 
-from bench.search_step import PlainStep, SearchStep, TaskConfig, Timer, ms
+from bench.search_step import SearchStep, cpu_stage_bench, ms
 from bench.timing import table
 import grafs.compiler.triton.autograd as cell_autograd
-from grafs.runtime.space import SearchSpace
 
 
 def _median_us(fn, n: int) -> float:
@@ -51,22 +50,13 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=9, help="interleaved rounds per stage")
     ap.add_argument("--steps", type=int, default=10, help="steps per round (plain and search)")
     ap.add_argument("--calls", type=int, default=20, help="kernel and cell calls per round")
-    a = ap.parse_args()
-    if a.stages != sorted(a.stages, reverse=True):
-        ap.error("--stages must be decreasing (each stage drops ops from the last)")
-    torch.set_num_threads(1)
-    dev = torch.device("cpu")
-    conf = TaskConfig("mnist1d")
-    space = SearchSpace.grafs()
-    train, val = conf.batches(dev)
-    timer = Timer(train, val, dev, a.steps)
-    plain = PlainStep(conf, dev)
+    a, dev, conf, space, timer, plain = cpu_stage_bench(ap)
     torch.manual_seed(0)
     search = SearchStep(conf, dev, "auto", space)
     cell = search.cell
     if cell.mode_for(dev) != "c":
         sys.exit("bench.step_parts measures the C cell; it cannot run here")
-    shapes = search.site_shapes(train[0][0])
+    shapes = search.site_shapes(timer.train[0][0])
     print("# Where a CPU search step goes (mnist1d CNN, one thread)\n")
     print(f"torch {torch.__version__}, {len(shapes)} sites {sorted(set(shapes))}; medians of "
           f"{a.rounds} interleaved rounds ({a.steps} steps, {a.calls} calls each)\n")

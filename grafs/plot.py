@@ -22,9 +22,10 @@ def check_plot_path(path) -> None:
     """A GrafsError unless ``path`` names a file matplotlib can write (a known image suffix)
     in an existing folder: checked before the work whose plot it is."""
     from pathlib import Path
+    _plt()
+    from matplotlib.backend_bases import FigureCanvasBase
     p = Path(path)
-    formats = _plt().figure().canvas.get_supported_filetypes()
-    _plt().close("all")
+    formats = FigureCanvasBase.get_supported_filetypes()     # (no figure made, none closed)
     if p.suffix.lstrip(".").lower() not in formats:
         raise GrafsError(f"cannot plot to {path}: its suffix is not an image format matplotlib "
                          f"writes (use .png, .pdf or .svg; all: {', '.join(sorted(formats))})")
@@ -58,7 +59,6 @@ def plot_activations(exprs: Sequence, path: str, labels: Sequence[str] | None = 
                      baselines: Sequence[str] = (), lo: float = -5.0, hi: float = 5.0,
                      title: str | None = None) -> str:
     """Plot each formula (and optional baseline formulas, dashed) with its derivative."""
-    check_plot_path(path)
     _save(activations_figure(exprs, labels, baselines, lo, hi, title), path, 120)
     return path
 

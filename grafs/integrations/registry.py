@@ -87,14 +87,14 @@ def register(name: str, formula, *, backend: str = "inductor", clip: bool = Fals
     """
     from grafs.grammar.parser import parse
 
-    check_name(name)
+    _check_spelling(name)
     if backend not in BACKENDS:
         raise CompileError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     expr = formula if isinstance(formula, E.Expr) else parse(formula)
     cls = _make_class(name, (expr, backend, bool(clip), float(ell)))
     cls()  # compile errors now, not inside a library's model constructor
     with _LOCK:
-        loaded = [(t, sys.modules[t.MODULE]) for t in TARGETS if t.MODULE in sys.modules]
+        loaded = _loaded()
         for target, mod in loaded:  # check every library before changing any
             _check_free(target, mod, name)
         _REGISTERED[name] = cls
@@ -110,14 +110,21 @@ def register(name: str, formula, *, backend: str = "inductor", clip: bool = Fals
 def check_name(name: str) -> None:
     """A GrafsError unless :func:`register` can take ``name``: its spelling, and no loaded
     library defining it already (callers that register at the end of a long run check first)."""
+    _check_spelling(name)
+    with _LOCK:
+        for target, mod in _loaded():
+            _check_free(target, mod, name)
+
+
+def _check_spelling(name) -> None:
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise GrafsError(f"activation name {name!r} is not accepted: use letters, digits, '_', "
                          f"'.' or '-', starting with a letter or '_' (e.g. 'grafs_act')")
-    with _LOCK:
-        for target in TARGETS:
-            mod = sys.modules.get(target.MODULE)
-            if mod is not None:
-                _check_free(target, mod, name)
+
+
+def _loaded() -> list[tuple[ModuleType, ModuleType]]:
+    """(target, its registry module) for every supported library imported so far."""
+    return [(t, sys.modules[t.MODULE]) for t in TARGETS if t.MODULE in sys.modules]
 
 
 def unregister(name: str) -> None:
@@ -127,10 +134,8 @@ def unregister(name: str) -> None:
         if cls is None:
             known = ", ".join(map(repr, _REGISTERED)) or "none"
             raise GrafsError(f"no activation {name!r} was registered with grafs (registered: {known})")
-        for target in TARGETS:
-            mod = sys.modules.get(target.MODULE)
-            if mod is not None:
-                target.remove(mod, target.key(name), cls)
+        for target, mod in _loaded():
+            target.remove(mod, target.key(name), cls)
 
 
 def registered() -> dict[str, str]:

@@ -11,6 +11,7 @@ from pathlib import Path
 from grafs.errors import GrafsError
 from grafs.files import atomic_torch_save, read_error, torch_load, write_error
 from grafs.searching.result import json_default
+from grafs.searching.rng import RNG_KEYS
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -23,6 +24,20 @@ def checkpoint_file(path: str | os.PathLike) -> Path:
     """``path`` itself, or the checkpoint inside it when it is a directory."""
     p = Path(path)
     return p / CHECKPOINT_NAME if p.is_dir() else p
+
+
+def resume_source(resume, checkpoint_dir):
+    """What ``resume`` names: a checkpoint's path or folder, None, or ``True`` for
+    ``checkpoint_dir``; a GrafsError for anything else."""
+    if resume is True:
+        if checkpoint_dir is None:
+            raise GrafsError("resume=True resumes from checkpoint_dir, and none was given: pass "
+                             "checkpoint_dir=..., or resume=<the checkpoint's path or folder>")
+        return checkpoint_dir
+    if resume is not None and not isinstance(resume, (str, os.PathLike)):
+        raise GrafsError(f"resume must be the checkpoint's path or folder (or True with "
+                         f"checkpoint_dir), got {resume!r}")
+    return resume
 
 
 #: the checkpoint's layout; a checkpoint of a later layout is refused with a clear error
@@ -62,9 +77,9 @@ def read_checkpoint(path: Path, map_location) -> dict:
     problems = []
     if not isinstance(settings, dict) or not isinstance(history, dict):
         problems.append("its settings or history are not JSON objects")
-    if not {"torch", "numpy", "python"} <= set(ck["rng"]):
-        problems.append("its RNG state lacks " + ", ".join(
-            sorted({"torch", "numpy", "python"} - set(ck["rng"]))))
+    lost = [k for k in RNG_KEYS if k not in ck["rng"]]
+    if lost:
+        problems.append("its RNG state lacks " + ", ".join(lost))
     lacking = [k for k in ("a_opt", "cell") if k not in ck]
     if lacking:
         problems.append("it lacks the search's own state (" + ", ".join(lacking) + ")")

@@ -102,11 +102,9 @@ def search(model, train_data, val_data=None, *, config: SearchConfig | None = No
         kwargs["optimizer"] = cfg.make_optimizer
     if kwargs.get("scheduler") is None:
         kwargs["scheduler"] = lambda opt: cfg.make_scheduler(opt, opt_steps)
-    if kwargs.get("resume") is True:      # resume=True: from checkpoint_dir
-        if kwargs.get("checkpoint_dir") is None:
-            raise GrafsError("resume=True resumes from checkpoint_dir, and none was given: pass "
-                             "checkpoint_dir=..., or resume=<the checkpoint's path or folder>")
-        kwargs["resume"] = kwargs["checkpoint_dir"]
+    if "resume" in kwargs:     # (restarts resume from a folder per restart: resolved here)
+        from grafs.searching.checkpoint import resume_source
+        kwargs["resume"] = resume_source(kwargs["resume"], kwargs.get("checkpoint_dir"))
     dev = _device(model, device)
     _first_pass(model, split[0], cfg.batch_size, kwargs.get("loss_fn"), dev, seed)
     measure = cfg.check or cfg.verdict_seeds or (cfg.restarts > 1 and cfg.restart_select == "scratch")

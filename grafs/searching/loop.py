@@ -26,7 +26,7 @@ from grafs.callbacks.events import CallbackList, SearchStart, StepInfo, epoch_in
 from grafs.errors import GrafsError
 from grafs.searching.checkpoint import (Interrupted, check_compatible, check_same_optimizer,
                                         checkpoint_file, optimizer_identity, read_checkpoint,
-                                        write_checkpoint)
+                                        resume_source, write_checkpoint)
 from grafs.searching.data import Batches, resolve_device, split_dataset
 from grafs.searching.result import SearchResult, json_default
 from grafs.searching.rng import rng_state, seed_everything, set_rng_state
@@ -134,11 +134,7 @@ def search(model: nn.Module, train_data, val_data=None, *, space=None, epochs: i
 
     first_epoch, elapsed = 0, 0.0
     ckpt_path = Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir is not None else None
-    if resume is True and checkpoint_dir is not None:
-        resume = checkpoint_dir          # resume=True: from checkpoint_dir
-    if resume is not None and not isinstance(resume, (str, os.PathLike)):
-        raise GrafsError(f"resume must be the checkpoint's path or folder (or True with "
-                         f"checkpoint_dir), got {resume!r}")
+    resume = resume_source(resume, checkpoint_dir)
     if resume is not None:
         rp = checkpoint_file(resume)
         first_epoch, elapsed = _resume(rp, s, stepper, w_sched, settings, world, dev, dist)

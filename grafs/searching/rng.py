@@ -8,6 +8,10 @@ import numpy as np
 import torch
 
 
+#: the generators every saved RNG state holds (and "cuda" where CUDA is available)
+RNG_KEYS = ("torch", "numpy", "python")
+
+
 def rng_state() -> dict:
     st = {"torch": torch.get_rng_state(), "numpy": json.dumps(_np_state()),
           "python": json.dumps(random.getstate(), default=list)}
