@@ -118,6 +118,33 @@ def _pair(batch, name: str, what: str):
                      f"collate_fn that returns (inputs, targets)")
 
 
+def check_data_arguments(batch_size, max_steps_per_epoch, train_fraction, val_data) -> None:
+    """A GrafsError for a batch size, step cap or split fraction a search cannot use."""
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise GrafsError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    if max_steps_per_epoch is not None and (not isinstance(max_steps_per_epoch, int)
+                                            or isinstance(max_steps_per_epoch, bool)
+                                            or max_steps_per_epoch < 1):
+        raise GrafsError(f"max_steps_per_epoch must be an int >= 1 or None (every batch), got "
+                         f"{max_steps_per_epoch!r}")
+    if val_data is None and not (isinstance(train_fraction, (int, float))
+                                 and 0 < train_fraction < 1):
+        raise GrafsError(f"train_fraction (the share of train_data for weight steps; the rest "
+                         f"is the validation data of the arch steps) must be between 0 and 1, "
+                         f"got {train_fraction!r}")
+
+
+def check_batches(train, val) -> None:
+    """A GrafsError when the training or validation data gives no batch (an empty loader, or
+    one with drop_last and fewer examples than a batch): a search would train nothing, or stop
+    inside its first step."""
+    for b, name in ((train, "train_data"), (val, "val_data")):
+        if len(b) == 0:
+            raise GrafsError(f"{name} gives no batch (empty, or a DataLoader with drop_last "
+                             f"and fewer examples than its batch size); a search needs at least "
+                             f"one batch of each")
+
+
 def cycle(loader: Iterable) -> Iterable:
     """The loader's batches over and over: a fresh pass whenever one ends (arch steps read
     validation batches in turn, however many training batches there are)."""

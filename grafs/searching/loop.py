@@ -27,7 +27,8 @@ from grafs.errors import GrafsError
 from grafs.searching.checkpoint import (Interrupted, check_compatible, check_same_optimizer,
                                         checkpoint_file, optimizer_identity, read_checkpoint,
                                         resume_source, write_checkpoint)
-from grafs.searching.data import Batches, resolve_device, split_dataset
+from grafs.searching.data import (Batches, check_batches, check_data_arguments,
+                                  resolve_device, split_dataset)
 from grafs.searching.result import SearchResult, json_default
 from grafs.searching.rng import rng_state, seed_everything, set_rng_state
 from grafs.searching.searcher import Searcher, check_epochs, default_shrink_start
@@ -89,7 +90,7 @@ def search(model: nn.Module, train_data, val_data=None, *, space=None, epochs: i
     from grafs.runtime.space import SearchSpace
     arch_batch_size = _check_arguments(epochs, warmstart_epochs, grad_accumulation, arch_steps,
                                        arch_batch_size, batch_size, single_level, amp)
-    _check_data_arguments(batch_size, max_steps_per_epoch, train_fraction, val_data)
+    check_data_arguments(batch_size, max_steps_per_epoch, train_fraction, val_data)
     cbs = CallbackList(callbacks)
     space = space or SearchSpace.grafs()
     dev = resolve_device(device) if device is not None else next(
@@ -140,7 +141,7 @@ def search(model: nn.Module, train_data, val_data=None, *, space=None, epochs: i
         first_epoch, elapsed = _resume(rp, s, stepper, w_sched, settings, world, dev, dist)
         ckpt_path = ckpt_path or rp
 
-    _check_batches(train, val)
+    check_batches(train, val)
     steps_per_epoch = len(train) if max_steps_per_epoch is None else min(len(train), max_steps_per_epoch)
     cbs.on_search_start(SearchStart(dict(settings), [h.name for h in space.holes], epochs,
                                     first_epoch, steps_per_epoch, s.n_sites))
@@ -211,32 +212,6 @@ def _check_arguments(epochs, warmstart_epochs, grad_accumulation, arch_steps, ar
         raise GrafsError(f"amp must be None, 'bf16' or 'fp16', got {amp!r}")
     # the default, spelt out, is the same run and settings
     return None if arch_batch_size == batch_size else arch_batch_size
-
-
-def _check_data_arguments(batch_size, max_steps_per_epoch, train_fraction, val_data) -> None:
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise GrafsError(f"batch_size must be an int >= 1, got {batch_size!r}")
-    if max_steps_per_epoch is not None and (not isinstance(max_steps_per_epoch, int)
-                                            or isinstance(max_steps_per_epoch, bool)
-                                            or max_steps_per_epoch < 1):
-        raise GrafsError(f"max_steps_per_epoch must be an int >= 1 or None (every batch), got "
-                         f"{max_steps_per_epoch!r}")
-    if val_data is None and not (isinstance(train_fraction, (int, float))
-                                 and 0 < train_fraction < 1):
-        raise GrafsError(f"train_fraction (the share of train_data for weight steps; the rest "
-                         f"is the validation data of the arch steps) must be between 0 and 1, "
-                         f"got {train_fraction!r}")
-
-
-def _check_batches(train, val) -> None:
-    """A GrafsError when the training or validation data gives no batch (an empty loader, or
-    one with drop_last and fewer examples than a batch): a search would train nothing, or stop
-    inside its first step."""
-    for b, name in ((train, "train_data"), (val, "val_data")):
-        if len(b) == 0:
-            raise GrafsError(f"{name} gives no batch (empty, or a DataLoader with drop_last "
-                             f"and fewer examples than its batch size); a search needs at least "
-                             f"one batch of each")
 
 
 def _batches(train_data, val_data, train_fraction, batch_size, arch_batch_size, seed, dev, dist):
